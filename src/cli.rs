@@ -1,0 +1,72 @@
+//! Command-line definitions (clap) and the exit code each failure maps to.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::channel::Channel;
+use crate::config::ConfigError;
+use crate::lint::CheckFailed;
+use crate::render::{RenderError, TemplateError};
+
+/// sunset: tell every user of a shutting-down product, in their own language, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "sunset", version, about)]
+pub struct Cli {
+    /// Config file [default: ./sunset.toml if present, else built-in defaults]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render a notice for a locale (or all), or lint every template with --check.
+    Preview(PreviewArgs),
+}
+
+/// `sunset preview`.
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Template folder name under `templates.dir` (all templates with --check if omitted).
+    #[arg(long, required_unless_present = "check")]
+    pub template: Option<String>,
+    /// Requested locale tag, negotiated as for a recipient [default: templates.default_locale].
+    #[arg(long, conflicts_with = "all_locales")]
+    pub locale: Option<String>,
+    /// Render every locale the template is written in.
+    #[arg(long)]
+    pub all_locales: bool,
+    /// Only this channel's parts (email or push) [default: both].
+    #[arg(long)]
+    pub channel: Option<Channel>,
+    /// JSON object of campaign variables, overriding the template's sample.json.
+    #[arg(long, value_name = "FILE")]
+    pub vars: Option<PathBuf>,
+    /// Also write `<locale>.html` and `<locale>.txt` into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Lint templates and locales; exit 2 with one line per problem.
+    #[arg(long, conflicts_with_all = ["locale", "all_locales", "channel", "vars", "out"])]
+    pub check: bool,
+}
+
+/// Bad input from the command line or a file it names (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// 2 for anything the user must fix in their input (clap's convention), 1 for runtime failures.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let invalid = error.chain().any(|cause| {
+        cause.is::<InvalidInput>()
+            || cause.is::<ConfigError>()
+            || cause.is::<TemplateError>()
+            || cause.is::<RenderError>()
+            || cause.is::<CheckFailed>()
+    });
+    if invalid { 2 } else { 1 }
+}

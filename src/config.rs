@@ -1,0 +1,330 @@
+//! Typed configuration: `sunset.toml` (optional), then `SUNSET__SECTION__KEY` environment overrides.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given; its absence means "all defaults".
+pub const DEFAULT_CONFIG_FILE: &str = "sunset.toml";
+
+/// Prefix of environment overrides: `SUNSET__BROKER__PREFETCH=8` sets `broker.prefetch`.
+const ENV_PREFIX: &str = "SUNSET__";
+
+/// Why the configuration could not be loaded. Always a usage error (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config PATH` names a file that is not there.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// One line per bad key, each naming the key and where it came from.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(String),
+}
+
+/// The whole configuration; every section has the documented defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ connection and queue names.
+    pub broker: BrokerConfig,
+    /// Worker process behaviour.
+    pub worker: WorkerConfig,
+    /// Email channel.
+    pub email: EmailConfig,
+    /// In-app push channel.
+    pub push: PushConfig,
+    /// Send rate limits, per worker process.
+    pub rate: RateConfig,
+    /// Where notices live.
+    pub templates: TemplatesConfig,
+    /// Delivery ledger database.
+    pub ledger: LedgerConfig,
+    /// Prometheus exporter.
+    pub metrics: MetricsConfig,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// AMQP URL of the RabbitMQ node or cluster.
+    pub url: String,
+    /// Work queue name; retry and dead-letter queue names derive from it.
+    pub queue: String,
+    /// Unacked batches a worker holds at once.
+    pub prefetch: u16,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue: "sunset.batches".into(),
+            prefetch: 4,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Sends in flight per process.
+    pub concurrency: usize,
+    /// Attempts per recipient and channel before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the N-th retry; one delay queue per entry.
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            max_attempts: 5,
+            retry_delays_ms: vec![30_000, 120_000, 600_000, 1_800_000],
+        }
+    }
+}
+
+/// Where email goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTransport {
+    /// `.eml` files in `email.outbox`.
+    File,
+    /// The SMTP relay at `email.url`.
+    Smtp,
+}
+
+/// `[email]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `file` (default) or `smtp`.
+    pub transport: EmailTransport,
+    /// SMTP relay; `smtps://` or `?tls=required` for TLS. The password comes from `SUNSET_SMTP_PASSWORD`.
+    pub url: String,
+    /// The `From:` mailbox; its domain also names the `Message-ID`.
+    pub from: String,
+    /// SMTP connections per process.
+    pub pool_size: u32,
+    /// Per-send timeout.
+    pub timeout_ms: u64,
+    /// Directory of `.eml` files for the file transport.
+    pub outbox: PathBuf,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            transport: EmailTransport::File,
+            url: "smtp://127.0.0.1:1025".into(),
+            from: "Xiami Music <noreply@xiami.example>".into(),
+            pool_size: 8,
+            timeout_ms: 10_000,
+            outbox: "outbox/email".into(),
+        }
+    }
+}
+
+/// Where push notices go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushTransport {
+    /// JSON lines appended to `push.outbox`.
+    File,
+    /// `POST` to the gateway at `push.url`.
+    Http,
+}
+
+/// `[push]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// `file` (default) or `http`.
+    pub transport: PushTransport,
+    /// Push gateway endpoint. The bearer token comes from `SUNSET_PUSH_TOKEN`.
+    pub url: String,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// JSON-lines file for the file transport.
+    pub outbox: PathBuf,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            transport: PushTransport::File,
+            url: "http://127.0.0.1:8025/push".into(),
+            timeout_ms: 5_000,
+            outbox: "outbox/push.jsonl".into(),
+        }
+    }
+}
+
+/// `[rate]`: sends per second per worker process; 0 = unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// All email, whatever the domain.
+    pub email_per_sec: u32,
+    /// All push requests.
+    pub push_per_sec: u32,
+    /// Email per recipient domain; `default` for domains not listed.
+    /// A table given in the file replaces the listed domains; `default` stays 50 unless set.
+    pub per_domain_per_sec: PerDomainRates,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            email_per_sec: 200,
+            push_per_sec: 1000,
+            per_domain_per_sec: PerDomainRates::default(),
+        }
+    }
+}
+
+/// `[rate.per_domain_per_sec]`: `default = 50` plus `"qq.com" = 20`-style entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerDomainRates {
+    /// The budget of every domain not listed.
+    #[serde(default = "PerDomainRates::default_rate")]
+    pub default: u32,
+    /// Domains with their own budget, lower-case.
+    #[serde(flatten)]
+    pub domains: BTreeMap<String, u32>,
+}
+
+impl PerDomainRates {
+    fn default_rate() -> u32 {
+        50
+    }
+}
+
+impl Default for PerDomainRates {
+    fn default() -> Self {
+        Self {
+            default: Self::default_rate(),
+            domains: [("qq.com".to_string(), 20), ("163.com".to_string(), 20)].into(),
+        }
+    }
+}
+
+/// `[templates]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Folder holding one sub-folder per template.
+    pub dir: PathBuf,
+    /// Locale for recipients whose own locale no template folder serves.
+    pub default_locale: String,
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        Self {
+            dir: "templates".into(),
+            default_locale: "en".into(),
+        }
+    }
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `sqlite://FILE` (one host) or `postgres://…` (workers on many hosts).
+    pub url: String,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://sunset-ledger.db".into(),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus exporter; empty = off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9185".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must exist), else `./sunset.toml` if present, else the defaults;
+    /// then applies the `SUNSET__SECTION__KEY` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) if !path.is_file() => return Err(ConfigError::Missing(path.to_owned())),
+            Some(path) => Some(path),
+            None => Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|errors| ConfigError::Invalid(describe(errors)))
+    }
+}
+
+/// One line per error: where the value came from, which key, what is wrong.
+fn describe(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|error| {
+            let source = error
+                .metadata
+                .as_ref()
+                .map(|meta| match &meta.source {
+                    Some(figment::Source::File(file)) => file.display().to_string(),
+                    _ => meta.interpolate(&figment::Profile::Default, &error.path),
+                })
+                .unwrap_or_else(|| "configuration".into());
+            let key = error.path.join(".");
+            if key.is_empty() {
+                format!("  {source}: {}", KindText(&error.kind))
+            } else {
+                format!("  {source}: key `{key}`: {}", KindText(&error.kind))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// figment's kind text, with unknown fields phrased for a config file rather than a struct.
+struct KindText<'a>(&'a figment::error::Kind);
+
+impl fmt::Display for KindText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            figment::error::Kind::UnknownField(field, expected) => {
+                write!(
+                    f,
+                    "unknown key `{field}` (expected one of: {})",
+                    expected.join(", ")
+                )
+            }
+            kind => write!(f, "{kind}"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! `preview --check`: every way a template can be wrong, found before a campaign starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
+use handlebars::{Path as VarPath, Template};
+
+use crate::channel::Channel;
+use crate::render::{
+    self, HELPERS, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RecipientVars, Renderer, Sample,
+    TemplateName,
+};
+
+/// One thing wrong, at one place (`xiami-shutdown/ar/email.html.hbs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Template, template/locale or template/locale/file.
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// `preview --check` found problems; the lines were printed, this carries the count.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} problem(s) found in the templates")]
+pub struct CheckFailed {
+    /// How many.
+    pub count: usize,
+}
+
+/// Variables a file uses, and those it tests with `#if`/`#unless`.
+#[derive(Debug, Default)]
+struct Usage {
+    used: BTreeSet<String>,
+    tested: BTreeSet<String>,
+}
+
+/// Every template folder under `dir`, checked; an unreadable `dir` is itself a problem.
+pub fn check_all(dir: &Path, default_locale: &str) -> Vec<Problem> {
+    let names = match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+        Err(e) => {
+            return vec![Problem {
+                at: dir.display().to_string(),
+                message: format!("cannot read the templates folder: {e}"),
+            }];
+        }
+    };
+    if names.is_empty() {
+        return vec![Problem {
+            at: dir.display().to_string(),
+            message: "no templates".into(),
+        }];
+    }
+    names
+        .iter()
+        .flat_map(|name| match TemplateName::parse(name) {
+            Ok(name) => check(dir, &name, default_locale),
+            Err(e) => vec![Problem {
+                at: name.clone(),
+                message: e.to_string(),
+            }],
+        })
+        .collect()
+}
+
+/// Checks one template: files present and valid, locales in step, `#if` on defined variables,
+/// and every locale renders in strict mode with `sample.json` within the push limits.
+pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let problem = |at: String, message: String| Problem { at, message };
+    let root = match render::template_dir(dir, name) {
+        Ok(root) => root,
+        Err(e) => return vec![problem(name.to_string(), e.to_string())],
+    };
+    let sample = Sample::load(&root)
+        .map_err(|e| problems.push(problem(name.to_string(), e.to_string())))
+        .ok();
+    let tags = match render::locale_folders(&root) {
+        Ok(tags) if tags.is_empty() => {
+            problems.push(problem(name.to_string(), "no locale folders".into()));
+            return problems;
+        }
+        Ok(tags) => tags,
+        Err(e) => {
+            problems.push(problem(name.to_string(), e.to_string()));
+            return problems;
+        }
+    };
+
+    // Per file: which locales use which variables.
+    let mut usage: BTreeMap<Part, BTreeMap<String, Usage>> = BTreeMap::new();
+    for tag in &tags {
+        for part in Part::ALL {
+            let at = format!("{name}/{tag}/{}", part.file_name());
+            let path = root.join(tag).join(part.file_name());
+            if !path.is_file() {
+                problems.push(problem(at, "missing".into()));
+                continue;
+            }
+            match render::read_source(&path).and_then(|source| render::compile(&path, &source)) {
+                Ok(template) => {
+                    usage
+                        .entry(part)
+                        .or_default()
+                        .insert(tag.clone(), usage_of(&template));
+                }
+                Err(e) => problems.push(problem(at, error_text(&e))),
+            }
+        }
+    }
+    let mut partial_usage = Vec::new();
+    match render::partial_files(&root) {
+        Ok(partials) => {
+            for (partial, path) in partials {
+                let at = format!("{name}/{}/{partial}.hbs", render::PARTIALS_DIR);
+                match render::read_source(&path).and_then(|source| render::compile(&path, &source))
+                {
+                    Ok(template) => partial_usage.push((at, usage_of(&template))),
+                    Err(e) => problems.push(problem(at, error_text(&e))),
+                }
+            }
+        }
+        Err(e) => problems.push(problem(name.to_string(), e.to_string())),
+    }
+
+    for (part, by_locale) in &usage {
+        for (tag, file) in by_locale {
+            for var in by_locale.values().flat_map(|u| &u.used) {
+                if file.used.contains(var) {
+                    continue;
+                }
+                let others: Vec<&str> = by_locale
+                    .iter()
+                    .filter(|(_, u)| u.used.contains(var))
+                    .map(|(t, _)| t.as_str())
+                    .collect();
+                let at = format!("{name}/{tag}/{}", part.file_name());
+                let message = format!(
+                    "does not use `{var}`, which {} use(s): locales out of step",
+                    others.join(", ")
+                );
+                if !problems.contains(&Problem {
+                    at: at.clone(),
+                    message: message.clone(),
+                }) {
+                    problems.push(problem(at, message));
+                }
+            }
+        }
+    }
+
+    if let Some(sample) = &sample {
+        let defined: BTreeSet<&str> = sample
+            .vars
+            .keys()
+            .chain(sample.recipient.vars.keys())
+            .map(String::as_str)
+            .chain(RecipientVars::FIELDS)
+            .collect();
+        let files = usage.iter().flat_map(|(part, by_locale)| {
+            by_locale
+                .iter()
+                .map(move |(tag, u)| (format!("{name}/{tag}/{}", part.file_name()), u))
+        });
+        let partials = partial_usage.iter().map(|(at, u)| (at.clone(), u));
+        for (at, u) in files.chain(partials) {
+            for var in u.tested.iter().filter(|v| !defined.contains(v.as_str())) {
+                problems.push(problem(
+                    at.clone(),
+                    format!(
+                        "`{{{{#if {var}}}}}` tests `{var}`, which {} does not define",
+                        render::SAMPLE_FILE
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Rendering needs every file present and valid; only then is a strict-mode render meaningful.
+    if problems.is_empty()
+        && let Some(sample) = sample
+    {
+        problems.extend(render_every_locale(dir, name, default_locale, &sample));
+    }
+    problems
+}
+
+/// Renders each locale with the sample recipient and checks the push lengths.
+fn render_every_locale(
+    dir: &Path,
+    name: &TemplateName,
+    default_locale: &str,
+    sample: &Sample,
+) -> Vec<Problem> {
+    let renderer = match Renderer::load(dir, name, default_locale) {
+        Ok(renderer) => renderer,
+        Err(e) => {
+            return vec![Problem {
+                at: name.to_string(),
+                message: error_text(&e),
+            }];
+        }
+    };
+    let mut problems = Vec::new();
+    for locale in renderer.locales().iter() {
+        let recipient = RecipientVars {
+            locale: Some(locale.tag().to_string()),
+            ..sample.recipient.clone()
+        };
+        match renderer.render(&sample.vars, &recipient, &Channel::ALL) {
+            Ok(notice) => {
+                let push = notice.push.as_ref();
+                let lengths = [
+                    (Part::PushTitle, push.map(|p| &p.title), PUSH_TITLE_MAX),
+                    (Part::PushBody, push.map(|p| &p.body), PUSH_BODY_MAX),
+                ];
+                for (part, text, max) in lengths {
+                    let chars = text.map_or(0, |t| t.chars().count());
+                    if chars > max {
+                        problems.push(Problem {
+                            at: format!("{name}/{}/{}", locale.tag(), part.file_name()),
+                            message: format!(
+                                "{chars} characters with {}; at most {max}",
+                                render::SAMPLE_FILE
+                            ),
+                        });
+                    }
+                }
+            }
+            Err(e) => problems.push(Problem {
+                at: format!("{}/{}/{}", e.template, e.locale, e.file),
+                message: e.reason,
+            }),
+        }
+    }
+    problems
+}
+
+/// A load error without the path prefix when it already names the file.
+fn error_text(e: &render::TemplateError) -> String {
+    match e {
+        render::TemplateError::Syntax { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn usage_of(template: &Template) -> Usage {
+    let mut usage = Usage::default();
+    collect(template, false, &mut usage);
+    usage
+}
+
+/// Walks the template; `scoped` is true inside blocks that change the context (`each`, `with`),
+/// where names are relative to an item rather than campaign variables.
+fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
+    for element in &template.elements {
+        match element {
+            TemplateElement::Expression(helper) | TemplateElement::HtmlExpression(helper) => {
+                if helper.params.is_empty() && helper.hash.is_empty() {
+                    if let Some(var) = name_var(&helper.name) {
+                        usage.used.insert(var);
+                    }
+                } else {
+                    params(helper, usage);
+                }
+            }
+            TemplateElement::HelperBlock(helper) => {
+                params(helper, usage);
+                let block = helper.name.as_name().unwrap_or_default();
+                if !scoped && matches!(block, "if" | "unless") {
+                    usage
+                        .tested
+                        .extend(helper.params.iter().filter_map(param_var));
+                }
+                let inner_scoped = scoped || matches!(block, "each" | "with");
+                for inner in [&helper.template, &helper.inverse].into_iter().flatten() {
+                    collect(inner, inner_scoped, usage);
+                }
+            }
+            TemplateElement::PartialExpression(partial)
+            | TemplateElement::PartialBlock(partial) => {
+                usage.used.extend(
+                    partial
+                        .params
+                        .iter()
+                        .chain(partial.hash.values())
+                        .filter_map(param_var),
+                );
+                if let Some(inner) = &partial.template {
+                    collect(inner, scoped, usage);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn params(helper: &HelperTemplate, usage: &mut Usage) {
+    for param in helper.params.iter().chain(helper.hash.values()) {
+        match param {
+            Parameter::Subexpression(sub) => {
+                if let TemplateElement::Expression(inner) = sub.as_element() {
+                    params(inner, usage);
+                }
+            }
+            other => usage.used.extend(param_var(other)),
+        }
+    }
+}
+
+/// `{{name}}`: a variable unless it names one of sunset's helpers.
+fn name_var(name: &Parameter) -> Option<String> {
+    match name {
+        Parameter::Name(n) if HELPERS.contains(&n.as_str()) => None,
+        Parameter::Name(n) => top_level(n),
+        other => param_var(other),
+    }
+}
+
+fn param_var(param: &Parameter) -> Option<String> {
+    match param {
+        Parameter::Path(VarPath::Relative((_, raw))) => top_level(raw),
+        Parameter::Name(n) => top_level(n),
+        _ => None,
+    }
+}
+
+/// The campaign or recipient variable a path starts from (`user.name` → `user`); none for
+/// `this`, `../x` and `@` paths, which are not top-level variables.
+fn top_level(raw: &str) -> Option<String> {
+    let raw = raw.strip_prefix("this.").unwrap_or(raw);
+    let raw = raw.strip_prefix("./").unwrap_or(raw);
+    if raw.starts_with("..") || raw.starts_with('@') || raw == "this" || raw.is_empty() {
+        return None;
+    }
+    raw.split(['.', '/', '['])
+        .next()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(source: &str) -> Usage {
+        usage_of(&Template::compile(source).expect("valid handlebars"))
+    }
+
+    #[test]
+    fn variables_are_found_in_expressions_helpers_and_blocks() {
+        let u = usage(
+            "{{a}} {{{b}}} {{date c}} {{dir}} {{lang}} {{#if d}}{{e.f}}{{else}}{{g}}{{/if}}\
+             {{#unless h}}x{{/unless}} {{#> layout title=i}}{{j}}{{/layout}}",
+        );
+        let used: Vec<&str> = u.used.iter().map(String::as_str).collect();
+        assert_eq!(used, ["a", "b", "c", "d", "e", "g", "h", "i", "j"]);
+        let tested: Vec<&str> = u.tested.iter().map(String::as_str).collect();
+        assert_eq!(tested, ["d", "h"]);
+    }
+
+    #[test]
+    fn names_inside_each_are_not_taken_for_tested_campaign_variables() {
+        let u = usage("{{#each songs}}{{#if explicit}}{{title}}{{/if}}{{/each}}");
+        assert!(u.used.contains("songs"));
+        assert!(u.tested.is_empty(), "{:?}", u.tested);
+    }
+}

@@ -1,0 +1,145 @@
+//! `sunset preview`: show a notice as a recipient would get it, write it out, or lint templates.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use icu::locale::Locale;
+
+use crate::channel::Channel;
+use crate::cli::{InvalidInput, PreviewArgs};
+use crate::config::Config;
+use crate::lint::{self, CheckFailed};
+use crate::render::{self, Notice, RecipientVars, Renderer, Sample, TemplateName, Vars};
+
+/// Runs `sunset preview` with its arguments.
+pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
+    let dir = &config.templates.dir;
+    let default_locale = &config.templates.default_locale;
+    let template = args
+        .template
+        .as_deref()
+        .map(TemplateName::parse)
+        .transpose()?;
+    if args.check {
+        return check(dir, template.as_ref(), default_locale);
+    }
+    let name = template.ok_or_else(|| InvalidInput("--template is required".into()))?;
+    let channels = args.channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
+    if args.out.is_some() && !channels.contains(&Channel::Email) {
+        return Err(InvalidInput(
+            "--out writes the email parts; it needs --channel email or no --channel".into(),
+        )
+        .into());
+    }
+    if let Some(tag) = &args.locale
+        && Locale::try_from_str(tag).is_err()
+    {
+        return Err(InvalidInput(format!("--locale `{tag}` is not a BCP 47 language tag")).into());
+    }
+    let renderer = Renderer::load(dir, &name, default_locale)?;
+    let sample = Sample::load(&render::template_dir(dir, &name)?)?;
+    let mut vars = sample.vars;
+    if let Some(path) = &args.vars {
+        vars.extend(read_vars(path)?);
+    }
+    let requested: Vec<String> = if args.all_locales {
+        renderer
+            .locales()
+            .iter()
+            .map(|l| l.tag().to_string())
+            .collect()
+    } else {
+        vec![
+            args.locale
+                .clone()
+                .unwrap_or_else(|| default_locale.clone()),
+        ]
+    };
+    let mut stdout = std::io::stdout().lock();
+    for tag in requested {
+        let recipient = RecipientVars {
+            locale: Some(tag.clone()),
+            ..sample.recipient.clone()
+        };
+        let notice = renderer.render(&vars, &recipient, &channels)?;
+        print_notice(&mut stdout, &name, &tag, &notice).context("Failed to write to stdout")?;
+        if let (Some(out), Some(email)) = (&args.out, &notice.email) {
+            fs::create_dir_all(out)
+                .with_context(|| format!("Failed to create {}", out.display()))?;
+            for (ext, body) in [("html", &email.html), ("txt", &email.text)] {
+                let path = out.join(format!("{}.{ext}", notice.locale));
+                write_whole(&path, body)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lints one template or all of them; prints one line per problem.
+fn check(dir: &Path, template: Option<&TemplateName>, default_locale: &str) -> anyhow::Result<()> {
+    let problems = match template {
+        Some(name) => lint::check(dir, name, default_locale),
+        None => lint::check_all(dir, default_locale),
+    };
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    if problems.is_empty() {
+        let what = template.map_or_else(
+            || format!("every template in {}", dir.display()),
+            |t| t.to_string(),
+        );
+        println!("ok: {what}");
+        Ok(())
+    } else {
+        Err(CheckFailed {
+            count: problems.len(),
+        }
+        .into())
+    }
+}
+
+/// A `--vars` file: one JSON object of campaign variables.
+pub fn read_vars(path: &Path) -> anyhow::Result<Vars> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+    serde_json::from_str::<Vars>(&text).map_err(|e| {
+        InvalidInput(format!(
+            "{}: not a JSON object of variables: {e}",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+fn print_notice(
+    out: &mut impl Write,
+    name: &TemplateName,
+    requested: &str,
+    notice: &Notice,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "══ {name} · {} (requested {requested}) · {} ══",
+        notice.locale, notice.dir
+    )?;
+    if let Some(email) = &notice.email {
+        writeln!(out, "Subject: {}\n", email.subject)?;
+        writeln!(out, "{}", email.text.trim_end())?;
+    }
+    if let Some(push) = &notice.push {
+        writeln!(out, "\nPush title: {}", push.title)?;
+        writeln!(out, "Push body:  {}", push.body)?;
+    }
+    writeln!(out)
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, renamed into place.
+fn write_whole(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    fs::write(&tmp, contents).with_context(|| format!("Failed to write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("Failed to move {} into place", path.display()))
+}

@@ -1,0 +1,687 @@
+//! Rendering a notice: one template's handlebars files per locale, CLDR dates, and the `Notice` they make.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
+    no_escape,
+};
+use icu::calendar::{Date, Gregorian};
+use icu::datetime::FixedCalendarDateTimeFormatter;
+use icu::datetime::fieldsets::YMD;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::channel::Channel;
+use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
+
+/// Campaign variables (`vars` of a batch): names to JSON values.
+pub type Vars = Map<String, Value>;
+
+/// Folder of shared partials inside a template; every other folder is a locale.
+pub const PARTIALS_DIR: &str = "partials";
+
+/// Campaign and recipient variables used by `preview` and `preview --check`.
+pub const SAMPLE_FILE: &str = "sample.json";
+
+/// The longest push title and body, in characters, that gateways display whole.
+pub const PUSH_TITLE_MAX: usize = 50;
+/// See [`PUSH_TITLE_MAX`].
+pub const PUSH_BODY_MAX: usize = 150;
+
+/// A template's name: one folder under `templates.dir`, never a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TemplateName(String);
+
+impl TemplateName {
+    /// Accepts letters, digits, `-`, `_` and `.`, not starting with `.`.
+    pub fn parse(name: &str) -> Result<TemplateName, TemplateError> {
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(TemplateName(name.to_string()))
+        } else {
+            Err(TemplateError::BadName(name.to_string()))
+        }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TemplateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One of the five files a locale of a template consists of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// `subject.hbs`: the email subject, one line.
+    Subject,
+    /// `email.txt.hbs`: the plain-text part.
+    Text,
+    /// `email.html.hbs`: the HTML part, the only one with HTML-escaped values.
+    Html,
+    /// `push_title.hbs`.
+    PushTitle,
+    /// `push_body.hbs`.
+    PushBody,
+}
+
+impl Part {
+    /// Every part, in the order a notice is shown.
+    pub const ALL: [Part; 5] = [
+        Part::Subject,
+        Part::Text,
+        Part::Html,
+        Part::PushTitle,
+        Part::PushBody,
+    ];
+
+    /// The file name inside a locale folder.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Part::Subject => "subject.hbs",
+            Part::Text => "email.txt.hbs",
+            Part::Html => "email.html.hbs",
+            Part::PushTitle => "push_title.hbs",
+            Part::PushBody => "push_body.hbs",
+        }
+    }
+
+    /// The channel the part is sent by.
+    pub fn channel(self) -> Channel {
+        match self {
+            Part::Subject | Part::Text | Part::Html => Channel::Email,
+            Part::PushTitle | Part::PushBody => Channel::Push,
+        }
+    }
+}
+
+/// A template cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The name is not a plain folder name.
+    #[error("template name `{0}` is not a folder name (letters, digits, `-`, `_`, `.`)")]
+    BadName(String),
+    /// No folder of that name.
+    #[error("unknown template `{name}`: no folder {path} (templates found: {available})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is there, comma-separated.
+        available: String,
+    },
+    /// The folder holds no locale folders.
+    #[error("template {0} has no locale folders")]
+    NoLocales(PathBuf),
+    /// A file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid handlebars.
+    #[error("{path}: {source}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint, with line and column.
+        #[source]
+        source: Box<handlebars::TemplateError>,
+    },
+    /// A locale folder name or the default locale is wrong.
+    #[error("template {path}: {source}")]
+    Locale {
+        /// The template folder.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: LocaleError,
+    },
+    /// ICU has no date format for a locale folder.
+    #[error("{path}: no CLDR date format for this locale: {reason}")]
+    DateFormat {
+        /// The locale folder.
+        path: PathBuf,
+        /// ICU's error.
+        reason: String,
+    },
+    /// `sample.json` is missing or not the expected JSON.
+    #[error("{path}: {reason}")]
+    Sample {
+        /// The sample file.
+        path: PathBuf,
+        /// What is wrong, with line and column when JSON is malformed.
+        reason: String,
+    },
+}
+
+/// A notice could not be rendered for a recipient: a permanent failure for that recipient.
+#[derive(Debug, thiserror::Error)]
+#[error("{template}/{locale}/{file}: {reason}")]
+pub struct RenderError {
+    /// Template name.
+    pub template: String,
+    /// Template locale tag.
+    pub locale: String,
+    /// The file that failed.
+    pub file: &'static str,
+    /// What failed, naming the variable when one is missing.
+    pub reason: String,
+}
+
+/// The rendered email parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailNotice {
+    /// One line, no control characters.
+    pub subject: String,
+    /// Plain-text part.
+    pub text: String,
+    /// HTML part.
+    pub html: String,
+}
+
+/// The rendered push parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushNotice {
+    /// One line.
+    pub title: String,
+    /// Trimmed.
+    pub body: String,
+}
+
+/// What one recipient is told, in the locale negotiated for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Template locale tag (`zh-Hant`): HTML `lang` and `Content-Language`.
+    pub locale: String,
+    /// Text direction of that locale.
+    pub dir: Direction,
+    /// Present when the email channel was asked for.
+    pub email: Option<EmailNotice>,
+    /// Present when the push channel was asked for.
+    pub push: Option<PushNotice>,
+}
+
+/// The recipient fields a template can use, besides campaign and per-recipient `vars`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientVars {
+    /// Stable id of the user in the shutting-down product.
+    pub user_id: String,
+    /// Email address, if the user has one.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Requested locale tag, as the product stored it.
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Per-recipient overrides of campaign variables.
+    #[serde(default)]
+    pub vars: Vars,
+}
+
+impl RecipientVars {
+    /// Names always present in a template's context (null when the recipient lacks them), so
+    /// `{{#if name}}` works and a typo like `{{nmae}}` still fails in strict mode.
+    pub const FIELDS: [&'static str; 4] = ["user_id", "email", "locale", "name"];
+}
+
+/// A template's `sample.json`: the campaign variables and one recipient, for preview and checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// Campaign variables.
+    pub vars: Vars,
+    /// One recipient.
+    pub recipient: RecipientVars,
+}
+
+impl Sample {
+    /// Reads `<template dir>/sample.json`.
+    pub fn load(template_dir: &Path) -> Result<Sample, TemplateError> {
+        let path = template_dir.join(SAMPLE_FILE);
+        let text = fs::read_to_string(&path).map_err(|source| TemplateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| TemplateError::Sample {
+            path,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Builds the context a notice is rendered with: campaign vars, overridden by the recipient's
+/// vars, then the recipient fields. Recipient values are data only, never template source.
+pub fn context(vars: &Vars, recipient: &RecipientVars) -> Context {
+    let mut data = vars.clone();
+    data.extend(recipient.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let optional = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    data.insert("user_id".into(), Value::String(recipient.user_id.clone()));
+    data.insert("email".into(), optional(&recipient.email));
+    data.insert("locale".into(), optional(&recipient.locale));
+    data.insert("name".into(), optional(&recipient.name));
+    Context::from(Value::Object(data))
+}
+
+/// Everything a helper needs to know about a locale, found from the root template's name.
+struct LocaleFacts {
+    tag: String,
+    dir: Direction,
+    dates: FixedCalendarDateTimeFormatter<Gregorian, YMD>,
+}
+
+/// Facts per locale tag, shared by the helpers of both registries.
+type FactsByLocale = Arc<HashMap<String, LocaleFacts>>;
+
+/// The locale of the template being rendered: registered names are `<locale>/<file>`.
+fn facts<'a>(
+    by_locale: &'a FactsByLocale,
+    rc: &RenderContext<'_, '_>,
+) -> Result<&'a LocaleFacts, RenderErrorReason> {
+    rc.get_root_template_name()
+        .and_then(|name| name.split('/').next())
+        .and_then(|tag| by_locale.get(tag))
+        .ok_or_else(|| RenderErrorReason::Other("no locale for this template".into()))
+}
+
+/// `{{date shutdown_date}}`: a `YYYY-MM-DD` value as CLDR writes a long date in the locale.
+struct DateHelper(FactsByLocale);
+
+impl HelperDef for DateHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let param = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("date", 0))?;
+        if param.is_value_missing() {
+            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+        }
+        let raw = param.value().as_str().unwrap_or_default();
+        let date = parse_date(raw).ok_or_else(|| {
+            RenderErrorReason::Other(format!(
+                "date: `{}` is not a YYYY-MM-DD date",
+                param.value()
+            ))
+        })?;
+        let facts = facts(&self.0, rc)?;
+        out.write(&facts.dates.format(&date).to_string())?;
+        Ok(())
+    }
+}
+
+/// Parses `YYYY-MM-DD` into a Gregorian date.
+fn parse_date(raw: &str) -> Option<Date<Gregorian>> {
+    let mut fields = raw.splitn(3, '-');
+    let (year, month, day) = (fields.next()?, fields.next()?, fields.next()?);
+    if year.len() != 4 || month.len() != 2 || day.len() != 2 {
+        return None;
+    }
+    Date::try_new_gregorian(year.parse().ok()?, month.parse().ok()?, day.parse().ok()?).ok()
+}
+
+/// `{{dir}}` → `rtl`/`ltr` and `{{lang}}` → the locale tag, for the HTML root element.
+enum LocaleHelper {
+    Dir(FactsByLocale),
+    Lang(FactsByLocale),
+}
+
+impl HelperDef for LocaleHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        _: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        match self {
+            LocaleHelper::Dir(by_locale) => out.write(facts(by_locale, rc)?.dir.as_str())?,
+            LocaleHelper::Lang(by_locale) => out.write(&facts(by_locale, rc)?.tag)?,
+        }
+        Ok(())
+    }
+}
+
+/// Names of the helpers sunset registers; `preview --check` does not take them for variables.
+pub const HELPERS: [&str; 3] = ["date", "dir", "lang"];
+
+/// One template, compiled for every locale it is written in. Build once, share with `Arc`.
+pub struct Renderer {
+    name: TemplateName,
+    locales: Locales,
+    /// For `email.html.hbs`: values HTML-escaped.
+    html: Handlebars<'static>,
+    /// For every other part: values as they are.
+    text: Handlebars<'static>,
+}
+
+impl fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renderer")
+            .field("name", &self.name)
+            .field("locales", &self.locales)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The template folder's locale folder names, sorted.
+pub fn locale_folders(template_dir: &Path) -> Result<Vec<String>, TemplateError> {
+    let read_err = |source| TemplateError::Read {
+        path: template_dir.to_owned(),
+        source,
+    };
+    let mut tags = Vec::new();
+    for entry in fs::read_dir(template_dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && name != PARTIALS_DIR && !name.starts_with('.') {
+            tags.push(name);
+        }
+    }
+    tags.sort();
+    Ok(tags)
+}
+
+/// The folder of template `name` under `dir`, or an error listing the templates there.
+pub fn template_dir(dir: &Path, name: &TemplateName) -> Result<PathBuf, TemplateError> {
+    let path = dir.join(name.as_str());
+    if path.is_dir() {
+        return Ok(path);
+    }
+    let available = fs::read_dir(dir)
+        .map(|entries| {
+            let mut names: Vec<String> = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(", ")
+        })
+        .unwrap_or_default();
+    Err(TemplateError::Unknown {
+        name: name.to_string(),
+        path,
+        available: if available.is_empty() {
+            format!("none in {}", dir.display())
+        } else {
+            available
+        },
+    })
+}
+
+/// The shared partials of a template: (name, path), sorted by name.
+pub fn partial_files(template_dir: &Path) -> Result<Vec<(String, PathBuf)>, TemplateError> {
+    let dir = template_dir.join(PARTIALS_DIR);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let read_err = |source| TemplateError::Read {
+        path: dir.clone(),
+        source,
+    };
+    let mut partials = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".hbs"))
+        {
+            partials.push((stem.to_string(), path));
+        }
+    }
+    partials.sort();
+    Ok(partials)
+}
+
+/// Reads a template file.
+pub fn read_source(path: &Path) -> Result<String, TemplateError> {
+    fs::read_to_string(path).map_err(|source| TemplateError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Compiles one handlebars source, naming the file in the error.
+pub fn compile(path: &Path, source: &str) -> Result<handlebars::Template, TemplateError> {
+    handlebars::Template::compile(source).map_err(|e| TemplateError::Syntax {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+impl Renderer {
+    /// Loads template `name` from `dir`: every locale folder (each must hold all five files),
+    /// the partials, and a date formatter per locale.
+    pub fn load(
+        dir: &Path,
+        name: &TemplateName,
+        default_locale: &str,
+    ) -> Result<Renderer, TemplateError> {
+        let root = template_dir(dir, name)?;
+        let tags = locale_folders(&root)?;
+        if tags.is_empty() {
+            return Err(TemplateError::NoLocales(root));
+        }
+        let locales =
+            Locales::new(tags, default_locale).map_err(|source| TemplateError::Locale {
+                path: root.clone(),
+                source,
+            })?;
+        let facts: FactsByLocale = Arc::new(
+            locales
+                .iter()
+                .map(|locale| Ok((locale.tag().to_string(), locale_facts(&root, locale)?)))
+                .collect::<Result<_, TemplateError>>()?,
+        );
+        let mut html = registry(&facts);
+        let mut text = registry(&facts);
+        text.register_escape_fn(no_escape);
+        for (partial, path) in partial_files(&root)? {
+            let template = compile(&path, &read_source(&path)?)?;
+            html.register_template(&partial, template.clone());
+            text.register_template(&partial, template);
+        }
+        for locale in locales.iter() {
+            for part in Part::ALL {
+                let path = root.join(locale.tag()).join(part.file_name());
+                let mut template = compile(&path, &read_source(&path)?)?;
+                // Helpers find the locale from the root template's name.
+                let registered = registered_name(locale, part);
+                template.name = Some(registered.clone());
+                let registry = if part == Part::Html {
+                    &mut html
+                } else {
+                    &mut text
+                };
+                registry.register_template(&registered, template);
+            }
+        }
+        Ok(Renderer {
+            name: name.clone(),
+            locales,
+            html,
+            text,
+        })
+    }
+
+    /// The template's name.
+    pub fn name(&self) -> &TemplateName {
+        &self.name
+    }
+
+    /// The locales the template is written in.
+    pub fn locales(&self) -> &Locales {
+        &self.locales
+    }
+
+    /// Renders the parts `channels` need, in the locale negotiated for the recipient.
+    pub fn render(
+        &self,
+        vars: &Vars,
+        recipient: &RecipientVars,
+        channels: &[Channel],
+    ) -> Result<Notice, RenderError> {
+        let locale = self.locales.negotiate(recipient.locale.as_deref());
+        let context = context(vars, recipient);
+        let part = |part: Part| self.render_part(locale, part, &context);
+        let email = if channels.contains(&Channel::Email) {
+            Some(EmailNotice {
+                subject: one_line(&part(Part::Subject)?),
+                text: part(Part::Text)?,
+                html: part(Part::Html)?,
+            })
+        } else {
+            None
+        };
+        let push = if channels.contains(&Channel::Push) {
+            Some(PushNotice {
+                title: one_line(&part(Part::PushTitle)?),
+                body: part(Part::PushBody)?.trim().to_string(),
+            })
+        } else {
+            None
+        };
+        Ok(Notice {
+            locale: locale.tag().to_string(),
+            dir: locale.dir(),
+            email,
+            push,
+        })
+    }
+
+    fn render_part(
+        &self,
+        locale: &TemplateLocale,
+        part: Part,
+        context: &Context,
+    ) -> Result<String, RenderError> {
+        let registry = if part == Part::Html {
+            &self.html
+        } else {
+            &self.text
+        };
+        registry
+            .render_with_context(&registered_name(locale, part), context)
+            .map_err(|e| RenderError {
+                template: self.name.to_string(),
+                locale: locale.tag().to_string(),
+                file: part.file_name(),
+                reason: describe_render_error(&e),
+            })
+    }
+}
+
+/// The registry key of a locale's part; helpers read the locale back from it.
+fn registered_name(locale: &TemplateLocale, part: Part) -> String {
+    format!("{}/{}", locale.tag(), part.file_name())
+}
+
+fn locale_facts(root: &Path, locale: &TemplateLocale) -> Result<LocaleFacts, TemplateError> {
+    let dates =
+        FixedCalendarDateTimeFormatter::try_new(locale.id().into(), YMD::long()).map_err(|e| {
+            TemplateError::DateFormat {
+                path: root.join(locale.tag()),
+                reason: e.to_string(),
+            }
+        })?;
+    Ok(LocaleFacts {
+        tag: locale.tag().to_string(),
+        dir: locale.dir(),
+        dates,
+    })
+}
+
+fn registry(facts: &FactsByLocale) -> Handlebars<'static> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_helper("date", Box::new(DateHelper(facts.clone())));
+    registry.register_helper("dir", Box::new(LocaleHelper::Dir(facts.clone())));
+    registry.register_helper("lang", Box::new(LocaleHelper::Lang(facts.clone())));
+    registry
+}
+
+/// handlebars' error, phrased for a comms team: the variable that is missing, or the reason.
+fn describe_render_error(e: &handlebars::RenderError) -> String {
+    let at = e
+        .line_no
+        .map(|line| format!(" (line {line})"))
+        .unwrap_or_default();
+    match e.reason() {
+        RenderErrorReason::MissingVariable(Some(var)) => {
+            format!("variable `{var}` is not defined{at}")
+        }
+        reason => format!("{reason}{at}"),
+    }
+}
+
+/// A header-safe single line: control characters (CR, LF, tab, …) become spaces, ends trimmed.
+pub fn one_line(value: &str) -> String {
+    value
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names_are_folder_names_only() {
+        for good in ["xiami-shutdown", "a_b.c", "X1"] {
+            assert!(TemplateName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../etc", "a/b", ".hidden", "a b", "名"] {
+            assert!(TemplateName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn one_line_removes_line_breaks_and_control_characters() {
+        assert_eq!(one_line(" Hi\r\nBcc: x@y\t!\n"), "Hi  Bcc: x@y !");
+    }
+
+    #[test]
+    fn dates_must_be_iso_calendar_dates() {
+        assert!(parse_date("2021-02-05").is_some());
+        for bad in [
+            "2021-2-5",
+            "2021-02-30",
+            "05/02/2021",
+            "",
+            "2021-02-05T00:00:00Z",
+        ] {
+            assert!(parse_date(bad).is_none(), "{bad}");
+        }
+    }
+}
