@@ -297,7 +297,11 @@ fn describe(errors: figment::Error) -> String {
                 .as_ref()
                 .map(|meta| match &meta.source {
                     Some(figment::Source::File(file)) => file.display().to_string(),
-                    _ => meta.interpolate(&figment::Profile::Default, &error.path),
+                    _ if meta.name.contains("environment") => format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        error.path.join("__").to_uppercase()
+                    ),
+                    _ => meta.name.to_string(),
                 })
                 .unwrap_or_else(|| "configuration".into());
             let key = error.path.join(".");

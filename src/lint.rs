@@ -256,7 +256,7 @@ fn render_every_locale(
 /// A load error without the path prefix when it already names the file.
 fn error_text(e: &render::TemplateError) -> String {
     match e {
-        render::TemplateError::Syntax { source, .. } => source.to_string(),
+        render::TemplateError::Syntax { at, reason, .. } => format!("{at}{reason}"),
         other => other.to_string(),
     }
 }
@@ -327,11 +327,7 @@ fn params(helper: &HelperTemplate, usage: &mut Usage) {
 
 /// `{{name}}`: a variable unless it names one of sunset's helpers.
 fn name_var(name: &Parameter) -> Option<String> {
-    match name {
-        Parameter::Name(n) if HELPERS.contains(&n.as_str()) => None,
-        Parameter::Name(n) => top_level(n),
-        other => param_var(other),
-    }
+    param_var(name).filter(|var| !HELPERS.contains(&var.as_str()))
 }
 
 fn param_var(param: &Parameter) -> Option<String> {

@@ -138,13 +138,14 @@ pub enum TemplateError {
         source: std::io::Error,
     },
     /// A file is not valid handlebars.
-    #[error("{path}: {source}")]
+    #[error("{path}: {at}{reason}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// The parser's complaint, with line and column.
-        #[source]
-        source: Box<handlebars::TemplateError>,
+        /// `line L, column C: ` when the parser knows.
+        at: String,
+        /// The parser's complaint.
+        reason: String,
     },
     /// A locale folder name or the default locale is wrong.
     #[error("template {path}: {source}")]
@@ -474,7 +475,11 @@ pub fn read_source(path: &Path) -> Result<String, TemplateError> {
 pub fn compile(path: &Path, source: &str) -> Result<handlebars::Template, TemplateError> {
     handlebars::Template::compile(source).map_err(|e| TemplateError::Syntax {
         path: path.to_owned(),
-        source: Box::new(e),
+        at: e
+            .pos()
+            .map(|(line, column)| format!("line {line}, column {column}: "))
+            .unwrap_or_default(),
+        reason: e.reason().to_string(),
     })
 }
 

@@ -1,0 +1,227 @@
+//! Rendering through the library: escaping, header safety, strict variables, CLDR dates.
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+
+use common::{TestEnv, shipped_templates};
+use serde_json::json;
+use sunset::Channel;
+use sunset::render::{RecipientVars, Renderer, Sample, TemplateName, Vars, template_dir};
+
+fn xiami() -> TemplateName {
+    TemplateName::parse("xiami-shutdown").expect("valid name")
+}
+
+fn shipped() -> (Renderer, Sample) {
+    let dir = shipped_templates();
+    let renderer = Renderer::load(&dir, &xiami(), "en").expect("shipped templates load");
+    let sample = Sample::load(&template_dir(&dir, &xiami()).expect("exists")).expect("sample");
+    (renderer, sample)
+}
+
+fn recipient(locale: &str, name: &str) -> RecipientVars {
+    RecipientVars {
+        user_id: "u-1".into(),
+        email: Some("u1@example.com".into()),
+        locale: Some(locale.into()),
+        name: Some(name.into()),
+        vars: Vars::new(),
+    }
+}
+
+#[test]
+fn html_part_escapes_markup_in_a_recipient_name() {
+    let (renderer, sample) = shipped();
+    let notice = renderer
+        .render(
+            &sample.vars,
+            &recipient("en", "<script>alert(1)</script>"),
+            &[Channel::Email],
+        )
+        .expect("renders");
+    let email = notice.email.expect("email asked for");
+    assert!(!email.html.contains("<script>"), "{}", email.html);
+    assert!(
+        email.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        email.html
+    );
+    // The text part is plain text: it shows the name as written.
+    assert!(
+        email.text.contains("Hi <script>alert(1)</script>,"),
+        "{}",
+        email.text
+    );
+}
+
+#[test]
+fn text_part_keeps_ampersands_and_arabic_as_written() {
+    let (renderer, sample) = shipped();
+    let notice = renderer
+        .render(
+            &sample.vars,
+            &recipient("ar-EG", "ليلى & سارة"),
+            &Channel::ALL,
+        )
+        .expect("renders");
+    let email = notice.email.expect("email");
+    assert!(
+        email.text.starts_with("مرحبًا ليلى & سارة،"),
+        "{}",
+        email.text
+    );
+    assert!(email.html.contains("ليلى &amp; سارة"), "{}", email.html);
+    assert_eq!(notice.locale, "ar");
+    assert_eq!(notice.dir.as_str(), "rtl");
+}
+
+#[test]
+fn values_from_recipients_are_data_not_template_source() {
+    let (renderer, sample) = shipped();
+    let notice = renderer
+        .render(
+            &sample.vars,
+            &recipient("en", "{{export_url}}"),
+            &[Channel::Email],
+        )
+        .expect("renders");
+    assert!(
+        notice
+            .email
+            .expect("email")
+            .text
+            .contains("Hi {{export_url}},")
+    );
+}
+
+#[test]
+fn subject_with_line_breaks_in_a_recipient_value_renders_on_one_line() {
+    let env = TestEnv::new();
+    for locale in ["en", "ar", "zh", "zh-Hant"] {
+        fs::write(
+            env.template_file(&format!("{locale}/subject.hbs")),
+            "Notice for {{name}}\n",
+        )
+        .expect("write");
+    }
+    let renderer = Renderer::load(&env.templates(), &xiami(), "en").expect("loads");
+    let sample = Sample::load(&env.template_file("")).expect("sample");
+    let notice = renderer
+        .render(
+            &sample.vars,
+            &recipient("en", "Eve\r\nBcc: all@example.com\n"),
+            &Channel::ALL,
+        )
+        .expect("renders");
+    let subject = notice.email.expect("email").subject;
+    assert!(!subject.contains(['\r', '\n']), "{subject:?}");
+    assert_eq!(subject, "Notice for Eve  Bcc: all@example.com");
+    let title = notice.push.expect("push").title;
+    assert!(!title.contains(['\r', '\n']), "{title:?}");
+}
+
+#[test]
+fn a_missing_variable_is_an_error_naming_it_and_the_template_never_a_blank() {
+    let (renderer, mut sample) = shipped();
+    sample.vars.remove("export_url");
+    let err = renderer
+        .render(&sample.vars, &recipient("zh-TW", "陳"), &[Channel::Email])
+        .expect_err("export_url is used by every locale");
+    let message = err.to_string();
+    assert!(message.contains("`export_url`"), "{message}");
+    assert!(
+        message.starts_with("xiami-shutdown/zh-Hant/email.txt.hbs"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_recipient_without_a_name_gets_the_generic_greeting() {
+    let (renderer, sample) = shipped();
+    let mut anonymous = recipient("en", "");
+    anonymous.name = None;
+    let notice = renderer
+        .render(&sample.vars, &anonymous, &[Channel::Email])
+        .expect("renders");
+    assert!(notice.email.expect("email").text.starts_with("Hello,\n"));
+}
+
+#[test]
+fn per_recipient_vars_override_campaign_vars() {
+    let (renderer, sample) = shipped();
+    let mut r = recipient("en", "Ann");
+    r.vars
+        .insert("export_url".into(), json!("https://export.example/ann"));
+    let notice = renderer
+        .render(&sample.vars, &r, &[Channel::Email])
+        .expect("renders");
+    assert!(
+        notice
+            .email
+            .expect("email")
+            .text
+            .contains("https://export.example/ann")
+    );
+}
+
+#[test]
+fn dates_in_all_four_locales_match_cldr_for_2021_02_05() {
+    let (renderer, sample) = shipped();
+    let cases = [
+        ("en", "Xiami Music closes on February 5, 2021"),
+        ("ar", "تتوقف شيامي ميوزك في 5 فبراير 2021"),
+        ("zh", "虾米音乐将于2021年2月5日停止服务"),
+        ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
+    ];
+    for (locale, title) in cases {
+        let notice = renderer
+            .render(&sample.vars, &recipient(locale, "x"), &[Channel::Push])
+            .expect("renders");
+        assert_eq!(notice.push.expect("push").title, title, "{locale}");
+    }
+}
+
+#[test]
+fn only_the_parts_of_the_asked_channels_are_rendered() {
+    let (renderer, sample) = shipped();
+    let push_only = renderer
+        .render(&sample.vars, &recipient("en", "x"), &[Channel::Push])
+        .expect("renders");
+    assert!(push_only.email.is_none() && push_only.push.is_some());
+    let email_only = renderer
+        .render(&sample.vars, &recipient("en", "x"), &[Channel::Email])
+        .expect("renders");
+    assert!(email_only.email.is_some() && email_only.push.is_none());
+}
+
+#[test]
+fn one_renderer_is_shared_across_threads() {
+    let (renderer, sample) = shipped();
+    let renderer = Arc::new(renderer);
+    let vars = Arc::new(sample.vars);
+    let handles: Vec<_> = ["en", "ar", "zh", "zh-Hant"]
+        .into_iter()
+        .map(|locale| {
+            let (renderer, vars) = (Arc::clone(&renderer), Arc::clone(&vars));
+            std::thread::spawn(move || {
+                renderer
+                    .render(&vars, &recipient(locale, "x"), &Channel::ALL)
+                    .expect("renders")
+                    .locale
+            })
+        })
+        .collect();
+    let locales: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(locales, ["en", "ar", "zh", "zh-Hant"]);
+}
+
+#[test]
+fn a_default_locale_without_a_folder_is_refused_at_load() {
+    let err = Renderer::load(&shipped_templates(), &xiami(), "fr").expect_err("no fr folder");
+    assert!(err.to_string().contains("`fr`"), "{err}");
+}
