@@ -6,6 +6,10 @@ use clap::Parser;
 use sunset::cli::{self, Cli, Command};
 use sunset::{Config, preview};
 
+/// mimalloc: rendering is allocation-heavy (handlebars), and glibc malloc was a quarter of it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

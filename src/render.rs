@@ -1,10 +1,9 @@
 //! Rendering a notice: one template's handlebars files per locale, CLDR dates, and the `Notice` they make.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
@@ -290,10 +289,40 @@ struct LocaleFacts {
     tag: String,
     dir: Direction,
     dates: FixedCalendarDateTimeFormatter<Gregorian, YMD>,
+    /// Formatted dates by raw value: a campaign's few dates repeat in every notice, so a short
+    /// list scanned in order beats hashing.
+    formatted: RwLock<Vec<(String, Arc<str>)>>,
+}
+
+/// Distinct date values remembered per locale before the cache starts over.
+const DATE_CACHE_MAX: usize = 16;
+
+impl LocaleFacts {
+    /// A `YYYY-MM-DD` value as CLDR writes a long date in this locale; `None` if not a date.
+    fn long_date(&self, raw: &str) -> Option<Arc<str>> {
+        let cache = self
+            .formatted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, hit)) = cache.iter().find(|(key, _)| key == raw) {
+            return Some(Arc::clone(hit));
+        }
+        drop(cache);
+        let text: Arc<str> = self.dates.format(&parse_date(raw)?).to_string().into();
+        let mut cache = self
+            .formatted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= DATE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.push((raw.to_string(), Arc::clone(&text)));
+        Some(text)
+    }
 }
 
 /// Facts per locale tag, shared by the helpers of both registries.
-type FactsByLocale = Arc<HashMap<String, LocaleFacts>>;
+type FactsByLocale = Arc<Vec<LocaleFacts>>;
 
 /// The locale of the template being rendered: registered names are `<locale>/<file>`.
 fn facts<'a>(
@@ -302,7 +331,7 @@ fn facts<'a>(
 ) -> Result<&'a LocaleFacts, RenderErrorReason> {
     rc.get_root_template_name()
         .and_then(|name| name.split('/').next())
-        .and_then(|tag| by_locale.get(tag))
+        .and_then(|tag| by_locale.iter().find(|facts| facts.tag == tag))
         .ok_or_else(|| RenderErrorReason::Other("no locale for this template".into()))
 }
 
@@ -325,14 +354,13 @@ impl HelperDef for DateHelper {
             return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
         }
         let raw = param.value().as_str().unwrap_or_default();
-        let date = parse_date(raw).ok_or_else(|| {
+        let date = facts(&self.0, rc)?.long_date(raw).ok_or_else(|| {
             RenderErrorReason::Other(format!(
                 "date: `{}` is not a YYYY-MM-DD date",
                 param.value()
             ))
         })?;
-        let facts = facts(&self.0, rc)?;
-        out.write(&facts.dates.format(&date).to_string())?;
+        out.write(&date)?;
         Ok(())
     }
 }
@@ -377,6 +405,8 @@ pub const HELPERS: [&str; 3] = ["date", "dir", "lang"];
 pub struct Renderer {
     name: TemplateName,
     locales: Locales,
+    /// Registry keys per locale (in `locales` order) and part (in `Part::ALL` order).
+    names: Vec<[String; 5]>,
     /// For `email.html.hbs`: values HTML-escaped.
     html: Handlebars<'static>,
     /// For every other part: values as they are.
@@ -504,7 +534,7 @@ impl Renderer {
         let facts: FactsByLocale = Arc::new(
             locales
                 .iter()
-                .map(|locale| Ok((locale.tag().to_string(), locale_facts(&root, locale)?)))
+                .map(|locale| locale_facts(&root, locale))
                 .collect::<Result<_, TemplateError>>()?,
         );
         let mut html = registry(&facts);
@@ -515,24 +545,28 @@ impl Renderer {
             html.register_template(&partial, template.clone());
             text.register_template(&partial, template);
         }
-        for locale in locales.iter() {
-            for part in Part::ALL {
+        let names: Vec<[String; 5]> = locales
+            .iter()
+            .map(|locale| Part::ALL.map(|part| format!("{}/{}", locale.tag(), part.file_name())))
+            .collect();
+        for (locale, names) in locales.iter().zip(&names) {
+            for (part, registered) in Part::ALL.into_iter().zip(names) {
                 let path = root.join(locale.tag()).join(part.file_name());
                 let mut template = compile(&path, &read_source(&path)?)?;
                 // Helpers find the locale from the root template's name.
-                let registered = registered_name(locale, part);
                 template.name = Some(registered.clone());
                 let registry = if part == Part::Html {
                     &mut html
                 } else {
                     &mut text
                 };
-                registry.register_template(&registered, template);
+                registry.register_template(registered, template);
             }
         }
         Ok(Renderer {
             name: name.clone(),
             locales,
+            names,
             html,
             text,
         })
@@ -583,7 +617,21 @@ impl Renderer {
         })
     }
 
-    fn render_part(
+    /// The registry key of a locale's part, `<locale>/<file>`; helpers read the locale back from it.
+    fn registered_name(&self, locale: &TemplateLocale, part: Part) -> &str {
+        let index = self
+            .locales
+            .iter()
+            .position(|l| l.tag() == locale.tag())
+            .unwrap_or_default();
+        self.names
+            .get(index)
+            .and_then(|names| Part::ALL.iter().position(|p| *p == part).map(|i| &names[i]))
+            .map_or("", String::as_str)
+    }
+
+    /// Renders one part in a given locale with a context from [`context`].
+    pub fn render_part(
         &self,
         locale: &TemplateLocale,
         part: Part,
@@ -595,7 +643,7 @@ impl Renderer {
             &self.text
         };
         registry
-            .render_with_context(&registered_name(locale, part), context)
+            .render_with_context(self.registered_name(locale, part), context)
             .map_err(|e| RenderError {
                 template: self.name.to_string(),
                 locale: locale.tag().to_string(),
@@ -603,11 +651,6 @@ impl Renderer {
                 reason: describe_render_error(&e),
             })
     }
-}
-
-/// The registry key of a locale's part; helpers read the locale back from it.
-fn registered_name(locale: &TemplateLocale, part: Part) -> String {
-    format!("{}/{}", locale.tag(), part.file_name())
 }
 
 fn locale_facts(root: &Path, locale: &TemplateLocale) -> Result<LocaleFacts, TemplateError> {
@@ -622,6 +665,7 @@ fn locale_facts(root: &Path, locale: &TemplateLocale) -> Result<LocaleFacts, Tem
         tag: locale.tag().to_string(),
         dir: locale.dir(),
         dates,
+        formatted: RwLock::default(),
     })
 }
 
