@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sunset::Channel;
-use sunset::render::{Part, RecipientVars, Renderer, Sample, TemplateName, context, template_dir};
+use sunset::batch::Recipient;
+use sunset::render::{Part, Renderer, Sample, TemplateName, context, template_dir};
 
 /// The allocator the `sunset` binary uses, so the numbers are the binary's.
 #[global_allocator]
@@ -29,8 +30,8 @@ fn fixture() -> (Renderer, Sample) {
     (renderer, sample)
 }
 
-fn recipient(sample: &Sample, tag: &str) -> RecipientVars {
-    RecipientVars {
+fn recipient(sample: &Sample, tag: &str) -> Recipient {
+    Recipient {
         locale: Some(tag.to_string()),
         ..sample.recipient.clone()
     }

@@ -26,6 +26,54 @@ pub struct Cli {
 pub enum Command {
     /// Render a notice for a locale (or all), or lint every template with --check.
     Preview(PreviewArgs),
+    /// Declare the exchange and queues (idempotent).
+    Topology,
+    /// Validate an audience file and publish it as batches.
+    Enqueue(CampaignArgs),
+    /// Consume batches and send notices until SIGTERM/SIGINT.
+    Worker(WorkerArgs),
+    /// One box: enqueue, then work until that campaign is drained, then print a summary.
+    Send(CampaignArgs),
+}
+
+/// `sunset enqueue` and `sunset send`.
+#[derive(Debug, Args)]
+pub struct CampaignArgs {
+    /// Campaign id (1-128 of A-Z a-z 0-9 . _ : -); prefixes batch ids, Message-IDs, keys.
+    #[arg(long)]
+    pub campaign_id: String,
+    /// Template folder name under `templates.dir`.
+    #[arg(long)]
+    pub template: String,
+    /// Audience: .csv (header user_id,email,locale,name) or .jsonl.
+    #[arg(long, value_name = "FILE")]
+    pub audience: PathBuf,
+    /// Channels to send by.
+    #[arg(long, value_delimiter = ',', default_value = "email,push")]
+    pub channels: Vec<Channel>,
+    /// JSON object of campaign variables [default: the template's sample.json vars].
+    #[arg(long, value_name = "FILE")]
+    pub vars: Option<PathBuf>,
+    /// Recipients per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// RFC 3339 instant after which nothing more is sent.
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// Publish the valid rows even if some are rejected (they are still listed).
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Validate and count, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `sunset worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Exit 0 once nothing is in flight and the work and retry queues stay empty.
+    #[arg(long)]
+    pub exit_when_idle: bool,
 }
 
 /// `sunset preview`.

@@ -1,12 +1,21 @@
 //! sunset: tell every user of a shutting-down product, in their own language, exactly once.
 
+pub mod batch;
+pub mod broker;
 pub mod channel;
 pub mod cli;
+pub mod commands;
+pub mod daemon;
+pub mod enqueue;
+pub mod limit;
+
 pub mod config;
 pub mod lint;
 pub mod locale;
+pub mod logging;
 pub mod preview;
 pub mod render;
+pub mod worker;
 
 pub use channel::Channel;
 pub use config::Config;

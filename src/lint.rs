@@ -7,9 +7,10 @@ use std::path::Path;
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Path as VarPath, Template};
 
+use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::render::{
-    self, HELPERS, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RecipientVars, Renderer, Sample,
+    self, HELPERS, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample,
     TemplateName,
 };
 
@@ -172,7 +173,7 @@ pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Probl
             .keys()
             .chain(sample.recipient.vars.keys())
             .map(String::as_str)
-            .chain(RecipientVars::FIELDS)
+            .chain(RECIPIENT_FIELDS)
             .collect();
         let files = usage.iter().flat_map(|(part, by_locale)| {
             by_locale
@@ -220,7 +221,7 @@ fn render_every_locale(
     };
     let mut problems = Vec::new();
     for locale in renderer.locales().iter() {
-        let recipient = RecipientVars {
+        let recipient = Recipient {
             locale: Some(locale.tag().to_string()),
             ..sample.recipient.clone()
         };

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sunset::cli::{self, Cli, Command};
-use sunset::{Config, preview};
+use sunset::{Config, commands, preview};
 
 /// mimalloc: rendering is allocation-heavy (handlebars), and glibc malloc was a quarter of it.
 #[global_allocator]
@@ -26,7 +26,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
-        Command::Preview(args) => preview::run(&config, &args),
+    if let Command::Preview(args) = &cli.command {
+        return preview::run(&config, args);
     }
+    sunset::logging::init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Preview(_) => Ok(()),
+            Command::Topology => commands::topology(&config).await,
+            Command::Enqueue(args) => commands::enqueue(&config, args).await,
+            Command::Worker(args) => commands::worker(&config, args).await,
+            Command::Send(args) => commands::send(&config, args).await,
+        }
+    })
 }

@@ -7,11 +7,12 @@ use std::path::Path;
 use anyhow::Context as _;
 use icu::locale::Locale;
 
+use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::cli::{InvalidInput, PreviewArgs};
 use crate::config::Config;
 use crate::lint::{self, CheckFailed};
-use crate::render::{self, Notice, RecipientVars, Renderer, Sample, TemplateName, Vars};
+use crate::render::{self, Notice, Renderer, Sample, TemplateName, Vars};
 
 /// Runs `sunset preview` with its arguments.
 pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
@@ -59,7 +60,7 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     for tag in requested {
-        let recipient = RecipientVars {
+        let recipient = Recipient {
             locale: Some(tag.clone()),
             ..sample.recipient.clone()
         };

@@ -12,9 +12,10 @@ use handlebars::{
 use icu::calendar::{Date, Gregorian};
 use icu::datetime::FixedCalendarDateTimeFormatter;
 use icu::datetime::fieldsets::YMD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::batch::{EmailAddress, Recipient};
 use crate::channel::Channel;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
 
@@ -33,8 +34,22 @@ pub const PUSH_TITLE_MAX: usize = 50;
 pub const PUSH_BODY_MAX: usize = 150;
 
 /// A template's name: one folder under `templates.dir`, never a path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TemplateName(String);
+
+impl TryFrom<String> for TemplateName {
+    type Error = TemplateError;
+    fn try_from(name: String) -> Result<TemplateName, TemplateError> {
+        TemplateName::parse(&name)
+    }
+}
+
+impl From<TemplateName> for String {
+    fn from(name: TemplateName) -> String {
+        name.0
+    }
+}
 
 impl TemplateName {
     /// Accepts letters, digits, `-`, `_` and `.`, not starting with `.`.
@@ -220,31 +235,10 @@ pub struct Notice {
     pub push: Option<PushNotice>,
 }
 
-/// The recipient fields a template can use, besides campaign and per-recipient `vars`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipientVars {
-    /// Stable id of the user in the shutting-down product.
-    pub user_id: String,
-    /// Email address, if the user has one.
-    #[serde(default)]
-    pub email: Option<String>,
-    /// Requested locale tag, as the product stored it.
-    #[serde(default)]
-    pub locale: Option<String>,
-    /// Display name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Per-recipient overrides of campaign variables.
-    #[serde(default)]
-    pub vars: Vars,
-}
-
-impl RecipientVars {
-    /// Names always present in a template's context (null when the recipient lacks them), so
-    /// `{{#if name}}` works and a typo like `{{nmae}}` still fails in strict mode.
-    pub const FIELDS: [&'static str; 4] = ["user_id", "email", "locale", "name"];
-}
+/// Names always present in a template's context besides the campaign and recipient `vars`
+/// (null when the recipient lacks them), so `{{#if name}}` works and a typo like `{{nmae}}`
+/// still fails in strict mode.
+pub const RECIPIENT_FIELDS: [&str; 4] = ["user_id", "email", "locale", "name"];
 
 /// A template's `sample.json`: the campaign variables and one recipient, for preview and checks.
 #[derive(Debug, Clone, Deserialize)]
@@ -253,7 +247,7 @@ pub struct Sample {
     /// Campaign variables.
     pub vars: Vars,
     /// One recipient.
-    pub recipient: RecipientVars,
+    pub recipient: Recipient,
 }
 
 impl Sample {
@@ -273,14 +267,15 @@ impl Sample {
 
 /// Builds the context a notice is rendered with: campaign vars, overridden by the recipient's
 /// vars, then the recipient fields. Recipient values are data only, never template source.
-pub fn context(vars: &Vars, recipient: &RecipientVars) -> Context {
+pub fn context(vars: &Vars, recipient: &Recipient) -> Context {
     let mut data = vars.clone();
     data.extend(recipient.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let optional = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
-    data.insert("user_id".into(), Value::String(recipient.user_id.clone()));
-    data.insert("email".into(), optional(&recipient.email));
-    data.insert("locale".into(), optional(&recipient.locale));
-    data.insert("name".into(), optional(&recipient.name));
+    let optional = |v: Option<&str>| v.map_or(Value::Null, |v| Value::String(v.to_string()));
+    let email = recipient.email.as_ref().map(EmailAddress::as_str);
+    data.insert("user_id".into(), recipient.user_id.as_str().into());
+    data.insert("email".into(), optional(email));
+    data.insert("locale".into(), optional(recipient.locale.as_deref()));
+    data.insert("name".into(), optional(recipient.name.as_deref()));
     Context::from(Value::Object(data))
 }
 
@@ -586,7 +581,7 @@ impl Renderer {
     pub fn render(
         &self,
         vars: &Vars,
-        recipient: &RecipientVars,
+        recipient: &Recipient,
         channels: &[Channel],
     ) -> Result<Notice, RenderError> {
         let locale = self.locales.negotiate(recipient.locale.as_deref());

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use common::{TestEnv, shipped_templates};
 use serde_json::json;
 use sunset::Channel;
-use sunset::render::{RecipientVars, Renderer, Sample, TemplateName, Vars, template_dir};
+use sunset::batch::{EmailAddress, Recipient, UserId};
+use sunset::render::{Renderer, Sample, TemplateName, Vars, template_dir};
 
 fn xiami() -> TemplateName {
     TemplateName::parse("xiami-shutdown").expect("valid name")
@@ -21,10 +22,10 @@ fn shipped() -> (Renderer, Sample) {
     (renderer, sample)
 }
 
-fn recipient(locale: &str, name: &str) -> RecipientVars {
-    RecipientVars {
-        user_id: "u-1".into(),
-        email: Some("u1@example.com".into()),
+fn recipient(locale: &str, name: &str) -> Recipient {
+    Recipient {
+        user_id: UserId::parse("u-1").expect("valid id"),
+        email: Some(EmailAddress::parse("u1@example.com").expect("valid address")),
         locale: Some(locale.into()),
         name: Some(name.into()),
         vars: Vars::new(),

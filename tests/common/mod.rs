@@ -3,13 +3,22 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
+pub mod push_sink;
+pub mod smtp_sink;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A scratch folder per test: `templates/` (a copy of the shipped ones) and `sunset.toml`.
+use sunset::broker::{Broker, QueueNames};
+use sunset::config::BrokerConfig;
+
+/// A scratch folder per test: `templates/` (a copy of the shipped ones) and `sunset.toml`;
+/// with a broker, its own randomly named queues, deleted when the test ends.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
+    /// The work queue (`broker.queue`) of a broker test.
+    pub queue: Option<String>,
 }
 
 impl TestEnv {
@@ -17,10 +26,74 @@ impl TestEnv {
     pub fn new() -> TestEnv {
         let env = TestEnv {
             dir: tempfile::tempdir().expect("create temp dir"),
+            queue: None,
         };
         copy_dir(&shipped_templates(), &env.templates());
         env.write_config("[templates]\ndir = \"templates\"\n");
         env
+    }
+
+    /// A test environment with its own queues: `sunset.test.<random>` and derived names,
+    /// retry delays of 1 s and 2 s, and `extra` config appended (e.g. `[email]` with a sink URL).
+    pub fn with_broker(extra: &str) -> TestEnv {
+        let mut env = TestEnv::new();
+        let queue = format!("sunset.test.{:016x}", fastrand::u64(..));
+        env.write_config(&format!(
+            "[templates]\ndir = \"templates\"\n[broker]\nqueue = \"{queue}\"\n\
+             [worker]\nretry_delays_ms = [1000, 2000]\n{extra}"
+        ));
+        env.queue = Some(queue);
+        env
+    }
+
+    /// The queue names of a broker test.
+    pub fn names(&self) -> QueueNames {
+        QueueNames::new(self.queue.as_deref().expect("a broker test"), &[1000, 2000])
+    }
+
+    /// A connection to the test's queues (declaring them).
+    pub async fn broker(&self) -> Broker {
+        let config = BrokerConfig {
+            queue: self.names().work,
+            ..BrokerConfig::default()
+        };
+        Broker::connect(&config, self.names())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672")
+    }
+
+    /// Every message now in the dead-letter queue (taken off it): body and `x-sunset-error`.
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
+        let connection = lapin::Connection::connect(
+            &BrokerConfig::default().url,
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let mut letters = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.names().dlq.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let error = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(sunset::broker::ERROR_HEADER).cloned())
+                .and_then(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                    _ => None,
+                });
+            letters.push((message.delivery.data.clone(), error));
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        letters
     }
 
     pub fn path(&self) -> &Path {
@@ -57,13 +130,26 @@ impl TestEnv {
 
     /// Runs `sunset ARGS` with extra environment variables.
     pub fn sunset_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run(self.command(args, env).output().expect("run sunset"))
+    }
+
+    /// Runs `sunset ARGS` off the async runtime, so in-process sinks keep serving meanwhile.
+    pub async fn sunset_async(&self, args: &[&str]) -> Run {
+        let mut command = self.command(args, &[]);
+        tokio::task::spawn_blocking(move || Run(command.output().expect("run sunset")))
+            .await
+            .expect("join")
+    }
+
+    /// The `sunset ARGS` command in the folder, with no `SUNSET*` variables from the outside.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sunset"));
         command.args(args).current_dir(self.path());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SUNSET")) {
             command.env_remove(key);
         }
         command.envs(env.iter().copied());
-        Run(command.output().expect("run sunset"))
+        command
     }
 }
 
@@ -90,6 +176,30 @@ impl Run {
             self.stderr()
         );
         self
+    }
+}
+
+impl Drop for TestEnv {
+    /// Deletes the test's queues, from a thread of its own so it works inside a tokio test too.
+    fn drop(&mut self) {
+        if self.queue.is_none() {
+            return;
+        }
+        let names = self.names();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async {
+                let config = BrokerConfig {
+                    queue: names.work.clone(),
+                    ..BrokerConfig::default()
+                };
+                if let Ok(broker) = Broker::connect(&config, names).await {
+                    let _ = broker.delete_queues().await;
+                    broker.close().await;
+                }
+            });
+        })
+        .join();
     }
 }
 

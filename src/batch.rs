@@ -1,0 +1,280 @@
+//! The wire format: a `Batch` of recipients as published on the work queue, and its parsed fields.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Channel;
+use crate::render::{TemplateName, Vars};
+
+/// The only wire-format version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+/// A field of the wire format or an audience row is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// `campaign_id` is empty or has characters outside `A-Z a-z 0-9 . _ : -`.
+    #[error("campaign id `{0}` must be 1-128 of A-Z a-z 0-9 . _ : -")]
+    CampaignId(String),
+    /// `user_id` is empty, too long, or holds control characters.
+    #[error("user_id `{0}` must be 1-256 characters without control characters")]
+    UserId(String),
+    /// Not an email address (`local@domain`).
+    #[error("`{0}` is not an email address")]
+    Email(String),
+}
+
+/// A campaign's id, e.g. `xiami-shutdown-2021`; also the prefix of its batch ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CampaignId(String);
+
+impl CampaignId {
+    /// Accepts 1-128 of `A-Z a-z 0-9 . _ : -`.
+    pub fn parse(id: &str) -> Result<CampaignId, FieldError> {
+        let ok = (1..=128).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if ok {
+            Ok(CampaignId(id.to_string()))
+        } else {
+            Err(FieldError::CampaignId(id.to_string()))
+        }
+    }
+
+    /// The id as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The stable id of a user in the shutting-down product.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    /// Trims, then accepts 1-256 characters without control characters.
+    pub fn parse(id: &str) -> Result<UserId, FieldError> {
+        let id = id.trim();
+        let ok = !id.is_empty() && id.chars().count() <= 256 && !id.chars().any(char::is_control);
+        if ok {
+            Ok(UserId(id.to_string()))
+        } else {
+            Err(FieldError::UserId(id.to_string()))
+        }
+    }
+
+    /// The id as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A syntactically valid email address; the domain is kept lower-case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// Parses with lettre's RFC 5321 rules after trimming; lower-cases the domain.
+    pub fn parse(raw: &str) -> Result<EmailAddress, FieldError> {
+        let raw = raw.trim();
+        let address: lettre::Address = raw
+            .parse()
+            .map_err(|_| FieldError::Email(raw.to_string()))?;
+        Ok(EmailAddress(format!(
+            "{}@{}",
+            address.user(),
+            address.domain().to_ascii_lowercase()
+        )))
+    }
+
+    /// The whole address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part after `@`, lower-case: the key of the per-domain rate limit.
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, domain)| domain)
+    }
+}
+
+macro_rules! string_newtype_conversions {
+    ($($name:ident),*) => {$(
+        impl TryFrom<String> for $name {
+            type Error = FieldError;
+            fn try_from(raw: String) -> Result<$name, FieldError> {
+                $name::parse(&raw)
+            }
+        }
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+
+string_newtype_conversions!(CampaignId, UserId, EmailAddress);
+
+/// One user to tell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Stable id in the shutting-down product.
+    pub user_id: UserId,
+    /// Without one, the email channel is skipped for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailAddress>,
+    /// Requested locale tag as the product stored it; negotiated at render time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Per-recipient overrides of campaign `vars`.
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+}
+
+/// Why one recipient was not reached on one channel (dead letters only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Who.
+    pub user_id: UserId,
+    /// By which channel.
+    pub channel: Channel,
+    /// The last error, short.
+    pub error: String,
+}
+
+/// A message on the work queue: one campaign's notice for up to `--batch-size` recipients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Wire-format version, [`VERSION`].
+    pub version: u32,
+    /// The campaign the batch belongs to.
+    pub campaign_id: CampaignId,
+    /// `<campaign_id>:<6-digit sequence>`, deterministic for an audience file.
+    #[serde(default)]
+    pub batch_id: String,
+    /// The notice's template.
+    pub template: TemplateName,
+    /// Channels to send by.
+    #[serde(default = "all_channels")]
+    pub channels: Vec<Channel>,
+    /// After this instant nothing more is sent for the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<FixedOffset>>,
+    /// Campaign variables.
+    #[serde(default)]
+    pub vars: Vars,
+    /// Who to tell; in a dead letter, only the failed ones.
+    pub recipients: Vec<Recipient>,
+    /// Dead letters only: why each recipient × channel failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+}
+
+fn all_channels() -> Vec<Channel> {
+    Channel::ALL.to_vec()
+}
+
+/// A message body is not a batch this build can process.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or a field is missing or malformed.
+    #[error("invalid batch: {0}")]
+    Invalid(#[from] serde_json::Error),
+    /// A version this build does not know.
+    #[error("unknown batch version {0} (this build reads {VERSION})")]
+    Version(u32),
+}
+
+impl Batch {
+    /// Parses a message body; unknown versions and malformed bodies are errors.
+    pub fn decode(body: &[u8]) -> Result<Batch, DecodeError> {
+        let batch: Batch = serde_json::from_slice(body)?;
+        if batch.version != VERSION {
+            return Err(DecodeError::Version(batch.version));
+        }
+        Ok(batch)
+    }
+
+    /// The JSON body to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        // A Batch holds only strings, numbers and JSON values: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_decodes() {
+        let body = r#"{
+          "version": 1,
+          "campaign_id": "xiami-shutdown-2021",
+          "batch_id": "xiami-shutdown-2021:000042",
+          "template": "xiami-shutdown",
+          "channels": ["email", "push"],
+          "deadline": "2021-02-05T00:00:00+08:00",
+          "vars": { "shutdown_date": "2021-02-05", "export_url": "https://example.com/export" },
+          "recipients": [
+            { "user_id": "u-1001", "email": "layla@Example.COM", "locale": "ar-EG", "name": "ليلى", "vars": {} }
+          ]
+        }"#;
+        let batch = Batch::decode(body.as_bytes()).expect("decodes");
+        assert_eq!(
+            batch.recipients[0].email.as_ref().map(EmailAddress::domain),
+            Some("example.com")
+        );
+        assert_eq!(Batch::decode(&batch.encode()).expect("round trip"), batch);
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        let cases: [&[u8]; 6] = [
+            b"not json",
+            br#"{"version": 2, "campaign_id": "c", "template": "t", "recipients": []}"#,
+            br#"{"version": 1, "template": "t", "recipients": []}"#,
+            br#"{"version": 1, "campaign_id": "c", "recipients": []}"#,
+            br#"{"version": 1, "campaign_id": "c", "template": "t"}"#,
+            br#"{"version": 1, "campaign_id": "c", "template": "t", "recipients": [{"user_id": "u", "email": "nope"}]}"#,
+        ];
+        for body in cases {
+            assert!(
+                Batch::decode(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn ids_and_addresses_are_parsed_once_at_the_edge() {
+        assert!(CampaignId::parse("xiami-shutdown-2021").is_ok());
+        assert!(CampaignId::parse("has space").is_err());
+        assert!(CampaignId::parse("").is_err());
+        assert_eq!(UserId::parse("  u-1 ").expect("trimmed").as_str(), "u-1");
+        assert!(UserId::parse("a\nb").is_err());
+        assert!(UserId::parse("").is_err());
+        assert_eq!(
+            EmailAddress::parse("Li@QQ.com").expect("valid").as_str(),
+            "Li@qq.com"
+        );
+        for bad in ["", "no-at", "a@", "@b.com", "a b@c.com"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

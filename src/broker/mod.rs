@@ -1,0 +1,309 @@
+//! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
+
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+
+pub use topology::{EXCHANGE, QueueNames};
+
+use crate::batch::Batch;
+use crate::config::BrokerConfig;
+
+/// Header counting deliveries of a recipient set, 1-based; absent means 1.
+pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
+/// Header of a dead letter: the short reason.
+pub const ERROR_HEADER: &str = "x-sunset-error";
+
+/// How long the first connection may take before the command gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something went wrong talking to RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection within the timeout.
+    #[error("no connection to RabbitMQ at {url} within {seconds}s")]
+    ConnectTimeout {
+        /// The URL without credentials.
+        url: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The AMQP client reported an error.
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused (nack) a message it was sent.
+    #[error("RabbitMQ refused the message for `{0}` (nack)")]
+    Nacked(String),
+    /// The broker ended the consumer (queue deleted, or the channel closed).
+    #[error("RabbitMQ ended the consumer")]
+    ConsumerEnded,
+    /// The message could not be routed to any queue (returned).
+    #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
+    Returned(String),
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// The work queue, through the `sunset` exchange.
+    Work,
+    /// A queue by name, through the default exchange (retry and dead-letter queues).
+    Queue(&'a str),
+}
+
+/// A connection with one confirm-mode channel for publishing, and the queue names.
+pub struct Broker {
+    connection: Connection,
+    publisher: Channel,
+    names: QueueNames,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer and the channel it lives on (acks go through that channel).
+pub struct Subscription {
+    channel: Channel,
+    /// The stream of deliveries.
+    pub consumer: Consumer,
+}
+
+impl Subscription {
+    /// Stops new deliveries; those already received can still be acked.
+    pub async fn cancel(&self) -> Result<(), BrokerError> {
+        self.channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the channel: unacked deliveries go back to the queue.
+    pub async fn close(&self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "done".into()).await;
+        }
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Broker {
+    /// Connects (giving up after a timeout), enables lapin's auto-recovery, opens a confirm-mode
+    /// channel and declares the topology.
+    pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name("sunset".into())
+            .enable_auto_recover();
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&config.url, properties),
+        )
+        .await
+        .map_err(|_| BrokerError::ConnectTimeout {
+            url: redact(&config.url),
+            seconds: CONNECT_TIMEOUT.as_secs(),
+        })??;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare(&publisher, &names).await?;
+        Ok(Broker {
+            connection,
+            publisher,
+            names,
+        })
+    }
+
+    /// The queue names.
+    pub fn names(&self) -> &QueueNames {
+        &self.names
+    }
+
+    /// Whether the connection is up (false while lapin recovers or after it gave up).
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Publishes a persistent JSON message and waits for its own confirm; a nack or a return
+    /// (unroutable) is an error.
+    pub async fn publish(
+        &self,
+        route: Route<'_>,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let (exchange, routing_key) = match route {
+            Route::Work => (EXCHANGE, self.names.work.as_str()),
+            Route::Queue(queue) => ("", queue),
+        };
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Returned(routing_key.to_string())),
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Err(BrokerError::Nacked(routing_key.to_string()))
+            }
+        }
+    }
+
+    /// Publishes a batch to the work queue (attempt 1).
+    pub async fn enqueue(&self, batch: &Batch) -> Result<(), BrokerError> {
+        self.publish(Route::Work, &batch.encode(), attempt_headers(1))
+            .await
+    }
+
+    /// Publishes a dead letter: the batch (failed recipients and `failures`) with its reason.
+    pub async fn dead_letter(
+        &self,
+        batch: &Batch,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let mut headers = attempt_headers(attempt);
+        headers.insert(
+            ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        self.publish(Route::Queue(&self.names.dlq), &batch.encode(), headers)
+            .await
+    }
+
+    /// Publishes an undecodable body to the dead-letter queue as it came, with the reason.
+    pub async fn dead_letter_raw(&self, body: &[u8], reason: &str) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        self.publish(Route::Queue(&self.names.dlq), body, headers)
+            .await
+    }
+
+    /// A consumer of the work queue on its own channel, at most `prefetch` unacked batches.
+    pub async fn subscribe(&self, prefetch: u16) -> Result<Subscription, BrokerError> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.names.work.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Subscription { channel, consumer })
+    }
+
+    /// Ready messages in a queue (not those delivered and unacked).
+    pub async fn ready_count(&self, queue: &str) -> Result<u32, BrokerError> {
+        let queue = self
+            .publisher
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
+
+    /// Deletes every queue of the topology (tests, and tearing down a finished deployment).
+    pub async fn delete_queues(&self) -> Result<(), BrokerError> {
+        for queue in self.names.all() {
+            self.publisher
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the connection cleanly; call before the runtime ends.
+    pub async fn close(&self) {
+        if self.connection.status().connected() {
+            let _ = self.connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// Headers carrying the attempt number.
+pub fn attempt_headers(attempt: u32) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+    headers
+}
+
+/// The attempt number of a delivery: `x-sunset-attempt`, 1 when absent.
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(ATTEMPT_HEADER))
+        .and_then(|value| match value {
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+            AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_urls() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+    }
+}

@@ -1,0 +1,115 @@
+//! Delivery channels: what a send needs (`Delivery`), what it returns (`Outcome`), and the
+//! `Sender` both transports implement.
+
+pub mod email;
+pub mod push;
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{CampaignId, Recipient};
+use crate::render::Notice;
+
+/// A way of reaching a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// SMTP email, text and HTML.
+    Email,
+    /// In-app push through the HTTP gateway.
+    Push,
+}
+
+impl Channel {
+    /// Every channel.
+    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Push];
+
+    /// `email` or `push`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Push => "push",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Not `email` or `push`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown channel `{0}` (expected email or push)")]
+pub struct UnknownChannel(String);
+
+impl FromStr for Channel {
+    type Err = UnknownChannel;
+
+    fn from_str(s: &str) -> Result<Channel, UnknownChannel> {
+        match s.trim() {
+            "email" => Ok(Channel::Email),
+            "push" => Ok(Channel::Push),
+            other => Err(UnknownChannel(other.to_string())),
+        }
+    }
+}
+
+/// One notice to one recipient by one channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The campaign: `Message-ID`, `Idempotency-Key`, `X-Sunset-Campaign`.
+    pub campaign_id: &'a CampaignId,
+    /// Who.
+    pub recipient: &'a Recipient,
+    /// What, rendered for the channel (`notice.email` or `notice.push` is present).
+    pub notice: &'a Notice,
+}
+
+/// What became of one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the relay or gateway (or written to the outbox).
+    Delivered,
+    /// Worth trying again later: SMTP 4xx, HTTP 408/429/5xx, connection errors, timeouts.
+    Transient {
+        /// Short reason, for logs and dead letters.
+        reason: String,
+        /// The least wait the peer asked for (`Retry-After`, "try again in N seconds").
+        retry_after: Option<Duration>,
+    },
+    /// Will not succeed as is: SMTP 5xx for this recipient, other HTTP 4xx, render failures.
+    Permanent {
+        /// Short reason, for logs and dead letters.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// A transient outcome with no requested delay.
+    pub fn transient(reason: impl Into<String>) -> Outcome {
+        Outcome::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent outcome.
+    pub fn permanent(reason: impl Into<String>) -> Outcome {
+        Outcome::Permanent {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Sends one delivery by one channel. Implementations classify every failure into an
+/// [`Outcome`] rather than returning errors: a send never aborts a batch.
+pub trait Sender: Send + Sync {
+    /// Sends, waiting at most the channel's configured timeout.
+    fn send(&self, delivery: Delivery<'_>) -> impl Future<Output = Outcome> + Send;
+}

@@ -1,0 +1,411 @@
+//! The push channel: `POST` each notice to the HTTP push gateway, or append it as one JSON
+//! line to the outbox file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::channel::{Delivery, Outcome, Sender};
+use crate::config::{PushConfig, PushTransport};
+
+/// The environment variable holding the gateway's bearer token.
+pub const TOKEN_ENV: &str = "SUNSET_PUSH_TOKEN";
+
+/// Bytes of a gateway's error body kept in an outcome's reason.
+const EXCERPT_BYTES: usize = 200;
+
+/// The push channel as configured by `push.transport`.
+#[derive(Debug)]
+pub enum PushSender {
+    /// `file`: JSON lines appended to `push.outbox`.
+    File(JsonlOutbox),
+    /// `http`: `POST` to the gateway at `push.url`.
+    Http(PushGateway),
+}
+
+impl PushSender {
+    /// Builds the configured transport. For `http`, reads [`TOKEN_ENV`] once, here; for `file`,
+    /// creates the outbox's folder and opens the file, so a bad path fails at start-up.
+    pub fn from_config(config: &PushConfig) -> anyhow::Result<PushSender> {
+        match config.transport {
+            PushTransport::File => Ok(PushSender::File(JsonlOutbox::open(&config.outbox)?)),
+            PushTransport::Http => {
+                if config.timeout_ms == 0 {
+                    bail!("push.timeout_ms must be greater than 0");
+                }
+                let timeout = Duration::from_millis(config.timeout_ms);
+                let gateway = PushGateway::new(&config.url, timeout, PushToken::from_env()?)?;
+                Ok(PushSender::Http(gateway))
+            }
+        }
+    }
+}
+
+impl Sender for PushSender {
+    async fn send(&self, delivery: Delivery<'_>) -> Outcome {
+        match self {
+            PushSender::File(outbox) => outbox.send(delivery).await,
+            PushSender::Http(gateway) => gateway.send(delivery).await,
+        }
+    }
+}
+
+/// The push gateway's bearer token. Never printed: `Debug` shows `PushToken(***)`.
+#[derive(Clone)]
+pub struct PushToken(String);
+
+impl PushToken {
+    /// Wraps a token given by other means than the environment (tests, a secrets store).
+    pub fn new(token: impl Into<String>) -> PushToken {
+        PushToken(token.into())
+    }
+
+    /// Reads [`TOKEN_ENV`]; unset or empty means no token. Fails if it is not UTF-8.
+    pub fn from_env() -> anyhow::Result<Option<PushToken>> {
+        match std::env::var(TOKEN_ENV) {
+            Ok(token) if token.trim().is_empty() => Ok(None),
+            Ok(token) => Ok(Some(PushToken(token.trim().to_string()))),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("Failed to read {TOKEN_ENV}")),
+        }
+    }
+
+    /// The `Authorization` value, marked sensitive so `http` never prints it either.
+    fn authorization(&self) -> anyhow::Result<HeaderValue> {
+        // The error must not quote the value: it is the secret.
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0)).map_err(|_| {
+            anyhow::anyhow!("{TOKEN_ENV} holds characters not allowed in an HTTP header")
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl fmt::Debug for PushToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PushToken(***)")
+    }
+}
+
+/// The HTTP push gateway: one pooled client, one `POST` per notice.
+pub struct PushGateway {
+    /// Shared by every send: keeps connections alive between requests.
+    client: reqwest::Client,
+    /// `push.url`.
+    url: Url,
+    /// Whole-request timeout (connect, send, answer), for the reason of a timeout.
+    timeout: Duration,
+    /// `Bearer …`, sensitive; `None` when no token is configured.
+    authorization: Option<HeaderValue>,
+}
+
+impl PushGateway {
+    /// A gateway at `url` (`http` or `https`), with `timeout` for each whole request and the
+    /// bearer `token`, if any. Redirects are not followed: a `POST` must reach the gateway itself.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        token: Option<PushToken>,
+    ) -> anyhow::Result<PushGateway> {
+        let url = Url::parse(url).with_context(|| format!("push.url `{url}` is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("push.url `{url}` must be an http:// or https:// URL");
+        }
+        let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sunset/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("Failed to build the push HTTP client")?;
+        Ok(PushGateway {
+            client,
+            url,
+            timeout,
+            authorization,
+        })
+    }
+
+    /// The endpoint notices are posted to.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+impl Sender for PushGateway {
+    async fn send(&self, delivery: Delivery<'_>) -> Outcome {
+        let body = match encode(&delivery) {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
+        let key = format!(
+            "{}:{}:push",
+            delivery.campaign_id, delivery.recipient.user_id
+        );
+        // `from_bytes`, not `from_str`: user ids may be UTF-8 (never control characters).
+        let Ok(key) = HeaderValue::from_bytes(key.as_bytes()) else {
+            return Outcome::permanent("user id cannot be sent in an Idempotency-Key header");
+        };
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(body);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        classify(request.send().await, self.timeout).await
+    }
+}
+
+impl fmt::Debug for PushGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut url = self.url.clone();
+        // Userinfo in the URL would be a credential too.
+        let _ = url.set_password(None);
+        f.debug_struct("PushGateway")
+            .field("url", &url.as_str())
+            .field("timeout", &self.timeout)
+            .field("token", &self.authorization.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The push outbox: one JSON line per notice, appended, never interleaved.
+#[derive(Debug)]
+pub struct JsonlOutbox {
+    /// `push.outbox`.
+    path: PathBuf,
+    /// Held for the whole write of a line, so concurrent sends never mix their bytes.
+    file: Mutex<tokio::fs::File>,
+}
+
+impl JsonlOutbox {
+    /// Creates the file's folder if needed and opens the file for appending.
+    pub fn open(path: &Path) -> anyhow::Result<JsonlOutbox> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("Failed to create folder {}", parent.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("Failed to open push outbox {}", path.display()))?;
+        Ok(JsonlOutbox {
+            path: path.to_owned(),
+            file: Mutex::new(tokio::fs::File::from_std(file)),
+        })
+    }
+
+    /// The file lines are appended to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Sender for JsonlOutbox {
+    async fn send(&self, delivery: Delivery<'_>) -> Outcome {
+        let mut line = match encode(&delivery) {
+            Ok(line) => line,
+            Err(outcome) => return outcome,
+        };
+        line.push(b'\n');
+        let mut file = self.file.lock().await;
+        // One write_all of the whole line (one write(2) in append mode), then flush: tokio
+        // writes in the background, and only the flush reports whether the line landed.
+        let written = match file.write_all(&line).await {
+            Ok(()) => file.flush().await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(()) => Outcome::Delivered,
+            Err(error) => Outcome::transient(format!(
+                "cannot write push outbox {}: {error}",
+                self.path.display()
+            )),
+        }
+    }
+}
+
+/// The JSON both transports send: the gateway's request body, the outbox's line.
+#[derive(Serialize)]
+struct PushMessage<'a> {
+    user_id: &'a str,
+    campaign_id: &'a str,
+    locale: &'a str,
+    dir: &'static str,
+    title: &'a str,
+    body: &'a str,
+}
+
+/// The JSON of a delivery, or the permanent outcome of a notice without a push part.
+fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
+    let Some(push) = &delivery.notice.push else {
+        return Err(Outcome::permanent("no push part rendered"));
+    };
+    let message = PushMessage {
+        user_id: delivery.recipient.user_id.as_str(),
+        campaign_id: delivery.campaign_id.as_str(),
+        locale: &delivery.notice.locale,
+        dir: delivery.notice.dir.as_str(),
+        title: &push.title,
+        body: &push.body,
+    };
+    serde_json::to_vec(&message)
+        .map_err(|error| Outcome::permanent(format!("cannot encode push message: {error}")))
+}
+
+/// The one place an HTTP exchange becomes an outcome: 2xx delivered; 408, 429, 5xx, connect
+/// errors and timeouts transient (with `Retry-After`); anything else permanent.
+async fn classify(result: reqwest::Result<reqwest::Response>, timeout: Duration) -> Outcome {
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) if error.is_timeout() => {
+            return Outcome::transient(format!(
+                "push gateway did not answer within {} ms",
+                timeout.as_millis()
+            ));
+        }
+        Err(error) if error.is_builder() => {
+            return Outcome::permanent(format!("cannot build push request: {}", chain(error)));
+        }
+        Err(error) if error.is_connect() => {
+            return Outcome::transient(format!("cannot connect to push gateway: {}", chain(error)));
+        }
+        Err(error) => return Outcome::transient(format!("push request failed: {}", chain(error))),
+    };
+    let status = response.status();
+    let retry_after = retry_after(response.headers(), Utc::now());
+    // Reading (a little of) the body also lets the connection go back to the pool.
+    let excerpt = excerpt(&mut response).await;
+    let reason = if excerpt.is_empty() {
+        format!("push gateway answered {status}")
+    } else {
+        format!("push gateway answered {status}: {excerpt}")
+    };
+    if status.is_success() {
+        Outcome::Delivered
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        Outcome::Transient {
+            reason,
+            retry_after,
+        }
+    } else {
+        Outcome::permanent(reason)
+    }
+}
+
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP-date (RFC 9110).
+/// A date in the past, or a value that is neither, asks for nothing.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    // IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is a valid RFC 2822 date.
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    (date.with_timezone(&Utc) - now).to_std().ok()
+}
+
+/// The start of a response body, on one line, at most [`EXCERPT_BYTES`] bytes read.
+async fn excerpt(response: &mut reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            // A body that cannot be read adds nothing to the status.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if bytes.len() > EXCERPT_BYTES {
+        line.push('…');
+    }
+    line
+}
+
+/// An error with its causes, `: `-separated, without the URL (it may carry credentials).
+fn chain(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(retry_after: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(retry_after).expect("valid header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .expect("date")
+            .with_timezone(&Utc);
+        assert_eq!(
+            retry_after(&headers("7"), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:30:00 GMT"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:00:00 GMT"), now),
+            None
+        );
+        assert_eq!(retry_after(&headers("soon"), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let token = PushToken::new("s3cret");
+        assert_eq!(format!("{token:?}"), "PushToken(***)");
+        let gateway = PushGateway::new(
+            "http://user:pw@127.0.0.1:9/push",
+            Duration::from_secs(1),
+            Some(token),
+        )
+        .expect("gateway");
+        let debug = format!("{gateway:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("pw"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn only_http_urls_are_gateways() {
+        assert!(PushGateway::new("ftp://127.0.0.1/push", Duration::from_secs(1), None).is_err());
+        assert!(PushGateway::new("not a url", Duration::from_secs(1), None).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The commands that talk to RabbitMQ: `topology`, `enqueue`, `worker`, `send`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::batch::CampaignId;
+use crate::broker::{Broker, QueueNames, redact};
+use crate::channel::email::EmailSender;
+use crate::channel::push::PushSender;
+use crate::cli::{CampaignArgs, WorkerArgs};
+use crate::config::Config;
+use crate::daemon::{self, Until};
+use crate::enqueue::{self, Options, Plan};
+use crate::limit::Limits;
+use crate::worker::{Deps, Report};
+
+/// How often the keyed per-domain limiter forgets idle domains.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+fn queue_names(config: &Config) -> QueueNames {
+    QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms)
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Broker> {
+    Broker::connect(&config.broker, queue_names(config))
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to connect to RabbitMQ at {}",
+                redact(&config.broker.url)
+            )
+        })
+}
+
+/// `sunset topology`.
+pub async fn topology(config: &Config) -> anyhow::Result<()> {
+    let broker = connect(config).await?;
+    for queue in broker.names().all() {
+        println!("declared {queue}");
+    }
+    broker.close().await;
+    Ok(())
+}
+
+fn options(args: &CampaignArgs) -> Options {
+    Options {
+        campaign_id: args.campaign_id.clone(),
+        template: args.template.clone(),
+        audience: args.audience.clone(),
+        channels: args.channels.clone(),
+        vars: args.vars.clone(),
+        batch_size: args.batch_size,
+        deadline: args.deadline.clone(),
+        skip_invalid: args.skip_invalid,
+    }
+}
+
+/// Validates, then (unless `--dry-run`) publishes; `None` on a dry run.
+async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Option<Plan>> {
+    let plan = enqueue::prepare(config, &options(args))?;
+    if args.dry_run {
+        println!(
+            "dry run: campaign {} would be {} recipients in {} batches, {} rejected; nothing published",
+            plan.campaign,
+            plan.recipients,
+            plan.batches(),
+            plan.rejected
+        );
+        return Ok(None);
+    }
+    let broker = connect(config).await?;
+    let summary = enqueue::publish(&broker, &plan).await;
+    broker.close().await;
+    println!("enqueued campaign {}: {}", plan.campaign, summary?);
+    Ok(Some(plan))
+}
+
+/// `sunset enqueue`.
+pub async fn enqueue(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
+    enqueue_plan(config, args).await.map(drop)
+}
+
+fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
+    let email =
+        EmailSender::from_config(&config.email).context("Failed to set up the email channel")?;
+    let push =
+        PushSender::from_config(&config.push).context("Failed to set up the push channel")?;
+    Ok(Arc::new(Deps::new(
+        config.templates.dir.clone(),
+        config.templates.default_locale.clone(),
+        email,
+        push,
+        Arc::new(Limits::new(&config.rate)),
+        config.worker.concurrency,
+    )))
+}
+
+/// Runs the daemon with signals wired to shutdown.
+async fn work(config: &Config, until: Until) -> anyhow::Result<Report> {
+    let deps = deps(config)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
+    let report = daemon::run(
+        &config.broker,
+        queue_names(config),
+        deps,
+        until,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = pruner.await;
+    report
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    info!("shutdown requested: finishing in-flight batches");
+    shutdown.cancel();
+}
+
+/// `sunset worker`.
+pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
+    let until = if args.exit_when_idle {
+        Until::Idle
+    } else {
+        Until::Shutdown
+    };
+    let report = work(config, until).await?;
+    info!(batches = report.batches, "worker stopped");
+    Ok(())
+}
+
+/// `sunset send`.
+pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let Some(plan) = enqueue_plan(config, args).await? else {
+        return Ok(());
+    };
+    let until = Until::CampaignDone {
+        campaign: plan.campaign.clone(),
+        batches: plan.batches(),
+    };
+    let report = work(config, until).await?;
+    print!("{}", summary(&plan.campaign, &report, started.elapsed()));
+    Ok(())
+}
+
+/// The end-of-campaign table: per channel and locale, then totals and the rate.
+pub fn summary(campaign: &CampaignId, report: &Report, elapsed: Duration) -> String {
+    let mut out = format!("campaign {campaign}: {} batches\n", report.batches);
+    out.push_str(&format!(
+        "{:<8} {:<8} {:>10} {:>8}\n",
+        "channel", "locale", "delivered", "failed"
+    ));
+    for ((channel, locale), counts) in &report.counts {
+        out.push_str(&format!(
+            "{channel:<8} {locale:<8} {:>10} {:>8}\n",
+            counts.delivered, counts.failed
+        ));
+    }
+    let delivered: u64 = report.counts.values().map(|c| c.delivered).sum();
+    let failed: u64 = report.counts.values().map(|c| c.failed).sum();
+    let secs = elapsed.as_secs_f64();
+    out.push_str(&format!(
+        "total: {delivered} delivered, {failed} failed, {} without email, {secs:.1}s, {:.0} sends/s\n",
+        report.no_email,
+        if secs > 0.0 { delivered as f64 / secs } else { 0.0 }
+    ));
+    out
+}

@@ -1,0 +1,527 @@
+//! The email channel against a real SMTP server (and a silent one), and the `.eml` outbox.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::smtp_sink::SmtpSink;
+use mail_parser::MimeHeaders;
+use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
+use sunset::channel::email::EmailSender;
+use sunset::channel::{Delivery, Outcome, Sender};
+use sunset::config::{EmailConfig, EmailTransport};
+use sunset::locale::Direction;
+use sunset::render::{EmailNotice, Notice};
+
+const CAMPAIGN: &str = "xiami-shutdown-2021";
+
+fn campaign() -> CampaignId {
+    CampaignId::parse(CAMPAIGN).expect("valid campaign id")
+}
+
+fn recipient(user_id: &str, email: &str, name: Option<&str>) -> Recipient {
+    Recipient {
+        user_id: UserId::parse(user_id).expect("valid user id"),
+        email: Some(EmailAddress::parse(email).expect("valid address")),
+        locale: None,
+        name: name.map(str::to_string),
+        vars: Default::default(),
+    }
+}
+
+fn notice(locale: &str, dir: Direction, subject: &str) -> Notice {
+    Notice {
+        locale: locale.to_string(),
+        dir,
+        email: Some(EmailNotice {
+            subject: subject.to_string(),
+            text: format!("{subject}\n\nنص — 正文 — text"),
+            html: format!("<p dir=\"{}\">{subject}</p>", dir.as_str()),
+        }),
+        push: None,
+    }
+}
+
+fn arabic() -> Notice {
+    notice("ar", Direction::Rtl, "سيتوقف شيامي عن العمل")
+}
+
+fn smtp_config(url: &str, pool_size: u32, timeout_ms: u64) -> EmailConfig {
+    EmailConfig {
+        transport: EmailTransport::Smtp,
+        url: url.to_string(),
+        from: "Xiami Music <noreply@xiami.example>".into(),
+        pool_size,
+        timeout_ms,
+        ..EmailConfig::default()
+    }
+}
+
+fn relay(url: &str) -> EmailSender {
+    EmailSender::from_config(&smtp_config(url, 4, 5_000)).expect("valid email config")
+}
+
+async fn send(sender: &EmailSender, recipient: &Recipient, notice: &Notice) -> Outcome {
+    let campaign_id = campaign();
+    sender
+        .send(Delivery {
+            campaign_id: &campaign_id,
+            recipient,
+            notice,
+        })
+        .await
+}
+
+/// A 127.0.0.1 port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+fn trimmed(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim)
+}
+
+#[tokio::test]
+async fn a_notice_sent_by_smtp_arrives_once_as_utf8_multipart_alternative() {
+    // Arrange
+    let sink = SmtpSink::start();
+    let sender = relay(&sink.url());
+    let layla = recipient("u-1001", "layla@example.com", Some("ليلى"));
+    let wei = recipient("u-1002", "wei@example.com", Some("王伟"));
+    let chinese = notice("zh-Hant", Direction::Ltr, "蝦米音樂即將停止服務");
+
+    // Act
+    let outcomes = [
+        send(&sender, &layla, &arabic()).await,
+        send(&sender, &wei, &chinese).await,
+    ];
+
+    // Assert
+    assert_eq!(outcomes, [Outcome::Delivered, Outcome::Delivered]);
+    let messages = sink.wait_for_async(2, Duration::from_secs(5)).await;
+    assert_eq!(messages.len(), 2, "each notice arrives once");
+    assert_eq!(messages[0].to, ["layla@example.com"]);
+    assert_eq!(messages[0].from, "noreply@xiami.example");
+    let cases = [
+        (
+            &messages[0],
+            "u-1001",
+            "ar",
+            "ليلى",
+            "سيتوقف شيامي عن العمل",
+        ),
+        (
+            &messages[1],
+            "u-1002",
+            "zh-Hant",
+            "王伟",
+            "蝦米音樂即將停止服務",
+        ),
+    ];
+    for (received, user, locale, name, subject) in cases {
+        let raw = received.text();
+        let email = received.parsed();
+        assert_eq!(email.subject(), Some(subject));
+        assert!(
+            raw.lines().all(|line| line.is_ascii()),
+            "8-bit-clean: {raw}"
+        );
+        let content_type = email.content_type().expect("content type");
+        assert_eq!(
+            (content_type.ctype(), content_type.subtype()),
+            ("multipart", Some("alternative"))
+        );
+        let plain = raw.find("text/plain; charset=utf-8").expect("text part");
+        let html = raw.find("text/html; charset=utf-8").expect("html part");
+        assert!(plain < html, "text before HTML");
+        assert!(email.body_text(0).expect("text body").contains("正文"));
+        assert!(email.body_html(0).expect("html body").contains(subject));
+        let message_id = format!("{CAMPAIGN}.{user}@xiami.example");
+        assert_eq!(email.message_id(), Some(message_id.as_str()));
+        assert_eq!(trimmed(email.header_raw("Content-Language")), Some(locale));
+        assert_eq!(
+            trimmed(email.header_raw("X-Sunset-Campaign")),
+            Some(CAMPAIGN)
+        );
+        assert!(email.date().is_some(), "has a Date");
+        let to = email.to().and_then(|to| to.first()).expect("To");
+        assert_eq!(to.name(), Some(name));
+        let from = email.from().and_then(|from| from.first()).expect("From");
+        assert_eq!(
+            (from.name(), from.address()),
+            (Some("Xiami Music"), Some("noreply@xiami.example"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn line_breaks_in_names_and_subjects_cannot_add_headers() {
+    let sink = SmtpSink::start();
+    let sender = relay(&sink.url());
+    let sneaky = recipient(
+        "u-1",
+        "li@example.com",
+        Some("Li\r\nBcc: victim@example.org"),
+    );
+    let notice = notice("en", Direction::Ltr, "Hello\r\nBcc: victim@example.org");
+
+    let outcome = send(&sender, &sneaky, &notice).await;
+
+    assert_eq!(outcome, Outcome::Delivered);
+    let messages = sink.wait_for_async(1, Duration::from_secs(5)).await;
+    assert_eq!(messages[0].to, ["li@example.com"]);
+    let email = messages[0].parsed();
+    assert!(email.header_raw("Bcc").is_none(), "{}", messages[0].text());
+    assert_eq!(email.subject(), Some("Hello  Bcc: victim@example.org"));
+}
+
+#[tokio::test]
+async fn a_550_for_one_recipient_is_permanent_for_that_one_only() {
+    // Arrange
+    let sink = SmtpSink::start();
+    sink.reject("gone@example.com", 550);
+    let sender = relay(&sink.url());
+    let gone = recipient("u-1", "gone@example.com", None);
+    let here = recipient("u-2", "here@example.com", None);
+
+    // Act
+    let refused = send(&sender, &gone, &arabic()).await;
+    let delivered = send(&sender, &here, &arabic()).await;
+
+    // Assert
+    match refused {
+        Outcome::Permanent { reason } => {
+            assert!(reason.contains("550"), "{reason}");
+            assert!(reason.contains("Mailbox unavailable"), "{reason}");
+        }
+        other => panic!("expected permanent, got {other:?}"),
+    }
+    assert_eq!(delivered, Outcome::Delivered);
+    let messages = sink.wait_for_async(1, Duration::from_secs(5)).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].to, ["here@example.com"]);
+}
+
+#[tokio::test]
+async fn a_451_is_transient_and_keeps_the_wait_the_relay_asks_for() {
+    let sink = SmtpSink::start();
+    sink.reject_with(
+        "busy@example.com",
+        451,
+        "4.7.1 Greylisted, please try again in 120 seconds",
+    );
+    sink.reject_with("li@163.com", 451, "DT:SPM 163 smtp14, please try again");
+    let sender = relay(&sink.url());
+
+    let greylisted = send(
+        &sender,
+        &recipient("u-1", "busy@example.com", None),
+        &arabic(),
+    )
+    .await;
+    let netease = send(&sender, &recipient("u-2", "li@163.com", None), &arabic()).await;
+
+    match greylisted {
+        Outcome::Transient {
+            reason,
+            retry_after,
+        } => {
+            assert!(reason.starts_with("451"), "{reason}");
+            assert!(reason.contains("try again in 120 seconds"), "{reason}");
+            assert_eq!(retry_after, Some(Duration::from_secs(120)));
+        }
+        other => panic!("expected transient, got {other:?}"),
+    }
+    assert!(
+        matches!(netease, Outcome::Transient { retry_after: Some(wait), .. } if wait == Duration::from_secs(120)),
+        "{netease:?}"
+    );
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let sender = relay(&format!("smtp://127.0.0.1:{}", free_port()));
+
+    let outcome = send(
+        &sender,
+        &recipient("u-1", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    match outcome {
+        Outcome::Transient { reason, .. } => assert!(reason.contains("connect"), "{reason}"),
+        other => panic!("expected transient, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_relay_that_never_answers_is_transient_within_the_timeout() {
+    // Arrange: accepts connections and holds them without a greeting.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = smtp_config(&format!("smtp://127.0.0.1:{port}"), 2, 300);
+    let sender = EmailSender::from_config(&config).expect("valid config");
+    let started = Instant::now();
+
+    // Act
+    let outcome = send(
+        &sender,
+        &recipient("u-1", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    // Assert
+    let elapsed = started.elapsed();
+    match outcome {
+        Outcome::Transient { reason, .. } => assert!(reason.contains("300 ms"), "{reason}"),
+        other => panic!("expected transient, got {other:?}"),
+    }
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn required_tls_against_a_relay_without_it_is_transient() {
+    let sink = SmtpSink::start();
+    let starttls = relay(&format!("{}?tls=required", sink.url()));
+    let implicit = relay(&format!("smtps://127.0.0.1:{}", sink.port()));
+    let li = recipient("u-1", "li@example.com", None);
+
+    let outcomes = [
+        send(&starttls, &li, &arabic()).await,
+        send(&implicit, &li, &arabic()).await,
+    ];
+
+    let reasons = outcomes.map(|outcome| match outcome {
+        Outcome::Transient { reason, .. } => reason,
+        other => panic!("expected transient, got {other:?}"),
+    });
+    assert!(reasons[0].contains("STARTTLS"), "{}", reasons[0]);
+    assert!(reasons[1].contains("SMTP session failed"), "{}", reasons[1]);
+    assert!(sink.messages().is_empty(), "nothing sent in clear text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pool_never_opens_more_connections_than_its_size() {
+    // Arrange
+    let sink = SmtpSink::start();
+    let config = smtp_config(&sink.url(), 4, 10_000);
+    let sender = EmailSender::from_config(&config).expect("valid config");
+    let recipients: Vec<Recipient> = (0..50)
+        .map(|i| recipient(&format!("u-{i}"), &format!("user{i}@example.com"), None))
+        .collect();
+    let notice = arabic();
+
+    // Act
+    let outcomes =
+        futures::future::join_all(recipients.iter().map(|r| send(&sender, r, &notice))).await;
+
+    // Assert
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        sink.wait_for_async(50, Duration::from_secs(5)).await.len(),
+        50
+    );
+    let sessions = sink.sessions();
+    assert!((1..=4).contains(&sessions), "{sessions} connections opened");
+}
+
+#[tokio::test]
+async fn sequential_sends_reuse_one_connection_and_replace_a_failed_one() {
+    let sink = SmtpSink::start();
+    sink.reject("gone@example.com", 550);
+    let sender = relay(&sink.url());
+
+    for i in 0..5 {
+        let outcome = send(
+            &sender,
+            &recipient(&format!("u-{i}"), "li@example.com", None),
+            &arabic(),
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Delivered);
+    }
+    assert_eq!(sink.sessions(), 1, "one connection carries many messages");
+
+    let refused = send(
+        &sender,
+        &recipient("u-9", "gone@example.com", None),
+        &arabic(),
+    )
+    .await;
+    let after = send(
+        &sender,
+        &recipient("u-10", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    assert!(matches!(refused, Outcome::Permanent { .. }), "{refused:?}");
+    assert_eq!(after, Outcome::Delivered);
+    assert_eq!(
+        sink.sessions(),
+        2,
+        "the connection that saw an error was not reused"
+    );
+    sender.close().await;
+}
+
+#[tokio::test]
+async fn the_file_transport_writes_one_eml_per_recipient_and_rewrites_on_rerun() {
+    // Arrange
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outbox = dir.path().join("outbox").join("email");
+    let config = EmailConfig {
+        transport: EmailTransport::File,
+        outbox: outbox.clone(),
+        ..EmailConfig::default()
+    };
+    let sender = EmailSender::from_config(&config).expect("valid config");
+    let layla = recipient("u-1001", "layla@example.com", Some("ليلى"));
+    let odd = recipient("../odd id/名", "odd@example.com", None);
+
+    // Act
+    let first = [
+        send(&sender, &layla, &arabic()).await,
+        send(&sender, &odd, &arabic()).await,
+    ];
+    let rerun = send(&sender, &layla, &arabic()).await;
+
+    // Assert
+    assert_eq!(first, [Outcome::Delivered, Outcome::Delivered]);
+    assert_eq!(rerun, Outcome::Delivered);
+    let files = files_in(&outbox);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files.iter().all(|f| f.ends_with(".eml")),
+        "no temp files left: {files:?}"
+    );
+    assert!(
+        files.contains(&format!("{CAMPAIGN}.u-1001.eml")),
+        "{files:?}"
+    );
+    let raw = std::fs::read(outbox.join(format!("{CAMPAIGN}.u-1001.eml"))).expect("read eml");
+    let email = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .expect("parsable eml");
+    assert_eq!(email.subject(), Some("سيتوقف شيامي عن العمل"));
+    assert_eq!(
+        email.message_id(),
+        Some(format!("{CAMPAIGN}.u-1001@xiami.example").as_str())
+    );
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("outbox exists")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_notice_without_email_parts_or_a_recipient_without_address_is_permanent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = EmailConfig {
+        outbox: dir.path().to_path_buf(),
+        ..EmailConfig::default()
+    };
+    let sender = EmailSender::from_config(&config).expect("valid config");
+    let mut no_address = recipient("u-1", "li@example.com", None);
+    no_address.email = None;
+    let mut push_only = arabic();
+    push_only.email = None;
+
+    let outcomes = [
+        send(&sender, &no_address, &arabic()).await,
+        send(
+            &sender,
+            &recipient("u-2", "li@example.com", None),
+            &push_only,
+        )
+        .await,
+    ];
+
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::permanent("recipient has no email address"),
+            Outcome::permanent("no email part rendered"),
+        ]
+    );
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn a_bad_from_url_or_pool_size_is_a_config_error_naming_the_key() {
+    let cases = [
+        (
+            EmailConfig {
+                from: "not a mailbox".into(),
+                ..EmailConfig::default()
+            },
+            "email.from",
+        ),
+        (smtp_config("http://127.0.0.1:25", 4, 1000), "email.url"),
+        (
+            smtp_config("smtp://u:secret@127.0.0.1:25", 4, 1000),
+            "email.url",
+        ),
+        (
+            smtp_config("smtp://127.0.0.1:25", 0, 1000),
+            "email.pool_size",
+        ),
+    ];
+    for (config, key) in cases {
+        let error = EmailSender::from_config(&config).expect_err(key);
+        let text = error.to_string();
+        assert!(text.contains(key), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn sequential_sends_do_not_stall_on_nagle() {
+    // lettre writes the final `\r\n.\r\n` separately; without TCP_NODELAY each message waits
+    // ~40 ms for the relay's delayed ACK, so 100 messages would take over 4 s.
+    let sink = SmtpSink::start();
+    let sender = relay(&sink.url());
+    let li = recipient("u-1", "li@example.com", None);
+    let notice = arabic();
+    assert_eq!(send(&sender, &li, &notice).await, Outcome::Delivered);
+    let started = Instant::now();
+
+    for _ in 0..100 {
+        assert_eq!(send(&sender, &li, &notice).await, Outcome::Delivered);
+    }
+
+    let elapsed = started.elapsed();
+    eprintln!("100 sequential messages on one connection: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2_500), "{elapsed:?}");
+    assert_eq!(sink.sessions(), 1);
+}

@@ -1,0 +1,303 @@
+//! `sunset enqueue`: validation before anything is published, and what is published.
+
+mod common;
+
+use std::fmt::Write as _;
+
+use common::TestEnv;
+use lapin::options::BasicGetOptions;
+use sunset::batch::Batch;
+use sunset::broker::attempt_of;
+
+const ENQUEUE: [&str; 5] = [
+    "enqueue",
+    "--campaign-id",
+    "c1",
+    "--template",
+    "xiami-shutdown",
+];
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    ENQUEUE
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+/// Takes every message off the work queue: (batch, attempt header).
+async fn work_queue(env: &TestEnv) -> Vec<(Batch, u32)> {
+    env.broker().await.close().await; // declares the queues in case nothing was published
+    let connection =
+        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut batches = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            env.names().work.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        let batch = Batch::decode(&message.delivery.data).expect("a batch");
+        batches.push((batch, attempt_of(&message.delivery.properties)));
+    }
+    let _ = connection.close(200, "bye".into()).await;
+    batches
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_have_deterministic_ids_the_deadline_and_the_campaign_vars() {
+    let env = TestEnv::with_broker("");
+    let mut csv = String::from("user_id,email,locale,name\n");
+    for i in 1..=12 {
+        let _ = writeln!(csv, "u{i},u{i}@example.com,zh-TW,");
+    }
+    env.write("audience.csv", &csv);
+    env.write("vars.json", r#"{"shutdown_date": "2021-02-05", "export_url": "https://x.example/e", "successor_url": "https://c.example"}"#);
+    let run = env
+        .sunset_async(&args(&[
+            "--audience",
+            "audience.csv",
+            "--batch-size",
+            "5",
+            "--vars",
+            "vars.json",
+            "--deadline",
+            "2021-02-05T00:00:00+08:00",
+            "--channels",
+            "push",
+        ]))
+        .await
+        .expect_code(0);
+    assert!(
+        run.stdout()
+            .contains("12 recipients in 3 batches, 0 rejected"),
+        "{}",
+        run.stdout()
+    );
+    let batches = work_queue(&env).await;
+    let ids: Vec<&str> = batches.iter().map(|(b, _)| b.batch_id.as_str()).collect();
+    assert_eq!(ids, ["c1:000001", "c1:000002", "c1:000003"]);
+    let sizes: Vec<usize> = batches.iter().map(|(b, _)| b.recipients.len()).collect();
+    assert_eq!(sizes, [5, 5, 2]);
+    let (first, attempt) = &batches[0];
+    assert_eq!(*attempt, 1);
+    assert_eq!(
+        first.deadline.map(|d| d.to_rfc3339()).as_deref(),
+        Some("2021-02-05T00:00:00+08:00")
+    );
+    assert_eq!(first.vars["export_url"], "https://x.example/e");
+    assert_eq!(first.channels, [sunset::Channel::Push]);
+    assert_eq!(first.recipients[0].locale.as_deref(), Some("zh-TW"));
+    assert_eq!(
+        first.recipients[0].name, None,
+        "an empty CSV cell is no value"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jsonl_rows_are_checked_with_their_line_numbers() {
+    let env = TestEnv::with_broker("");
+    env.write(
+        "audience.jsonl",
+        "{\"user_id\": \"a\", \"email\": \"a@example.com\"}\n\n{\"user_id\": \"b\", \"email\": 5}\n{not json}\n{\"user_id\": \"c\", \"phone\": \"1\"}\n",
+    );
+    let err = env
+        .sunset_async(&args(&["--audience", "audience.jsonl"]))
+        .await
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("audience.jsonl: line 3: invalid JSON"),
+        "{err}"
+    );
+    assert!(
+        err.contains("audience.jsonl: line 4: invalid JSON"),
+        "{err}"
+    );
+    assert!(
+        err.contains("audience.jsonl: line 5: invalid JSON: unknown field `phone`"),
+        "{err}"
+    );
+    assert!(work_queue(&env).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skip_invalid_publishes_the_good_rows_and_still_lists_the_bad() {
+    let env = TestEnv::with_broker("");
+    env.write(
+        "audience.csv",
+        "user_id,email\nu1,a@example.com\nu2,broken@\nu3,\n",
+    );
+    let run = env
+        .sunset_async(&args(&["--audience", "audience.csv", "--skip-invalid"]))
+        .await
+        .expect_code(0);
+    assert!(
+        run.stderr()
+            .contains("line 3: `broken@` is not an email address"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stdout()
+            .contains("2 recipients in 1 batches, 1 rejected"),
+        "{}",
+        run.stdout()
+    );
+    let batches = work_queue(&env).await;
+    let users: Vec<&str> = batches[0]
+        .0
+        .recipients
+        .iter()
+        .map(|r| r.user_id.as_str())
+        .collect();
+    assert_eq!(users, ["u1", "u3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_than_twenty_bad_rows_prints_twenty_and_a_count() {
+    let env = TestEnv::with_broker("");
+    let mut csv = String::from("user_id,email\n");
+    for i in 0..25 {
+        let _ = writeln!(csv, "u{i},bad-{i}");
+    }
+    env.write("audience.csv", &csv);
+    let err = env
+        .sunset_async(&args(&["--audience", "audience.csv"]))
+        .await
+        .expect_code(2)
+        .stderr();
+    assert_eq!(err.matches("is not an email address").count(), 20, "{err}");
+    assert!(err.contains("… and 5 more rejected rows"), "{err}");
+    assert!(
+        err.contains("25 invalid row(s); nothing was published"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_validates_and_counts_but_publishes_nothing() {
+    let env = TestEnv::with_broker("");
+    env.write("audience.csv", "user_id\nu1\nu2\nu3\n");
+    let run = env
+        .sunset_async(&args(&[
+            "--audience",
+            "audience.csv",
+            "--batch-size",
+            "2",
+            "--dry-run",
+        ]))
+        .await
+        .expect_code(0);
+    assert!(
+        run.stdout().contains("would be 3 recipients in 2 batches"),
+        "{}",
+        run.stdout()
+    );
+    assert!(work_queue(&env).await.is_empty());
+}
+
+#[test]
+fn bad_arguments_exit_2_with_the_reason() {
+    let env = TestEnv::new();
+    env.write("audience.csv", "user_id\nu1\n");
+    env.write("audience.txt", "u1\n");
+    env.write("partial.json", r#"{"shutdown_date": "2021-02-05"}"#);
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--audience", "audience.txt"],
+            "must be a .csv or .jsonl file",
+        ),
+        (
+            &["--audience", "audience.csv", "--deadline", "tomorrow"],
+            "--deadline `tomorrow`: not RFC 3339",
+        ),
+        (
+            &["--audience", "audience.csv", "--batch-size", "0"],
+            "--batch-size must be at least 1",
+        ),
+        (
+            &["--audience", "audience.csv", "--vars", "partial.json"],
+            "the campaign variables do not render",
+        ),
+        (
+            &["--audience", "audience.csv", "--channels", "fax"],
+            "unknown channel `fax`",
+        ),
+        (&["--audience", "missing.csv"], "missing.csv"),
+    ];
+    for (extra, expected) in cases {
+        let run = env.sunset(&args(extra));
+        let err = run.stderr();
+        assert!(
+            err.contains(expected),
+            "{extra:?}: missing {expected:?} in:\n{err}"
+        );
+        let code = if expected == "missing.csv" { 1 } else { 2 };
+        assert_eq!(run.code(), code, "{extra:?}: {err}");
+    }
+    let err = env
+        .sunset(&[
+            "enqueue",
+            "--campaign-id",
+            "has space",
+            "--template",
+            "xiami-shutdown",
+            "--audience",
+            "audience.csv",
+        ])
+        .expect_code(2)
+        .stderr();
+    assert!(err.contains("--campaign-id"), "{err}");
+}
+
+#[test]
+fn a_csv_with_an_unknown_column_is_refused_at_line_1() {
+    let env = TestEnv::new();
+    env.write("audience.csv", "user_id,phone\nu1,123\n");
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv"]))
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("audience.csv: line 1: unknown column `phone`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_template_that_fails_the_check_is_refused_before_reading_the_audience() {
+    let env = TestEnv::new();
+    std::fs::remove_file(env.template_file("ar/push_body.hbs")).expect("rm");
+    env.write("audience.csv", "user_id\nu1\n");
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv"]))
+        .expect_code(2)
+        .stderr();
+    assert!(err.contains("fails `sunset preview --check`"), "{err}");
+    assert!(
+        err.contains("xiami-shutdown/ar/push_body.hbs: missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_broker_is_a_runtime_error_that_hides_the_password() {
+    let env = TestEnv::new();
+    env.write_config("[templates]\ndir = \"templates\"\n[broker]\nurl = \"amqp://guest:hunter2@127.0.0.1:1/%2f\"\n");
+    env.write("audience.csv", "user_id\nu1\n");
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv"]))
+        .expect_code(1)
+        .stderr();
+    assert!(
+        err.contains("Failed to connect to RabbitMQ at amqp://guest:***@127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
