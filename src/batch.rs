@@ -188,6 +188,40 @@ fn all_channels() -> Vec<Channel> {
     Channel::ALL.to_vec()
 }
 
+impl Batch {
+    /// The recipient × channel pairs of `failures` as new batches, one per set of channels a
+    /// recipient still needs (so a channel that worked is never sent again), without `failures`.
+    pub fn regroup(&self, failures: &[Failure]) -> Vec<Batch> {
+        let mut groups: Vec<(Vec<Channel>, Vec<Recipient>)> = Vec::new();
+        for recipient in &self.recipients {
+            let channels: Vec<Channel> = Channel::ALL
+                .into_iter()
+                .filter(|c| {
+                    failures
+                        .iter()
+                        .any(|f| f.channel == *c && f.user_id == recipient.user_id)
+                })
+                .collect();
+            if channels.is_empty() {
+                continue;
+            }
+            match groups.iter_mut().find(|(set, _)| *set == channels) {
+                Some((_, recipients)) => recipients.push(recipient.clone()),
+                None => groups.push((channels, vec![recipient.clone()])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(channels, recipients)| Batch {
+                channels,
+                recipients,
+                failures: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
 /// A message body is not a batch this build can process.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -259,6 +293,65 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn regroup_keeps_only_the_failed_channels_of_each_recipient() {
+        let recipient = |id: &str| Recipient {
+            user_id: UserId::parse(id).expect("id"),
+            email: None,
+            locale: None,
+            name: None,
+            vars: Vars::new(),
+        };
+        let failure = |id: &str, channel| Failure {
+            user_id: UserId::parse(id).expect("id"),
+            channel,
+            error: "x".into(),
+        };
+        let batch = Batch {
+            version: VERSION,
+            campaign_id: CampaignId::parse("c").expect("id"),
+            batch_id: "c:000001".into(),
+            template: TemplateName::parse("t").expect("name"),
+            channels: Channel::ALL.to_vec(),
+            deadline: None,
+            vars: Vars::new(),
+            recipients: vec![
+                recipient("a"),
+                recipient("b"),
+                recipient("c"),
+                recipient("d"),
+            ],
+            failures: Vec::new(),
+        };
+        let groups = batch.regroup(&[
+            failure("a", Channel::Push),
+            failure("b", Channel::Email),
+            failure("b", Channel::Push),
+            failure("d", Channel::Push),
+        ]);
+        let shape: Vec<(Vec<Channel>, Vec<&str>)> = groups
+            .iter()
+            .map(|b| {
+                (
+                    b.channels.clone(),
+                    b.recipients.iter().map(|r| r.user_id.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (vec![Channel::Push], vec!["a", "d"]),
+                (vec![Channel::Email, Channel::Push], vec!["b"])
+            ]
+        );
+        assert!(
+            groups
+                .iter()
+                .all(|b| b.failures.is_empty() && b.batch_id == "c:000001")
+        );
     }
 
     #[test]

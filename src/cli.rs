@@ -34,6 +34,47 @@ pub enum Command {
     Worker(WorkerArgs),
     /// One box: enqueue, then work until that campaign is drained, then print a summary.
     Send(CampaignArgs),
+    /// Inspect, replay or purge dead letters.
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// `sunset dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Show dead letters without consuming them.
+    List {
+        /// Only this campaign's.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// One JSON object per dead letter instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish failed recipients to the work queue with attempts reset.
+    Replay {
+        /// Only this campaign's.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// At most this many dead letters.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Show what would move, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a campaign's dead letters.
+    Purge {
+        /// The campaign.
+        #[arg(long)]
+        campaign: String,
+        /// Required: confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `sunset enqueue` and `sunset send`.

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::daemon::{self, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::limit::Limits;
-use crate::worker::{Deps, Report};
+use crate::worker::{Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -96,6 +96,15 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
         push,
         Arc::new(Limits::new(&config.rate)),
         config.worker.concurrency,
+        RetryPolicy {
+            max_attempts: config.worker.max_attempts,
+            delays: config
+                .worker
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        },
     )))
 }
 

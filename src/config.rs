@@ -57,6 +57,8 @@ pub struct BrokerConfig {
     pub queue: String,
     /// Unacked batches a worker holds at once.
     pub prefetch: u16,
+    /// A worker that cannot reach the broker for this long exits non-zero; 0 = keep trying.
+    pub give_up_after_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -65,6 +67,7 @@ impl Default for BrokerConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue: "sunset.batches".into(),
             prefetch: 4,
+            give_up_after_ms: 0,
         }
     }
 }

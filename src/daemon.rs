@@ -1,21 +1,25 @@
 //! The worker loop: consume batches, run `worker::process_batch`, publish what is owed, ack;
 //! reconnect when the broker goes away; stop on shutdown, when idle, or when a campaign is done.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::batch::{Batch, CampaignId};
+use crate::batch::{Batch, CampaignId, UserId};
 use crate::broker::{Broker, BrokerError, QueueNames, attempt_of};
-use crate::channel::Sender;
+use crate::channel::{Channel, Sender};
 use crate::config::BrokerConfig;
-use crate::worker::{Deps, Report, Verdict, process_batch};
+use crate::worker::{Deps, Owed, Report, process_batch};
 
 /// When the loop ends (besides shutdown, which always ends it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +46,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 
 /// What one handled delivery came to.
 struct Handled {
-    campaign: Option<CampaignId>,
+    /// Campaign and batch id of a first attempt (retries are not counted as batches).
+    first: Option<(CampaignId, String)>,
     report: Report,
     acked: bool,
 }
@@ -60,19 +65,32 @@ where
     E: Sender + 'static,
     P: Sender + 'static,
 {
-    let mut report = Report::default();
+    let mut progress = Progress::default();
     let mut backoff = BACKOFF.0;
+    let give_up =
+        (config.give_up_after_ms > 0).then(|| Duration::from_millis(config.give_up_after_ms));
+    let settled = Arc::new(Settled::default());
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         let broker = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(report),
+            _ = shutdown.cancelled() => return Ok(progress.report),
             connected = Broker::connect(config, names.clone()) => connected,
         };
         let broker = match broker {
             Ok(broker) => Arc::new(broker),
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ; retrying");
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if let Some(limit) = give_up
+                    && since.elapsed() >= limit
+                {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "Gave up: no RabbitMQ for {} ms (broker.give_up_after_ms)",
+                        limit.as_millis()
+                    )));
+                }
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ; waiting");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(report),
+                    _ = shutdown.cancelled() => return Ok(progress.report),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF.1);
@@ -84,15 +102,69 @@ where
             &broker,
             config.prefetch,
             &deps,
+            &settled,
             &until,
             &shutdown,
-            &mut report,
+            &mut progress,
         )
         .await;
         broker.close().await;
         match ended {
-            Ok(()) => return Ok(report),
-            Err(e) => warn!(error = %e, "lost the broker connection; reconnecting"),
+            Ok(()) => return Ok(progress.report),
+            Err(e) => {
+                warn!(error = %e, "lost the broker connection; reconnecting");
+                unreachable_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Batches this process has processed, by body hash and attempt: the pairs already delivered,
+/// and whether what they owed was published. After a connection loss lapin may report an ack
+/// as done that the broker never got, and the broker redelivers the batch: a redelivery of a
+/// settled batch is only acked, and a half-done one skips its delivered pairs, so this process
+/// never sends twice. (Across processes the delivery ledger does this.)
+#[derive(Default)]
+struct Settled(Mutex<HashMap<u64, Settlement>>);
+
+#[derive(Default, Clone)]
+struct Settlement {
+    delivered: HashSet<(UserId, Channel)>,
+    owed_published: bool,
+    since: Option<Instant>,
+}
+
+/// How long a processed batch is remembered.
+const SETTLED_TTL: Duration = Duration::from_secs(3600);
+/// Entries kept before expired ones are swept (about 100 bytes each when settled).
+const SETTLED_SWEEP_AT: usize = 50_000;
+
+impl Settled {
+    fn key(body: &[u8], attempt: u32) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        attempt.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn get(&self, key: u64) -> Settlement {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Records delivered pairs; once `owed_published`, the pairs are no longer needed.
+    fn record(&self, key: u64, delivered: &[(UserId, Channel)], owed_published: bool) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= SETTLED_SWEEP_AT {
+            map.retain(|_, s| s.since.is_some_and(|since| since.elapsed() < SETTLED_TTL));
+        }
+        let entry = map.entry(key).or_default();
+        entry.since.get_or_insert_with(Instant::now);
+        if owed_published {
+            entry.owed_published = true;
+            entry.delivered = HashSet::new();
+        } else {
+            entry.delivered.extend(delivered.iter().cloned());
         }
     }
 }
@@ -102,9 +174,10 @@ async fn session<E, P>(
     broker: &Arc<Broker>,
     prefetch: u16,
     deps: &Arc<Deps<E, P>>,
+    settled: &Arc<Settled>,
     until: &Until,
     shutdown: &CancellationToken,
-    report: &mut Report,
+    progress: &mut Progress,
 ) -> Result<(), BrokerError>
 where
     E: Sender + 'static,
@@ -114,7 +187,6 @@ where
     info!(queue = %broker.names().work, prefetch, "consuming");
     let mut tasks: JoinSet<Handled> = JoinSet::new();
     let mut idle_rounds = 0;
-    let mut campaign_acked = 0;
     let mut poll = tokio::time::interval(IDLE_POLL);
     let outcome = loop {
         tokio::select! {
@@ -122,8 +194,8 @@ where
             delivery = subscription.consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     idle_rounds = 0;
-                    let (broker, deps) = (Arc::clone(broker), Arc::clone(deps));
-                    tasks.spawn(handle(broker, deps, delivery));
+                    let (broker, deps, settled) = (Arc::clone(broker), Arc::clone(deps), Arc::clone(settled));
+                    tasks.spawn(handle(broker, deps, settled, delivery));
                 }
                 Some(Err(e)) => break Err(BrokerError::Amqp(e)),
                 None => break Err(BrokerError::ConsumerEnded),
@@ -131,20 +203,11 @@ where
             Some(done) = tasks.join_next() => {
                 let done = done.unwrap_or_else(|e| {
                     error!(error = %e, "batch task panicked; the batch will be redelivered");
-                    Handled { campaign: None, report: Report::default(), acked: false }
+                    Handled { first: None, report: Report::default(), acked: false }
                 });
-                report.merge(&done.report);
-                if let Until::CampaignDone { campaign, batches } = until
-                    && done.acked
-                    && done.campaign.as_ref() == Some(campaign)
-                {
-                    campaign_acked += 1;
-                    if campaign_acked >= *batches {
-                        break Ok(());
-                    }
-                }
+                progress.record(until, done);
             }
-            _ = poll.tick(), if *until == Until::Idle && tasks.is_empty() => {
+            _ = poll.tick(), if tasks.is_empty() && may_stop(until, &progress.campaign_batches) => {
                 if queues_empty(broker).await? {
                     idle_rounds += 1;
                     if idle_rounds >= IDLE_ROUNDS {
@@ -163,11 +226,41 @@ where
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok(done) = done {
-            report.merge(&done.report);
+            progress.record(until, done);
         }
     }
     subscription.close().await;
     outcome
+}
+
+/// What the loop has done so far, across reconnections.
+#[derive(Default)]
+struct Progress {
+    report: Report,
+    /// Batch ids of the campaign `Until::CampaignDone` waits for, acked at their first attempt.
+    campaign_batches: HashSet<String>,
+}
+
+impl Progress {
+    fn record(&mut self, until: &Until, done: Handled) {
+        self.report.merge(&done.report);
+        if let (Until::CampaignDone { campaign, .. }, true, Some((done_campaign, batch))) =
+            (until, done.acked, done.first)
+            && done_campaign == *campaign
+        {
+            self.campaign_batches.insert(batch);
+        }
+    }
+}
+
+/// Whether the loop may end once idle: always with `Until::Idle`; with `Until::CampaignDone`
+/// once every batch of the campaign was acked (its retries then drain like any other work).
+fn may_stop(until: &Until, campaign_batches: &HashSet<String>) -> bool {
+    match until {
+        Until::Shutdown => false,
+        Until::Idle => true,
+        Until::CampaignDone { batches, .. } => campaign_batches.len() as u64 >= *batches,
+    }
 }
 
 async fn queues_empty(broker: &Broker) -> Result<bool, BrokerError> {
@@ -185,9 +278,12 @@ async fn queues_empty(broker: &Broker) -> Result<bool, BrokerError> {
 
 /// Decodes, processes and settles one delivery. Acks only after everything the batch still owes
 /// is published with a confirm; if that fails the delivery is requeued (nack), never dropped.
+/// A panic while processing requeues it too: after `x-delivery-limit` deliveries the broker
+/// dead-letters it, and the worker stays up.
 async fn handle<E: Sender, P: Sender>(
     broker: Arc<Broker>,
     deps: Arc<Deps<E, P>>,
+    settled: Arc<Settled>,
     delivery: Delivery,
 ) -> Handled {
     let attempt = attempt_of(&delivery.properties);
@@ -199,31 +295,86 @@ async fn handle<E: Sender, P: Sender>(
             return settle(&delivery, owed, None, Report::default()).await;
         }
     };
+    let key = Settled::key(&delivery.data, attempt);
+    let earlier = settled.get(key);
     let span = info_span!("batch", campaign = %batch.campaign_id, batch = %batch.batch_id, attempt);
-    async move {
-        let verdict = process_batch(&batch, &deps).await;
-        let owed = match &verdict {
-            Verdict::Delivered(_) => Ok(()),
-            Verdict::DeadLetter { dead_letter, reason, .. } => {
-                warn!(failed = dead_letter.failures.len(), reason = %reason, "dead-lettering failed recipients");
-                broker.dead_letter(dead_letter, attempt, reason).await
-            }
-        };
-        settle(&delivery, owed, Some(batch.campaign_id.clone()), verdict.report().clone()).await
+    let first = (attempt == 1).then(|| (batch.campaign_id.clone(), batch.batch_id.clone()));
+    if earlier.owed_published {
+        info!(parent: &span, "already processed before the connection dropped; acking");
+        return settle(&delivery, Ok(()), first, Report::default()).await;
     }
-    .instrument(span)
-    .await
+    let processed = AssertUnwindSafe(
+        process_batch(&batch, attempt, &earlier.delivered, &deps).instrument(span.clone()),
+    )
+    .catch_unwind()
+    .await;
+    let Ok(verdict) = processed else {
+        error!(parent: &span, "processing panicked; requeueing the batch (the delivery limit dead-letters it if it keeps failing)");
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(e) = delivery.acker.nack(requeue).await {
+            warn!(parent: &span, error = %e, "nack failed; the batch will be redelivered");
+        }
+        return Handled {
+            first: None,
+            report: Report::default(),
+            acked: false,
+        };
+    };
+    settled.record(key, &verdict.delivered, false);
+    let owed = publish_owed(&broker, &verdict.owed).instrument(span).await;
+    if owed.is_ok() {
+        settled.record(key, &[], true);
+    }
+    settle(&delivery, owed, first, verdict.report).await
+}
+
+/// Publishes every retry and dead letter a batch owes, each with its own confirm.
+async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError> {
+    for item in owed {
+        match item {
+            Owed::Retry {
+                batch,
+                queue,
+                attempt,
+            } => {
+                info!(
+                    recipients = batch.recipients.len(),
+                    queue, attempt, "scheduling a retry"
+                );
+                broker.retry(batch, *queue, *attempt).await?;
+            }
+            Owed::DeadLetter {
+                batch,
+                reason,
+                attempt,
+            } => {
+                warn!(failed = batch.failures.len(), %reason, "dead-lettering failed recipients");
+                broker.dead_letter(batch, *attempt, reason).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn settle(
     delivery: &Delivery,
     owed: Result<(), BrokerError>,
-    campaign: Option<CampaignId>,
+    first: Option<(CampaignId, String)>,
     report: Report,
 ) -> Handled {
     let acked = match owed {
         Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(_) => true,
+            Ok(true) => true,
+            // lapin refuses acks for deliveries from before a reconnect: the broker redelivers.
+            Ok(false) => {
+                warn!(
+                    "delivery from before a reconnect cannot be acked; the broker will redeliver it"
+                );
+                false
+            }
             Err(e) => {
                 warn!(error = %e, "ack failed; the batch will be redelivered");
                 false
@@ -242,7 +393,7 @@ async fn settle(
         }
     };
     Handled {
-        campaign,
+        first,
         report: if acked { report } else { Report::default() },
         acked,
     }

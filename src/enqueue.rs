@@ -306,6 +306,13 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
                 .map_err(|e| InvalidInput(format!("--deadline `{d}`: not RFC 3339: {e}")))
         })
         .transpose()?;
+    if let Some(deadline) = deadline
+        && deadline <= chrono::Utc::now()
+    {
+        eprintln!(
+            "warning: --deadline {deadline} has passed: workers will dead-letter every recipient with reason `deadline`"
+        );
+    }
     let dir = &config.templates.dir;
     let default_locale = &config.templates.default_locale;
     let problems = lint::check(dir, &template, default_locale);

@@ -6,6 +6,7 @@ pub mod channel;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod dlq;
 pub mod enqueue;
 pub mod limit;
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sunset::cli::{self, Cli, Command};
-use sunset::{Config, commands, preview};
+use sunset::{Config, commands, dlq, preview};
 
 /// mimalloc: rendering is allocation-heavy (handlebars), and glibc malloc was a quarter of it.
 #[global_allocator]
@@ -38,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Enqueue(args) => commands::enqueue(&config, args).await,
             Command::Worker(args) => commands::worker(&config, args).await,
             Command::Send(args) => commands::send(&config, args).await,
+            Command::Dlq { action } => dlq::run(&config, action).await,
         }
     })
 }

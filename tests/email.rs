@@ -227,17 +227,95 @@ async fn a_451_is_transient_and_keeps_the_wait_the_relay_asks_for() {
         Outcome::Transient {
             reason,
             retry_after,
+            throttled,
         } => {
             assert!(reason.starts_with("451"), "{reason}");
             assert!(reason.contains("try again in 120 seconds"), "{reason}");
             assert_eq!(retry_after, Some(Duration::from_secs(120)));
+            assert!(!throttled, "greylisting is not throttling");
         }
         other => panic!("expected transient, got {other:?}"),
     }
     assert!(
-        matches!(netease, Outcome::Transient { retry_after: Some(wait), .. } if wait == Duration::from_secs(120)),
+        matches!(netease, Outcome::Transient { retry_after: Some(wait), throttled: true, .. } if wait == Duration::from_secs(120)),
         "{netease:?}"
     );
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_4xx_that_says_we_are_too_fast_is_throttled_and_other_4xx_are_not() {
+    // Arrange
+    let sink = SmtpSink::start();
+    let replies = [
+        (
+            "fast@qq.com",
+            421,
+            "4.7.0 Too many connections, slow down",
+            true,
+        ),
+        (
+            "rate@example.com",
+            451,
+            "4.7.1 Rate limit exceeded, try again later",
+            true,
+        ),
+        (
+            "busy@outlook.example",
+            451,
+            "4.7.500 Server busy. Please try again later",
+            true,
+        ),
+        (
+            "quota@example.com",
+            452,
+            "4.7.0 Ratelimit: sending quota exceeded",
+            true,
+        ),
+        (
+            "down@example.com",
+            421,
+            "4.3.0 Service not available, closing transmission channel",
+            false,
+        ),
+        (
+            "full@example.com",
+            452,
+            "4.2.2 Mailbox full, over quota",
+            false,
+        ),
+        (
+            "grey@example.com",
+            451,
+            "4.7.1 Greylisted, please try again later",
+            false,
+        ),
+    ];
+    for (address, code, text, _) in replies {
+        sink.reject_with(address, code, text);
+    }
+    let sender = relay(&sink.url());
+
+    for (n, (address, code, text, expected)) in replies.into_iter().enumerate() {
+        // Act
+        let outcome = send(
+            &sender,
+            &recipient(&format!("u-{n}"), address, None),
+            &arabic(),
+        )
+        .await;
+
+        // Assert
+        match outcome {
+            Outcome::Transient {
+                reason, throttled, ..
+            } => {
+                assert!(reason.starts_with(&code.to_string()), "{reason}");
+                assert_eq!(throttled, expected, "{code} {text}");
+            }
+            other => panic!("{code} {text}: expected transient, got {other:?}"),
+        }
+    }
     assert!(sink.messages().is_empty());
 }
 
@@ -253,7 +331,12 @@ async fn a_refused_connection_is_transient() {
     .await;
 
     match outcome {
-        Outcome::Transient { reason, .. } => assert!(reason.contains("connect"), "{reason}"),
+        Outcome::Transient {
+            reason, throttled, ..
+        } => {
+            assert!(reason.contains("connect"), "{reason}");
+            assert!(!throttled, "a refused connection is not throttling");
+        }
         other => panic!("expected transient, got {other:?}"),
     }
 }

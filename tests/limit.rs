@@ -234,3 +234,187 @@ async fn acquiring_works_from_spawned_tasks() {
     }
     assert_eq!(limits.tracked_domains(), 2);
 }
+
+/// Sends per second between the first and the last of `times`.
+fn measured_rate(mut times: Vec<Instant>) -> f64 {
+    times.sort();
+    let span = times[times.len() - 1].duration_since(times[0]);
+    (times.len() - 1) as f64 / span.as_secs_f64()
+}
+
+/// The current rate of `domain` in `limits.domain_rates()`, if it is slowed down.
+fn rate_of(limits: &Limits, domain: &str) -> Option<f64> {
+    limits
+        .domain_rates()
+        .into_iter()
+        .find(|(slowed, _)| slowed == domain)
+        .map(|(_, per_sec)| per_sec)
+}
+
+#[tokio::test]
+async fn a_throttled_domain_is_paced_at_half_its_rate_while_others_keep_theirs() {
+    // Arrange
+    let limits = Limits::new(&rates(0, 0, 20, &[]));
+
+    // Act
+    limits.throttled(Channel::Email, Some("Slow.Example."));
+    let (slow, fast) = tokio::join!(
+        acquire_all(&limits, Channel::Email, &["slow.example"; 21]),
+        acquire_all(&limits, Channel::Email, &["fast.example"; 21]),
+    );
+
+    // Assert
+    let (slow, fast) = (measured_rate(slow), measured_rate(fast));
+    eprintln!("21 sends each, default 20/s: throttled {slow:.2}/s, other {fast:.2}/s");
+    assert!((9.0..=10.6).contains(&slow), "throttled domain at {slow}/s");
+    assert!((18.0..=21.5).contains(&fast), "other domain at {fast}/s");
+    assert_eq!(limits.domain_rates(), [("slow.example".to_string(), 10.0)]);
+    assert_eq!(limits.push_rate(), None);
+}
+
+#[tokio::test]
+async fn repeated_throttles_halve_the_rate_down_to_one_a_minute() {
+    // A quiet period of 3 s: signals more than 100 ms apart are separate episodes.
+    let limits = Limits::with_recovery(&rates(0, 0, 50, &[]), Duration::from_secs(3));
+    let mut seen = Vec::new();
+
+    for _ in 0..14 {
+        limits.throttled(Channel::Email, Some("qq.com"));
+        seen.push(rate_of(&limits, "qq.com").expect("slowed down"));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+
+    eprintln!("rates after each throttle: {seen:?}");
+    let mut expected: Vec<f64> = (1..=11).map(|n| 50.0 / f64::from(1 << n)).collect();
+    expected.extend([1.0 / 60.0; 3]);
+    assert_eq!(seen, expected);
+    // At the floor, a second send waits a minute.
+    acquire_all(&limits, Channel::Email, &["qq.com"]).await;
+    let second = tokio::time::timeout(
+        Duration::from_millis(500),
+        limits.acquire(Channel::Email, Some("qq.com")),
+    )
+    .await;
+    assert!(second.is_err(), "a second send within 500 ms at 1/min");
+}
+
+#[tokio::test]
+async fn a_burst_of_throttle_signals_halves_the_rate_once() {
+    // Replies to sends that were in flight at the old rate arrive together: one episode.
+    let limits = Limits::with_recovery(&rates(0, 0, 20, &[]), Duration::from_secs(3));
+
+    for _ in 0..50 {
+        limits.throttled(Channel::Email, Some("163.com"));
+    }
+    let after_burst = rate_of(&limits, "163.com");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    limits.throttled(Channel::Email, Some("163.com"));
+
+    assert_eq!(after_burst, Some(10.0));
+    assert_eq!(rate_of(&limits, "163.com"), Some(5.0));
+}
+
+#[tokio::test]
+async fn a_lowered_rate_doubles_after_each_quiet_period_back_to_the_configured_one() {
+    // Arrange: qq.com listed at 20/s, lowered three times to 2.5/s.
+    let quiet = Duration::from_millis(400);
+    let limits = Limits::with_recovery(&rates(0, 0, 50, &[("qq.com", 20)]), quiet);
+    for _ in 0..3 {
+        limits.throttled(Channel::Email, Some("qq.com"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let quiet_since = Instant::now() - Duration::from_millis(30);
+    assert_eq!(rate_of(&limits, "qq.com"), Some(2.5));
+
+    // Act and assert: one doubling per quiet period, then out of the map.
+    let mut seen = Vec::new();
+    for periods in [0.5, 1.5, 2.5, 3.5] {
+        tokio::time::sleep_until((quiet_since + quiet.mul_f64(periods)).into()).await;
+        seen.push(rate_of(&limits, "qq.com"));
+    }
+    eprintln!("qq.com at 0.5, 1.5, 2.5, 3.5 quiet periods: {seen:?}");
+    assert_eq!(seen, [Some(2.5), Some(5.0), Some(10.0), None]);
+    assert!(limits.domain_rates().is_empty());
+    let times = acquire_all(&limits, Channel::Email, &["qq.com"; 21]).await;
+    let rate = measured_rate(times);
+    eprintln!("qq.com recovered: {rate:.2}/s");
+    assert!((18.0..=21.5).contains(&rate), "{rate}/s");
+}
+
+#[tokio::test]
+async fn recovery_from_the_floor_never_goes_above_the_configured_rate() {
+    // Arrange: 20/s lowered to the floor (12 halvings), quiet periods of 150 ms.
+    let limits = Limits::with_recovery(&rates(0, 0, 20, &[]), Duration::from_millis(150));
+    for _ in 0..12 {
+        limits.throttled(Channel::Email, Some("slow.example"));
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    assert_eq!(rate_of(&limits, "slow.example"), Some(1.0 / 60.0));
+
+    // Act: watch it recover.
+    let mut seen = vec![1.0 / 60.0];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while let Some(rate) = rate_of(&limits, "slow.example") {
+        if seen.last() != Some(&rate) {
+            seen.push(rate);
+        }
+        assert!(Instant::now() < deadline, "still slowed down: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Assert: each step doubles, none reaches 20/s, then the domain leaves the map.
+    eprintln!("recovery steps (per second): {seen:?}");
+    assert_eq!(seen.len(), 11, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[1] == 2.0 * w[0]), "{seen:?}");
+    assert!(seen.iter().all(|&rate| rate < 20.0), "{seen:?}");
+    assert!(limits.domain_rates().is_empty());
+}
+
+#[tokio::test]
+async fn push_throttling_lowers_the_push_rate_but_not_email() {
+    let limits = Limits::new(&rates(0, 20, 20, &[]));
+
+    limits.throttled(Channel::Push, None);
+    let (push, email) = tokio::join!(
+        acquire_all(&limits, Channel::Push, &["ignored.example"; 21]),
+        acquire_all(&limits, Channel::Email, &["example.com"; 21]),
+    );
+
+    let (push, email) = (measured_rate(push), measured_rate(email));
+    eprintln!("push 20/s throttled: {push:.2}/s; email 20/s: {email:.2}/s");
+    assert_eq!(limits.push_rate(), Some(10.0));
+    assert!(limits.domain_rates().is_empty());
+    assert!((9.0..=10.6).contains(&push), "push at {push}/s");
+    assert!((18.0..=21.5).contains(&email), "email at {email}/s");
+}
+
+#[tokio::test]
+async fn back_off_starts_from_the_domain_rate_capped_by_the_channel_or_fifty_if_unlimited() {
+    let unlimited = Limits::new(&rates(0, 0, 0, &[("free.example", 0)]));
+    let capped = Limits::new(&rates(30, 0, 50, &[("qq.com", 20)]));
+    let push_unlimited = Limits::new(&rates(0, 0, 0, &[]));
+
+    unlimited.throttled(Channel::Email, Some("free.example"));
+    unlimited.throttled(Channel::Email, Some("any.example"));
+    capped.throttled(Channel::Email, Some("qq.com"));
+    capped.throttled(Channel::Email, Some("gmail.com"));
+    push_unlimited.throttled(Channel::Push, None);
+    push_unlimited.throttled(Channel::Email, None);
+
+    assert_eq!(
+        unlimited.domain_rates(),
+        [
+            ("any.example".to_string(), 25.0),
+            ("free.example".to_string(), 25.0)
+        ]
+    );
+    assert_eq!(
+        capped.domain_rates(),
+        [
+            ("gmail.com".to_string(), 15.0),
+            ("qq.com".to_string(), 10.0)
+        ]
+    );
+    assert_eq!(push_unlimited.push_rate(), Some(500.0));
+    assert!(push_unlimited.domain_rates().is_empty());
+}

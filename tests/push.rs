@@ -65,6 +65,7 @@ fn assert_transient(outcome: &Outcome) -> (&str, Option<Duration>) {
         Outcome::Transient {
             reason,
             retry_after,
+            ..
         } => (reason, *retry_after),
         other => panic!("expected a transient outcome, got {other:?}"),
     }

@@ -2,8 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::shipped_templates;
 use serde_json::json;
@@ -12,7 +13,7 @@ use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{PerDomainRates, RateConfig};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
-use sunset::worker::{Deps, Verdict, process_batch};
+use sunset::worker::{Deps, Owed, RetryPolicy, Verdict, process_batch};
 
 /// Records what it is asked to send by its channel and answers from a table (default: delivered).
 struct MemorySender {
@@ -77,6 +78,17 @@ fn unlimited() -> Arc<Limits> {
     Arc::new(Limits::new(&rates))
 }
 
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        delays: vec![
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ],
+    }
+}
+
 fn deps(email: MemorySender, push: MemorySender) -> Deps<MemorySender, MemorySender> {
     Deps::new(
         shipped_templates(),
@@ -85,7 +97,36 @@ fn deps(email: MemorySender, push: MemorySender) -> Deps<MemorySender, MemorySen
         push,
         unlimited(),
         8,
+        policy(),
     )
+}
+
+/// The dead letter a verdict owes, if any: (batch, reason).
+fn dead_letter(verdict: &Verdict) -> Option<(&Batch, &str)> {
+    verdict.owed.iter().find_map(|owed| match owed {
+        Owed::DeadLetter { batch, reason, .. } => Some((batch.as_ref(), reason.as_str())),
+        Owed::Retry { .. } => None,
+    })
+}
+
+/// The retries a verdict owes: (batch, queue, attempt).
+fn retries(verdict: &Verdict) -> Vec<(&Batch, usize, u32)> {
+    verdict
+        .owed
+        .iter()
+        .filter_map(|owed| match owed {
+            Owed::Retry {
+                batch,
+                queue,
+                attempt,
+            } => Some((batch.as_ref(), *queue, *attempt)),
+            Owed::DeadLetter { .. } => None,
+        })
+        .collect()
+}
+
+async fn process(batch: &Batch, attempt: u32, deps: &Deps<MemorySender, MemorySender>) -> Verdict {
+    process_batch(batch, attempt, &HashSet::new(), deps).await
 }
 
 fn recipient(id: &str, email: Option<&str>, locale: &str) -> Recipient {
@@ -128,10 +169,9 @@ async fn every_recipient_is_sent_once_per_channel_in_their_language() {
         recipient("u2", Some("b@example.com"), "zh-TW"),
         recipient("u3", None, "en-GB"),
     ]);
-    let verdict = process_batch(&batch, &deps).await;
-    let Verdict::Delivered(report) = verdict else {
-        panic!("expected delivered: {verdict:?}");
-    };
+    let verdict = process(&batch, 1, &deps).await;
+    assert!(verdict.owed.is_empty(), "{verdict:?}");
+    let report = verdict.report;
     let emails = deps.email.sent();
     assert_eq!(emails.len(), 2, "u3 has no email: {emails:?}");
     assert!(emails[0].1.contains("شيامي"), "{emails:?}");
@@ -149,7 +189,7 @@ async fn every_recipient_is_sent_once_per_channel_in_their_language() {
 }
 
 #[tokio::test]
-async fn only_failed_recipients_are_dead_lettered_with_their_reasons() {
+async fn permanent_failures_are_dead_lettered_and_transient_ones_retried_per_channel() {
     let email = MemorySender::answering(
         Channel::Email,
         "u2",
@@ -162,40 +202,31 @@ async fn only_failed_recipients_are_dead_lettered_with_their_reasons() {
         recipient("u2", Some("b@example.com"), "zh"),
         recipient("u3", Some("c@example.com"), "ar"),
     ]);
-    let Verdict::DeadLetter {
-        dead_letter,
-        reason,
-        report,
-    } = process_batch(&batch, &deps).await
-    else {
-        panic!("expected a dead letter");
-    };
-    let failed: Vec<&str> = dead_letter
-        .recipients
-        .iter()
-        .map(|r| r.user_id.as_str())
-        .collect();
-    assert_eq!(failed, ["u2", "u3"]);
-    let mut failures: Vec<(String, Channel, String)> = dead_letter
-        .failures
-        .iter()
-        .map(|f| (f.user_id.to_string(), f.channel, f.error.clone()))
-        .collect();
-    failures.sort();
+    let verdict = process(&batch, 1, &deps).await;
+    let (dead, reason) = dead_letter(&verdict).expect("u2's email is owed to the DLQ");
+    let failed: Vec<&str> = dead.recipients.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(failed, ["u2"]);
+    assert_eq!(dead.failures.len(), 1);
     assert_eq!(
-        failures,
-        [
-            (
-                "u2".into(),
-                Channel::Email,
-                "550 mailbox unavailable".into()
-            ),
-            ("u3".into(), Channel::Push, "503 from gateway".into())
-        ]
+        (dead.failures[0].channel, dead.failures[0].error.as_str()),
+        (Channel::Email, "550 mailbox unavailable")
     );
-    assert!(reason.contains("2 sends failed"), "{reason}");
-    assert_eq!(dead_letter.batch_id, batch.batch_id);
-    let by_channel = report.by_channel();
+    assert_eq!(reason, "550 mailbox unavailable");
+    assert_eq!(dead.batch_id, batch.batch_id);
+
+    let retries = retries(&verdict);
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    let (retry, queue, attempt) = retries[0];
+    assert_eq!((queue, attempt), (0, 2));
+    assert_eq!(
+        retry.channels,
+        [Channel::Push],
+        "u3's email went out; only the push is retried"
+    );
+    assert_eq!(retry.recipients.len(), 1);
+    assert_eq!(retry.recipients[0].user_id.as_str(), "u3");
+
+    let by_channel = verdict.report.by_channel();
     assert_eq!(
         (
             by_channel[&Channel::Email].delivered,
@@ -213,6 +244,99 @@ async fn only_failed_recipients_are_dead_lettered_with_their_reasons() {
 }
 
 #[tokio::test]
+async fn a_transient_failure_on_the_last_attempt_is_dead_lettered_saying_so() {
+    let push = MemorySender::answering(Channel::Push, "u1", Outcome::transient("503 from gateway"));
+    let deps = deps(MemorySender::new(Channel::Email), push);
+    let batch = batch(vec![recipient("u1", Some("a@example.com"), "en")]);
+    let verdict = process(&batch, 3, &deps).await;
+    assert!(retries(&verdict).is_empty());
+    let (dead, reason) = dead_letter(&verdict).expect("dead letter");
+    assert_eq!(reason, "gave up after 3 attempts: 503 from gateway");
+    assert_eq!(dead.failures[0].channel, Channel::Push);
+}
+
+#[tokio::test]
+async fn a_requested_wait_picks_a_delay_queue_at_least_that_long() {
+    let push = MemorySender::answering(
+        Channel::Push,
+        "u1",
+        Outcome::Transient {
+            reason: "429".into(),
+            retry_after: Some(Duration::from_secs(5)),
+            throttled: true,
+        },
+    );
+    let deps = deps(MemorySender::new(Channel::Email), push);
+    let batch = batch(vec![recipient("u1", None, "en")]);
+    let verdict = process(&batch, 1, &deps).await;
+    assert_eq!(
+        retries(&verdict)[0].1,
+        1,
+        "1 s is shorter than the 5 s asked for; 10 s is not"
+    );
+    assert_eq!(policy().queue(2, Duration::ZERO), 1);
+    assert_eq!(
+        policy().queue(9, Duration::ZERO),
+        2,
+        "past the last delay, the last queue"
+    );
+    assert_eq!(policy().queue(1, Duration::from_secs(3600)), 2);
+}
+
+#[tokio::test]
+async fn pairs_delivered_before_are_not_sent_again() {
+    let deps = deps(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+    );
+    let batch = batch(vec![
+        recipient("u1", Some("a@example.com"), "en"),
+        recipient("u2", Some("b@example.com"), "en"),
+    ]);
+    let already: HashSet<(UserId, Channel)> =
+        [(UserId::parse("u1").expect("id"), Channel::Email)].into();
+    let verdict = process_batch(&batch, 1, &already, &deps).await;
+    assert!(verdict.owed.is_empty());
+    assert_eq!(deps.email.sent().len(), 1, "only u2's email");
+    assert_eq!(deps.push.sent().len(), 2);
+    assert_eq!(verdict.delivered.len(), 4, "u1's email counts as delivered");
+}
+
+#[tokio::test]
+async fn a_batch_past_its_deadline_sends_nothing_and_dead_letters_everyone_with_reason_deadline() {
+    let deps = deps(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+    );
+    let mut batch = batch(vec![
+        recipient("u1", Some("a@example.com"), "en"),
+        recipient("u2", None, "zh"),
+    ]);
+    batch.deadline =
+        Some(chrono::DateTime::parse_from_rfc3339("2021-02-05T00:00:00+08:00").expect("date"));
+    let verdict = process(&batch, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    let (dead, reason) = dead_letter(&verdict).expect("dead letter");
+    assert_eq!(reason, "deadline");
+    assert_eq!(dead.recipients.len(), 2);
+    assert_eq!(dead.failures.len(), 3);
+    assert!(dead.failures.iter().all(|f| f.error == "deadline"));
+}
+
+#[tokio::test]
+async fn a_retry_that_would_come_after_the_deadline_is_dead_lettered_instead() {
+    let push = MemorySender::answering(Channel::Push, "u1", Outcome::transient("503"));
+    let deps = deps(MemorySender::new(Channel::Email), push);
+    let mut batch = batch(vec![recipient("u1", None, "en")]);
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(500);
+    batch.deadline = Some(soon.fixed_offset());
+    let verdict = process(&batch, 1, &deps).await;
+    assert!(retries(&verdict).is_empty());
+    let (_, reason) = dead_letter(&verdict).expect("dead letter");
+    assert_eq!(reason, "deadline");
+}
+
+#[tokio::test]
 async fn a_missing_campaign_variable_is_a_permanent_failure_and_nothing_is_sent() {
     let deps = deps(
         MemorySender::new(Channel::Email),
@@ -220,9 +344,8 @@ async fn a_missing_campaign_variable_is_a_permanent_failure_and_nothing_is_sent(
     );
     let mut batch = batch(vec![recipient("u1", Some("a@example.com"), "en")]);
     batch.vars.remove("export_url");
-    let Verdict::DeadLetter { dead_letter, .. } = process_batch(&batch, &deps).await else {
-        panic!("expected a dead letter");
-    };
+    let verdict = process(&batch, 1, &deps).await;
+    let (dead_letter, _) = dead_letter(&verdict).expect("dead letter");
     assert_eq!(dead_letter.failures.len(), 2, "{:?}", dead_letter.failures);
     assert!(
         dead_letter
@@ -246,9 +369,8 @@ async fn an_unknown_template_fails_every_recipient_naming_the_template() {
         recipient("u2", None, "zh"),
     ]);
     batch.template = TemplateName::parse("no-such-notice").expect("name");
-    let Verdict::DeadLetter { dead_letter, .. } = process_batch(&batch, &deps).await else {
-        panic!("expected a dead letter");
-    };
+    let verdict = process(&batch, 1, &deps).await;
+    let (dead_letter, _) = dead_letter(&verdict).expect("dead letter");
     assert_eq!(dead_letter.recipients.len(), 2);
     assert_eq!(
         dead_letter.failures.len(),
@@ -270,10 +392,7 @@ async fn push_only_batches_never_touch_the_email_sender() {
     );
     let mut batch = batch(vec![recipient("u1", Some("a@example.com"), "en")]);
     batch.channels = vec![Channel::Push];
-    assert!(matches!(
-        process_batch(&batch, &deps).await,
-        Verdict::Delivered(_)
-    ));
+    assert!(process(&batch, 1, &deps).await.owed.is_empty());
     assert!(deps.email.sent().is_empty());
     assert_eq!(deps.push.sent().len(), 1);
 }

@@ -114,7 +114,7 @@ impl Broker {
     /// channel and declares the topology.
     pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default()
-            .with_connection_name("sunset".into())
+            .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -142,6 +142,11 @@ impl Broker {
         &self.names
     }
 
+    /// A new channel on the connection, without publisher confirms (for `basic.get` and acks).
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        Ok(self.connection.create_channel().await?)
+    }
+
     /// Whether the connection is up (false while lapin recovers or after it gave up).
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
@@ -159,9 +164,13 @@ impl Broker {
             Route::Work => (EXCHANGE, self.names.work.as_str()),
             Route::Queue(queue) => ("", queue),
         };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
+            .with_timestamp(now)
             .with_headers(headers);
         let confirm = self
             .publisher
@@ -190,6 +199,28 @@ impl Broker {
     pub async fn enqueue(&self, batch: &Batch) -> Result<(), BrokerError> {
         self.publish(Route::Work, &batch.encode(), attempt_headers(1))
             .await
+    }
+
+    /// Publishes a retry to delay queue `queue` (0-based) with its attempt number.
+    pub async fn retry(
+        &self,
+        batch: &Batch,
+        queue: usize,
+        attempt: u32,
+    ) -> Result<(), BrokerError> {
+        let name = self
+            .names
+            .retry
+            .get(queue)
+            .or(self.names.retry.last())
+            .map(|(name, _)| name.as_str())
+            .ok_or_else(|| BrokerError::Returned("retry queue (none configured)".into()))?;
+        self.publish(
+            Route::Queue(name),
+            &batch.encode(),
+            attempt_headers(attempt),
+        )
+        .await
     }
 
     /// Publishes a dead letter: the batch (failed recipients and `failures`) with its reason.

@@ -82,6 +82,9 @@ pub enum Outcome {
         reason: String,
         /// The least wait the peer asked for (`Retry-After`, "try again in N seconds").
         retry_after: Option<Duration>,
+        /// The peer said we are too fast (SMTP 421/451/452 with rate wording, HTTP 429): the
+        /// domain's (or gateway's) rate should come down.
+        throttled: bool,
     },
     /// Will not succeed as is: SMTP 5xx for this recipient, other HTTP 4xx, render failures.
     Permanent {
@@ -96,6 +99,7 @@ impl Outcome {
         Outcome::Transient {
             reason: reason.into(),
             retry_after: None,
+            throttled: false,
         }
     }
 

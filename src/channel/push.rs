@@ -303,6 +303,7 @@ async fn classify(result: reqwest::Result<reqwest::Response>, timeout: Duration)
         Outcome::Transient {
             reason,
             retry_after,
+            throttled: status == StatusCode::TOO_MANY_REQUESTS,
         }
     } else {
         Outcome::permanent(reason)

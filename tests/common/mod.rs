@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sunset::Config;
 use sunset::broker::{Broker, QueueNames};
 use sunset::config::BrokerConfig;
 
@@ -33,31 +34,32 @@ impl TestEnv {
         env
     }
 
-    /// A test environment with its own queues: `sunset.test.<random>` and derived names,
-    /// retry delays of 1 s and 2 s, and `extra` config appended (e.g. `[email]` with a sink URL).
+    /// A test environment with its own queues (`sunset.test.<random>` and derived names) and
+    /// `extra` config appended (e.g. `[email]` with a sink URL, `[worker]` retry delays).
     pub fn with_broker(extra: &str) -> TestEnv {
         let mut env = TestEnv::new();
         let queue = format!("sunset.test.{:016x}", fastrand::u64(..));
         env.write_config(&format!(
-            "[templates]\ndir = \"templates\"\n[broker]\nqueue = \"{queue}\"\n\
-             [worker]\nretry_delays_ms = [1000, 2000]\n{extra}"
+            "[templates]\ndir = \"templates\"\n[broker]\nqueue = \"{queue}\"\n{extra}"
         ));
         env.queue = Some(queue);
         env
     }
 
-    /// The queue names of a broker test.
-    pub fn names(&self) -> QueueNames {
-        QueueNames::new(self.queue.as_deref().expect("a broker test"), &[1000, 2000])
+    /// The test's configuration, as `sunset` reads it.
+    pub fn config(&self) -> Config {
+        Config::load(Some(&self.path().join("sunset.toml"))).expect("the test config loads")
     }
 
-    /// A connection to the test's queues (declaring them).
+    /// The queue names of a broker test.
+    pub fn names(&self) -> QueueNames {
+        let config = self.config();
+        QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms)
+    }
+
+    /// A connection to the test's queues (declaring them as the worker does).
     pub async fn broker(&self) -> Broker {
-        let config = BrokerConfig {
-            queue: self.names().work,
-            ..BrokerConfig::default()
-        };
-        Broker::connect(&config, self.names())
+        Broker::connect(&self.config().broker, self.names())
             .await
             .expect("RabbitMQ at 127.0.0.1:5672")
     }
@@ -189,14 +191,17 @@ impl Drop for TestEnv {
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             runtime.block_on(async {
-                let config = BrokerConfig {
-                    queue: names.work.clone(),
-                    ..BrokerConfig::default()
+                let url = BrokerConfig::default().url;
+                let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await
+                else {
+                    return;
                 };
-                if let Ok(broker) = Broker::connect(&config, names).await {
-                    let _ = broker.delete_queues().await;
-                    broker.close().await;
+                if let Ok(channel) = connection.create_channel().await {
+                    for queue in names.all() {
+                        let _ = channel.queue_delete(queue.into(), Default::default()).await;
+                    }
                 }
+                let _ = connection.close(200, "bye".into()).await;
             });
         })
         .join();
