@@ -187,6 +187,7 @@ where
     info!(queue = %broker.names().work, prefetch, "consuming");
     let mut tasks: JoinSet<Handled> = JoinSet::new();
     let mut idle_rounds = 0;
+    let mut down_since = None;
     let mut poll = tokio::time::interval(IDLE_POLL);
     let outcome = loop {
         tokio::select! {
@@ -208,14 +209,18 @@ where
                 progress.record(until, done);
             }
             _ = poll.tick(), if tasks.is_empty() && may_stop(until, &progress.campaign_batches) => {
-                if queues_empty(broker).await? {
-                    idle_rounds += 1;
-                    if idle_rounds >= IDLE_ROUNDS {
-                        info!("queues empty and nothing in flight; exiting");
-                        break Ok(());
+                match queues_empty(broker).await {
+                    Ok(true) => {
+                        idle_rounds += 1;
+                        if idle_rounds >= IDLE_ROUNDS {
+                            info!("queues empty and nothing in flight; exiting");
+                            break Ok(());
+                        }
                     }
-                } else {
-                    idle_rounds = 0;
+                    Ok(false) => idle_rounds = 0,
+                    // lapin is recovering the connection; the consumer resumes when it is back.
+                    Err(_) if recovering(broker, &mut down_since) => idle_rounds = 0,
+                    Err(e) => break Err(e),
                 }
             }
         }
@@ -251,6 +256,23 @@ impl Progress {
             self.campaign_batches.insert(batch);
         }
     }
+}
+
+/// How long lapin may try to recover a connection before the supervisor takes over.
+const RECOVERY_GRACE: Duration = Duration::from_secs(60);
+
+/// True while lapin's auto-recovery is under way (and within its grace period): the session
+/// waits rather than opening a second connection beside the one being recovered.
+fn recovering(broker: &Broker, down_since: &mut Option<Instant>) -> bool {
+    if !broker.is_recovering() {
+        *down_since = None;
+        return false;
+    }
+    let since = *down_since.get_or_insert_with(|| {
+        info!("RabbitMQ connection lost; lapin is recovering it");
+        Instant::now()
+    });
+    since.elapsed() < RECOVERY_GRACE
 }
 
 /// Whether the loop may end once idle: always with `Until::Idle`; with `Until::CampaignDone`

@@ -322,36 +322,6 @@ async fn a_poison_batch_ends_in_the_dead_letter_queue_and_the_worker_stays_up() 
     let _ = connection.close(200, "bye".into()).await;
 }
 
-/// Closes this test's worker connection from the broker side.
-fn close_worker_connection(queue: &str) {
-    let listing = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    let wanted = format!("sunset {queue}");
-    let mut closed = 0;
-    for line in listing
-        .lines()
-        .filter(|line| line.contains(&format!("\"{wanted}\"")))
-    {
-        let name = line.split('\t').next().expect("name column");
-        let status = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", name, "closed by a test"])
-            .status()
-            .expect("rabbitmqctl");
-        assert!(status.success());
-        closed += 1;
-    }
-    assert!(closed > 0, "no connection named {wanted:?} in:\n{listing}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_closed_by_the_broker_mid_campaign_loses_and_duplicates_no_one() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
@@ -374,9 +344,11 @@ async fn a_connection_closed_by_the_broker_mid_campaign_loses_and_duplicates_no_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let queue = env.names().work;
-    tokio::task::spawn_blocking(move || close_worker_connection(&queue))
-        .await
-        .expect("join");
+    tokio::task::spawn_blocking(move || {
+        common::close_connections_named(&format!("sunset {queue}"))
+    })
+    .await
+    .expect("join");
     let status = tokio::task::spawn_blocking(move || worker.wait())
         .await
         .expect("join")
@@ -402,4 +374,54 @@ fn a_worker_without_a_broker_waits_then_gives_up_after_the_configured_time() {
     let err = run.stderr();
     assert!(err.contains("cannot reach RabbitMQ; waiting"), "{err}");
     assert!(err.contains("Gave up: no RabbitMQ for 1500 ms"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_that_answers_421_too_fast_gets_a_lower_measured_rate_than_one_that_does_not() {
+    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
+    let rate =
+        "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 20\n";
+    let env = TestEnv::with_broker(&config(&smtp, &push, rate, QUICK_RETRIES));
+    let mut csv = String::from("user_id,email,locale\n");
+    for i in 1..=50 {
+        let _ = writeln!(
+            csv,
+            "s{i},s{i}@throttled.example,en\nf{i},f{i}@calm.example,en"
+        );
+    }
+    for i in 1..=3 {
+        smtp.reject_times(
+            &format!("s{i}@throttled.example"),
+            421,
+            "4.7.0 Too many messages, slow down",
+            1,
+        );
+    }
+    env.write("audience.csv", &csv);
+    enqueue(&env, &["--channels", "email", "--batch-size", "100"]).await;
+    let run = env
+        .sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
+    assert!(
+        run.stderr().contains("domain rate lowered"),
+        "{}",
+        run.stderr()
+    );
+    let rate_of = |domain: &str| {
+        let mut times: Vec<Instant> = smtp
+            .messages()
+            .iter()
+            .filter(|m| m.to[0].ends_with(domain))
+            .map(|m| m.at)
+            .collect();
+        times.sort();
+        assert_eq!(times.len(), 50, "{domain}: everyone told once");
+        49.0 / (times[49] - times[0]).as_secs_f64()
+    };
+    let (throttled, calm) = (rate_of("@throttled.example"), rate_of("@calm.example"));
+    assert!(
+        throttled < calm * 0.75,
+        "throttled.example {throttled:.1}/s vs calm.example {calm:.1}/s"
+    );
 }

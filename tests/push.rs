@@ -154,6 +154,16 @@ async fn too_many_requests_with_retry_after_is_transient_with_that_delay() {
     let (reason, retry_after) = assert_transient(&outcome);
     assert_eq!(retry_after, Some(Duration::from_secs(7)));
     assert!(reason.contains("429"), "{reason}");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Transient {
+                throttled: true,
+                ..
+            }
+        ),
+        "429 means too fast: the gateway's rate comes down"
+    );
 }
 
 #[tokio::test]
@@ -167,6 +177,13 @@ async fn service_unavailable_is_transient() {
     let (reason, retry_after) = assert_transient(&outcome);
     assert_eq!(retry_after, None);
     assert!(reason.contains("503"), "{reason}");
+    assert!(matches!(
+        outcome,
+        Outcome::Transient {
+            throttled: false,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]

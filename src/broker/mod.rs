@@ -147,6 +147,11 @@ impl Broker {
         Ok(self.connection.create_channel().await?)
     }
 
+    /// Whether lapin's auto-recovery is re-establishing the connection.
+    pub fn is_recovering(&self) -> bool {
+        self.connection.status().reconnecting()
+    }
+
     /// Whether the connection is up (false while lapin recovers or after it gave up).
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
@@ -293,9 +298,11 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes the connection cleanly; call before the runtime ends.
+    /// Closes the connection cleanly (and stops a recovery under way); call before the runtime
+    /// ends. A connection that is already gone has nothing to close.
     pub async fn close(&self) {
-        if self.connection.status().connected() {
+        let status = self.connection.status();
+        if status.connected() || status.reconnecting() {
             let _ = self.connection.close(200, "bye".into()).await;
         }
     }

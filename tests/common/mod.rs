@@ -208,6 +208,34 @@ impl Drop for TestEnv {
     }
 }
 
+/// Closes, from the broker side, every connection whose client named it `name` (sunset names
+/// its connections `sunset <queue>`), as an operator's `rabbitmqctl close_connection` would.
+pub fn close_connections_named(name: &str) {
+    let listing = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let quoted = format!("\"{name}\"");
+    let mut closed = 0;
+    for line in listing.lines().filter(|line| line.contains(&quoted)) {
+        let pid = line.split('\t').next().expect("pid column");
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a test"])
+            .status()
+            .expect("rabbitmqctl");
+        assert!(status.success());
+        closed += 1;
+    }
+    assert!(closed > 0, "no connection named {name:?} in:\n{listing}");
+}
+
 pub fn shipped_templates() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
 }
