@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::TestEnv;
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
+use common::{TestEnv, assert_everyone_told_once, sinks_config, until_emails};
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
@@ -23,12 +22,18 @@ fn rabbitmqctl(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_mid_campaign_loses_and_duplicates_no_one() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = TestEnv::with_broker(&format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n\
-         [rate]\nemail_per_sec = 200\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\
-         [worker]\nretry_delays_ms = [500, 1000]\n",
-        smtp.url(),
-        push.url()
+    let env = TestEnv::with_broker(&sinks_config(
+        &smtp,
+        &push,
+        "[rate]
+email_per_sec = 200
+push_per_sec = 0
+[rate.per_domain_per_sec]
+default = 0
+\
+         [worker]
+retry_delays_ms = [500, 1000]
+",
     ));
     let mut csv = String::from("user_id,email,locale\n");
     for i in 1..=800 {
@@ -52,11 +57,7 @@ async fn a_broker_restart_mid_campaign_loses_and_duplicates_no_one() {
         .command(&["worker", "--exit-when-idle"], &[])
         .spawn()
         .expect("worker");
-    let started = Instant::now();
-    while smtp.messages().len() < 150 {
-        assert!(started.elapsed() < Duration::from_secs(30), "nothing sent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_emails(&smtp, 150).await;
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(2));
@@ -70,12 +71,5 @@ async fn a_broker_restart_mid_campaign_loses_and_duplicates_no_one() {
         .expect("join")
         .expect("wait");
     assert!(status.success(), "{status}");
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for message in smtp.messages() {
-        *per_address.entry(message.to[0].clone()).or_default() += 1;
-    }
-    assert_eq!(per_address.len(), 800, "everyone told");
-    let twice: Vec<_> = per_address.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "told twice: {twice:?}");
-    assert_eq!(push.requests().len(), 800);
+    assert_everyone_told_once(&smtp, &push, 800);
 }

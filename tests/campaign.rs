@@ -7,21 +7,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
+use common::{TestEnv, assert_everyone_told_once, sinks_config, until_emails};
 use mail_parser::MimeHeaders;
 use sunset::batch::Batch;
 use sunset::broker::Route;
-
-/// Config for SMTP and HTTP push into the sinks, limits as given.
-fn sinks_config(smtp: &SmtpSink, push: &PushSink, rate: &str) -> String {
-    format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n{rate}",
-        smtp.url(),
-        push.url()
-    )
-}
 
 const UNLIMITED: &str =
     "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
@@ -82,19 +73,8 @@ async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_langu
         .await
         .expect_code(0);
 
+    assert_everyone_told_once(&smtp, &push, 1000);
     let messages = smtp.messages();
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for message in &messages {
-        for to in &message.to {
-            *per_address.entry(to.clone()).or_default() += 1;
-        }
-    }
-    assert_eq!(per_address.len(), 1000);
-    assert!(
-        per_address.values().all(|&n| n == 1),
-        "someone got two emails"
-    );
-
     let by_to: HashMap<&str, &common::smtp_sink::Received> =
         messages.iter().map(|m| (m.to[0].as_str(), m)).collect();
     // u-0001 is zh-CN, u-0002 zh-TW, u-0003 en-US, u-0004 ar-EG.
@@ -171,14 +151,6 @@ async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_langu
     );
 
     let requests = push.requests();
-    let mut per_user: HashMap<String, usize> = HashMap::new();
-    for request in &requests {
-        *per_user
-            .entry(request.user_id().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(per_user.len(), 1000);
-    assert!(per_user.values().all(|&n| n == 1), "someone got two pushes");
     let arabic = requests
         .iter()
         .find(|r| r.user_id() == Some("u-0004"))
@@ -459,14 +431,7 @@ async fn sigterm_mid_campaign_finishes_in_flight_batches_and_a_second_worker_del
     .expect_code(0);
 
     let mut first = env.command(&["worker"], &[]).spawn().expect("start worker");
-    let started = Instant::now();
-    while smtp.messages().len() < 300 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "worker sent nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_emails(&smtp, 300).await;
     let pid = first.id().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -494,20 +459,7 @@ async fn sigterm_mid_campaign_finishes_in_flight_batches_and_a_second_worker_del
     env.sunset_async(&["worker", "--exit-when-idle"])
         .await
         .expect_code(0);
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for message in smtp.messages() {
-        *per_address.entry(message.to[0].clone()).or_default() += 1;
-    }
-    assert_eq!(per_address.len(), 1500, "everyone told");
-    assert!(per_address.values().all(|&n| n == 1), "nobody told twice");
-    let mut per_user: HashMap<String, usize> = HashMap::new();
-    for request in push.requests() {
-        *per_user
-            .entry(request.user_id().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(per_user.len(), 1500);
-    assert!(per_user.values().all(|&n| n == 1));
+    assert_everyone_told_once(&smtp, &push, 1500);
 }
 
 #[tokio::test(flavor = "multi_thread")]

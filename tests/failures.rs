@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
+use common::{TestEnv, assert_everyone_told_once, sinks_config, until_emails};
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use sunset::batch::Batch;
@@ -28,11 +27,7 @@ const QUICK_RETRIES: &str = "[worker]\nretry_delays_ms = [500, 1000]\n";
 
 /// SMTP and push into the sinks, with `rate` and `worker` sections.
 fn config(smtp: &SmtpSink, push: &PushSink, rate: &str, worker: &str) -> String {
-    format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n{rate}{worker}",
-        smtp.url(),
-        push.url()
-    )
+    sinks_config(smtp, push, &format!("{rate}{worker}"))
 }
 
 fn audience(n: usize) -> String {
@@ -338,11 +333,7 @@ async fn a_connection_closed_by_the_broker_mid_campaign_loses_and_duplicates_no_
         .command(&["worker", "--exit-when-idle"], &[])
         .spawn()
         .expect("worker");
-    let started = Instant::now();
-    while smtp.messages().len() < 200 {
-        assert!(started.elapsed() < Duration::from_secs(30), "nothing sent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_emails(&smtp, 200).await;
     let queue = env.names().work;
     tokio::task::spawn_blocking(move || {
         common::close_connections_named(&format!("sunset {queue}"))
@@ -354,14 +345,7 @@ async fn a_connection_closed_by_the_broker_mid_campaign_loses_and_duplicates_no_
         .expect("join")
         .expect("wait");
     assert!(status.success(), "{status}");
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for message in smtp.messages() {
-        *per_address.entry(message.to[0].clone()).or_default() += 1;
-    }
-    assert_eq!(per_address.len(), 1200, "everyone told");
-    let twice: Vec<_> = per_address.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "told twice: {twice:?}");
-    assert_eq!(push.requests().len(), 1200);
+    assert_everyone_told_once(&smtp, &push, 1200);
 }
 
 #[test]

@@ -6,11 +6,11 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::TestEnv;
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
+use common::{TestEnv, emails_per_address, pushes_per_user, sinks_config, until_emails};
 use lapin::options::BasicGetOptions;
 use sunset::batch::Batch;
 
@@ -32,12 +32,18 @@ async fn twenty_thousand_recipients_with_failures_and_a_broker_drop_lose_and_dup
             smtp.reject_times(&address, 451, "4.4.1 Connection timed out, try again", 1);
         }
     }
-    let env = TestEnv::with_broker(&format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n\
-         [rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\
-         [worker]\nretry_delays_ms = [1000, 2000]\n",
-        smtp.url(),
-        push.url()
+    let env = TestEnv::with_broker(&sinks_config(
+        &smtp,
+        &push,
+        "[rate]
+email_per_sec = 0
+push_per_sec = 0
+[rate.per_domain_per_sec]
+default = 0
+\
+         [worker]
+retry_delays_ms = [1000, 2000]
+",
     ));
     env.write("audience.csv", &csv);
     env.sunset_async(&[
@@ -57,9 +63,7 @@ async fn twenty_thousand_recipients_with_failures_and_a_broker_drop_lose_and_dup
         .command(&["worker", "--exit-when-idle"], &[])
         .spawn()
         .expect("worker");
-    while smtp.messages().len() < RECIPIENTS / 3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_emails(&smtp, RECIPIENTS / 3).await;
     let queue = env.names().work;
     tokio::task::spawn_blocking(move || {
         common::close_connections_named(&format!("sunset {queue}"))
@@ -73,18 +77,11 @@ async fn twenty_thousand_recipients_with_failures_and_a_broker_drop_lose_and_dup
     let drained = started.elapsed();
     assert!(status.success(), "{status}");
 
-    let mut emails: HashMap<String, usize> = HashMap::new();
-    for message in smtp.messages() {
-        *emails
-            .entry(message.to[0].trim_end_matches("@example.com").to_string())
-            .or_default() += 1;
-    }
-    let mut pushes: HashMap<String, usize> = HashMap::new();
-    for request in push.requests() {
-        *pushes
-            .entry(request.user_id().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
+    let emails: HashMap<String, usize> = emails_per_address(&smtp)
+        .into_iter()
+        .map(|(address, n)| (address.trim_end_matches("@example.com").to_string(), n))
+        .collect();
+    let pushes = pushes_per_user(&push);
     let mut dead = HashSet::new();
     let connection =
         lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())

@@ -6,10 +6,13 @@
 pub mod push_sink;
 pub mod smtp_sink;
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use push_sink::PushSink;
+use smtp_sink::SmtpSink;
 use sunset::Config;
 use sunset::broker::{Broker, QueueNames};
 use sunset::config::BrokerConfig;
@@ -234,6 +237,61 @@ pub fn close_connections_named(name: &str) {
         closed += 1;
     }
     assert!(closed > 0, "no connection named {name:?} in:\n{listing}");
+}
+
+/// `[email]` by SMTP and `[push]` by HTTP into the sinks, then `rest` (rates, worker…).
+pub fn sinks_config(smtp: &SmtpSink, push: &PushSink, rest: &str) -> String {
+    format!(
+        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n{rest}",
+        smtp.url(),
+        push.url()
+    )
+}
+
+/// Emails received per recipient address.
+pub fn emails_per_address(smtp: &SmtpSink) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in smtp.messages() {
+        for to in message.to {
+            *counts.entry(to).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Push requests received per user id.
+pub fn pushes_per_user(push: &PushSink) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for request in push.requests() {
+        *counts
+            .entry(request.user_id().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Asserts that `recipients` distinct people got exactly one email and one push each.
+pub fn assert_everyone_told_once(smtp: &SmtpSink, push: &PushSink, recipients: usize) {
+    for (what, counts) in [
+        ("email", emails_per_address(smtp)),
+        ("push", pushes_per_user(push)),
+    ] {
+        assert_eq!(counts.len(), recipients, "{what}: everyone told");
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{what}: told twice: {twice:?}");
+    }
+}
+
+/// Waits until the SMTP sink has received `n` emails; fails after 30 s.
+pub async fn until_emails(smtp: &SmtpSink, n: usize) {
+    let started = std::time::Instant::now();
+    while smtp.messages().len() < n {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "fewer than {n} emails in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 pub fn shipped_templates() -> PathBuf {
