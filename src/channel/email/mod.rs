@@ -1,0 +1,243 @@
+//! The email channel: one multipart message per delivery, written to the `.eml` outbox or sent
+//! through a small pool of SMTP connections whose sockets we open ourselves (`TCP_NODELAY` on).
+
+mod outbox;
+mod reply;
+mod smtp;
+mod tls;
+
+pub use outbox::EmlOutbox;
+pub use smtp::SmtpRelay;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, Message};
+
+use super::{Delivery, Outcome, Sender};
+use crate::batch::{CampaignId, UserId};
+use crate::config::{ConfigError, EmailConfig, EmailTransport};
+use crate::render::one_line;
+use smtp::Password;
+
+/// The environment variable the SMTP password is read from; it never comes from a file.
+pub const PASSWORD_ENV: &str = "SUNSET_SMTP_PASSWORD";
+
+/// Sends email by the transport `email.transport` names.
+#[derive(Debug)]
+pub enum EmailSender {
+    /// One `.eml` file per email in `email.outbox`.
+    File(EmlOutbox),
+    /// The SMTP relay at `email.url` (boxed: it is much larger than the outbox).
+    Smtp(Box<SmtpRelay>),
+}
+
+impl EmailSender {
+    /// Builds the configured transport. Reads the SMTP password from [`PASSWORD_ENV`] when
+    /// `email.url` names a user. Errors name the config key (`email.from`, `email.url`, …).
+    pub fn from_config(config: &EmailConfig) -> Result<EmailSender, ConfigError> {
+        let from = parse_from(&config.from)?;
+        match config.transport {
+            EmailTransport::File => Ok(EmailSender::File(EmlOutbox::new(&config.outbox, from))),
+            EmailTransport::Smtp => {
+                let password = std::env::var(PASSWORD_ENV)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(Password);
+                SmtpRelay::new(config, from, password)
+                    .map(|relay| EmailSender::Smtp(Box::new(relay)))
+            }
+        }
+    }
+
+    /// Says `QUIT` to idle SMTP connections; call once no more sends will start.
+    pub async fn close(&self) {
+        if let EmailSender::Smtp(relay) = self {
+            relay.close().await;
+        }
+    }
+}
+
+impl Sender for EmailSender {
+    async fn send(&self, delivery: Delivery<'_>) -> Outcome {
+        match self {
+            EmailSender::File(outbox) => outbox.send(delivery).await,
+            EmailSender::Smtp(relay) => relay.send(delivery).await,
+        }
+    }
+}
+
+/// `email.from`, parsed once.
+fn parse_from(from: &str) -> Result<Mailbox, ConfigError> {
+    from.parse::<Mailbox>().map_err(|e| {
+        invalid(
+            "email.from",
+            format!("`{from}` is not a mailbox like `Name <noreply@example.com>` ({e})"),
+        )
+    })
+}
+
+fn invalid(key: &str, problem: String) -> ConfigError {
+    ConfigError::Invalid(format!("  key `{key}`: {problem}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The message
+
+/// Why a delivery cannot be made into an email: permanent for that recipient.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// The notice was rendered without its email parts.
+    #[error("no email part rendered")]
+    NoEmailPart,
+    /// The recipient has no email address.
+    #[error("recipient has no email address")]
+    NoAddress,
+    /// lettre refused the address or the message.
+    #[error("cannot build the email: {0}")]
+    Invalid(String),
+}
+
+/// Builds the email for one delivery: `From`, `To` with the recipient's name, UTF-8 subject,
+/// multipart/alternative (text, then HTML), a deterministic `Message-ID`, `Content-Language`,
+/// `X-Sunset-Campaign` and `Date`. Header values never contain line breaks.
+pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Message, ComposeError> {
+    let parts = delivery
+        .notice
+        .email
+        .as_ref()
+        .ok_or(ComposeError::NoEmailPart)?;
+    let address = delivery
+        .recipient
+        .email
+        .as_ref()
+        .ok_or(ComposeError::NoAddress)?;
+    let address: Address = address
+        .as_str()
+        .parse()
+        .map_err(|e| ComposeError::Invalid(format!("recipient address: {e}")))?;
+    let name = delivery
+        .recipient
+        .name
+        .as_deref()
+        .map(one_line)
+        .filter(|name| !name.is_empty());
+    let id = message_id(
+        delivery.campaign_id,
+        &delivery.recipient.user_id,
+        from.email.domain(),
+    );
+    Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(name, address))
+        .subject(one_line(&parts.subject))
+        .message_id(Some(id))
+        .date_now()
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Content-Language"),
+            one_line(&delivery.notice.locale),
+        ))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Sunset-Campaign"),
+            delivery.campaign_id.as_str().to_string(),
+        ))
+        .multipart(MultiPart::alternative_plain_html(
+            parts.text.clone(),
+            parts.html.clone(),
+        ))
+        .map_err(|e| ComposeError::Invalid(e.to_string()))
+}
+
+/// `<{campaign_id}.{user_id}@{domain}>`, valid for any ids: characters a msg-id's dot-atom may
+/// not hold are percent-encoded (`:` → `%3A`), as is every `.` of the campaign id so the first
+/// dot always separates the two ids.
+pub fn message_id(campaign: &CampaignId, user: &UserId, domain: &str) -> String {
+    format!(
+        "<{}.{}@{domain}>",
+        escape(campaign.as_str(), is_word_char),
+        dot_atom(user.as_str())
+    )
+}
+
+/// Letters, digits, `_` and `-`: kept as they are in ids we write into headers and file names.
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Percent-encodes (UTF-8 bytes, upper-case hex) every character `keep` rejects.
+fn escape(raw: &str, keep: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if keep(c) {
+            out.push(c);
+        } else {
+            let mut bytes = [0; 4];
+            for byte in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// Like [`escape`] with word characters kept, and also dots that neither start, end nor double
+/// (a dot-atom's rule).
+fn dot_atom(raw: &str) -> String {
+    let chars: Vec<char> = raw.chars().collect();
+    let mut out = String::with_capacity(raw.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let lone_inner_dot =
+            c == '.' && i > 0 && i + 1 < chars.len() && chars[i - 1] != '.' && chars[i + 1] != '.';
+        if lone_inner_dot {
+            out.push('.');
+        } else {
+            out.push_str(&escape(&c.to_string(), is_word_char));
+        }
+    }
+    out
+}
+
+/// Masks an address for logs: `layla@example.com` → `l***@example.com`.
+pub fn mask(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => match local.chars().next() {
+            Some(first) => format!("{first}***@{domain}"),
+            None => format!("***@{domain}"),
+        },
+        None => "***".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_valid_and_deterministic_for_any_ids() {
+        let campaign = CampaignId::parse("xiami:2021.a").expect("valid");
+        let id = |user: &str| {
+            message_id(
+                &campaign,
+                &UserId::parse(user).expect("valid"),
+                "xiami.example",
+            )
+        };
+        assert_eq!(id("u-1001"), "<xiami%3A2021%2Ea.u-1001@xiami.example>");
+        assert_eq!(id("a.b"), "<xiami%3A2021%2Ea.a.b@xiami.example>");
+        assert_eq!(
+            id(".a..b."),
+            "<xiami%3A2021%2Ea.%2Ea%2E%2Eb%2E@xiami.example>"
+        );
+        assert_eq!(
+            id("名 <x>"),
+            "<xiami%3A2021%2Ea.%E5%90%8D%20%3Cx%3E@xiami.example>"
+        );
+        assert_eq!(id("名 <x>"), id("名 <x>"));
+    }
+
+    #[test]
+    fn masks_keep_the_first_letter_and_the_domain() {
+        assert_eq!(mask("layla@example.com"), "l***@example.com");
+        assert_eq!(mask("@example.com"), "***@example.com");
+        assert_eq!(mask("nonsense"), "***");
+    }
+}

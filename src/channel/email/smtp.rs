@@ -1,0 +1,395 @@
+//! The SMTP transport: `email.url` parsing and a bounded pool of connections we open ourselves;
+//! a failed send's reply is classified in `reply`, implicit TLS is adapted in `tls`.
+
+use std::fmt;
+use std::io;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use lettre::Message;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::reply::classify;
+use super::tls::ImplicitTls;
+use super::{PASSWORD_ENV, compose, invalid, mask};
+use crate::channel::{Delivery, Outcome, Sender};
+use crate::config::{ConfigError, EmailConfig};
+
+/// An idle connection older than this is checked with `NOOP` before reuse: relays close idle
+/// sessions (Postfix after 300 s), and a dead socket would otherwise fail a recipient.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
+
+/// A password that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub(super) struct Password(pub(super) String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// How the session is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// `smtp://`: plain text; no opportunistic STARTTLS.
+    Plain,
+    /// `smtp://…?tls=required`: STARTTLS, or no session at all.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+}
+
+/// `email.url`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SmtpUrl {
+    /// Host name or IP address (IPv6 without brackets); also the TLS server name.
+    host: String,
+    /// Port; 25 for `smtp://` and 465 for `smtps://` when not given.
+    port: u16,
+    security: Security,
+    /// The URL's user part, percent-decoded.
+    username: Option<String>,
+}
+
+impl SmtpUrl {
+    /// Accepts `smtp://[user@]host[:port][/][?tls=required]` and `smtps://[user@]host[:port][/]`.
+    fn parse(url: &str) -> Result<SmtpUrl, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not like smtp://host:port or smtps://host:port"))?;
+        let (mut security, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "smtp" => (Security::Plain, 25),
+            "smtps" => (Security::Implicit, 465),
+            other => return Err(format!("unknown scheme `{other}` (expected smtp or smtps)")),
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair {
+                "tls=required" if security == Security::Plain => security = Security::StartTls,
+                "tls=required" => {}
+                other => return Err(format!("unknown parameter `{other}` (only tls=required)")),
+            }
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(format!("`{url}` has a path; expected only host and port"));
+        }
+        let (username, host_port) = match rest.rsplit_once('@') {
+            Some((user, _)) if user.contains(':') => {
+                return Err(format!(
+                    "put the password in the environment variable {PASSWORD_ENV}, not in the URL"
+                ));
+            }
+            Some((user, host_port)) => (Some(percent_decode(user)?), host_port),
+            None => (None, rest),
+        };
+        let (host, port) = split_host_port(host_port)?;
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok(SmtpUrl {
+            host: host.to_string(),
+            port: port.unwrap_or(default_port),
+            security,
+            username: username.filter(|u| !u.is_empty()),
+        })
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(host_port: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("`{host_port}`: unclosed `[`"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port number"))
+        })
+        .transpose()?;
+    Ok((host, port))
+}
+
+fn percent_decode(raw: &str) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in `{raw}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{raw}` does not decode to UTF-8"))
+}
+
+/// An SMTP relay reached through a bounded pool of connections: at most `email.pool_size` are
+/// open at once, each carries many messages, and any error drops the connection.
+pub struct SmtpRelay {
+    url: SmtpUrl,
+    credentials: Option<(String, Password)>,
+    /// Built once: loading the native root certificates is not free.
+    tls: Option<TlsParameters>,
+    /// The `EHLO` name.
+    hello: ClientId,
+    from: Mailbox,
+    /// Connect + send, per message.
+    timeout: Duration,
+    /// One permit per send in flight. A send opens a connection only when none is idle, so
+    /// open connections (in use + idle) never outnumber the permits.
+    permits: Semaphore,
+    /// Connections between sends, most recently used last.
+    idle: Mutex<Vec<IdleConnection>>,
+    pool_size: usize,
+}
+
+struct IdleConnection {
+    connection: AsyncSmtpConnection,
+    since: Instant,
+}
+
+impl fmt::Debug for SmtpRelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpRelay")
+            .field("url", &self.url)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong on the way to the relay or in its reply.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SmtpFailure {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to the SMTP relay: {0}")]
+    Connect(#[source] io::Error),
+    /// Greeting, `EHLO`, TLS, `STARTTLS` or `AUTH` failed: the relay, not the recipient.
+    #[error("SMTP session failed: {0}")]
+    Session(#[source] lettre::transport::smtp::Error),
+    /// `MAIL`, `RCPT` or `DATA` failed: about this message.
+    #[error("SMTP relay refused the message: {0}")]
+    Transaction(#[source] lettre::transport::smtp::Error),
+    /// No answer in time.
+    #[error("no answer from the SMTP relay within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+}
+
+impl SmtpRelay {
+    pub(super) fn new(
+        config: &EmailConfig,
+        from: Mailbox,
+        password: Option<Password>,
+    ) -> Result<SmtpRelay, ConfigError> {
+        let url = SmtpUrl::parse(&config.url).map_err(|e| invalid("email.url", e))?;
+        let credentials = match (&url.username, password) {
+            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (Some(user), None) => {
+                return Err(invalid(
+                    "email.url",
+                    format!("names user `{user}` but {PASSWORD_ENV} is not set"),
+                ));
+            }
+            (None, _) => None,
+        };
+        let tls = match url.security {
+            Security::Plain => None,
+            Security::StartTls | Security::Implicit => Some(
+                TlsParameters::new_rustls(url.host.clone())
+                    .map_err(|e| invalid("email.url", format!("TLS setup failed: {e}")))?,
+            ),
+        };
+        if config.pool_size == 0 {
+            return Err(invalid("email.pool_size", "must be at least 1".into()));
+        }
+        if config.timeout_ms == 0 {
+            return Err(invalid("email.timeout_ms", "must be at least 1".into()));
+        }
+        if credentials.is_some() && url.security == Security::Plain {
+            tracing::warn!(
+                event = "smtp_plaintext_auth",
+                host = %url.host,
+                "email.url sends the SMTP password unencrypted; use smtps:// or ?tls=required"
+            );
+        }
+        let pool_size = usize::try_from(config.pool_size).unwrap_or(usize::MAX);
+        Ok(SmtpRelay {
+            url,
+            credentials,
+            tls,
+            hello: ClientId::default(),
+            from,
+            timeout: Duration::from_millis(config.timeout_ms),
+            permits: Semaphore::new(pool_size.min(Semaphore::MAX_PERMITS)),
+            idle: Mutex::new(Vec::new()),
+            pool_size,
+        })
+    }
+
+    /// Says `QUIT` to every idle connection, each within the send timeout.
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.lock_idle());
+        for mut idle in idle {
+            let _ = tokio::time::timeout(self.timeout, idle.connection.quit()).await;
+        }
+    }
+
+    /// Connects if needed and sends, within the timeout (waiting for a free slot is not
+    /// counted: it only means other sends are in flight).
+    async fn transmit(&self, message: &Message) -> Result<(), SmtpFailure> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
+        };
+        let attempt = async {
+            let mut connection = self.checkout().await?;
+            connection
+                .send(message.envelope(), &message.formatted())
+                .await
+                .map_err(SmtpFailure::Transaction)?;
+            // Only a connection that just succeeded goes back; lettre has already aborted
+            // the session after any negative reply.
+            self.lock_idle().push(IdleConnection {
+                connection,
+                since: Instant::now(),
+            });
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or(Err(SmtpFailure::TimedOut(self.timeout)))
+    }
+
+    /// An idle connection that still answers, or a new one.
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
+        loop {
+            let Some(idle) = self.lock_idle().pop() else {
+                break;
+            };
+            let mut connection = idle.connection;
+            if idle.since.elapsed() < CHECK_IDLE_AFTER || connection.test_connected().await {
+                return Ok(connection);
+            }
+            tracing::debug!(event = "smtp_connection_stale", host = %self.url.host);
+        }
+        self.connect().await
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a socket with `TCP_NODELAY` (lettre 0.11 never sets it, and Nagle plus delayed
+    /// ACKs cost ~40 ms per message), then greets, upgrades to TLS and authenticates as the
+    /// URL says.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(SmtpFailure::Connect)?;
+        tcp.set_nodelay(true).map_err(SmtpFailure::Connect)?;
+        let stream: Box<dyn AsyncTokioStream> = match (&self.tls, self.url.security) {
+            (Some(tls), Security::Implicit) => Box::new(ImplicitTls::wrap(tcp, tls.clone()).await?),
+            _ => Box::new(tcp),
+        };
+        let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+            .await
+            .map_err(SmtpFailure::Session)?;
+        if let (Some(tls), Security::StartTls) = (&self.tls, self.url.security) {
+            connection
+                .starttls(tls.clone(), &self.hello)
+                .await
+                .map_err(SmtpFailure::Session)?;
+        }
+        if let Some((user, password)) = &self.credentials {
+            let credentials = Credentials::new(user.clone(), password.0.clone());
+            connection
+                .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
+                .await
+                .map_err(SmtpFailure::Session)?;
+        }
+        tracing::debug!(event = "smtp_connection_opened", host = %self.url.host, port = self.url.port);
+        Ok(connection)
+    }
+}
+
+impl Sender for SmtpRelay {
+    async fn send(&self, delivery: Delivery<'_>) -> Outcome {
+        let message = match compose(&self.from, delivery) {
+            Ok(message) => message,
+            Err(e) => return Outcome::permanent(e.to_string()),
+        };
+        match self.transmit(&message).await {
+            Ok(()) => Outcome::Delivered,
+            Err(failure) => {
+                let outcome = classify(&failure);
+                tracing::debug!(
+                    event = "email_not_delivered",
+                    recipient = %delivery.recipient.email.as_ref().map_or_else(|| "-".to_string(), |a| mask(a.as_str())),
+                    error = %failure,
+                    "SMTP send failed"
+                );
+                outcome
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_pick_host_port_security_and_user() {
+        let url = SmtpUrl::parse("smtp://127.0.0.1:1025").expect("valid");
+        assert_eq!(
+            (url.host.as_str(), url.port, url.security, url.username),
+            ("127.0.0.1", 1025, Security::Plain, None)
+        );
+        let url = SmtpUrl::parse("smtp://relay.example:587/?tls=required").expect("valid");
+        assert_eq!((url.port, url.security), (587, Security::StartTls));
+        let url = SmtpUrl::parse("smtps://mailer%40xiami@smtp.example").expect("valid");
+        assert_eq!(url.port, 465);
+        assert_eq!(url.security, Security::Implicit);
+        assert_eq!(url.username.as_deref(), Some("mailer@xiami"));
+        let url = SmtpUrl::parse("smtp://[::1]:2525").expect("valid");
+        assert_eq!((url.host.as_str(), url.port), ("::1", 2525));
+        for bad in [
+            "127.0.0.1:25",
+            "http://127.0.0.1",
+            "smtp://user:secret@host",
+            "smtp://host:port",
+            "smtp://host?tls=maybe",
+            "smtp://host/path",
+            "smtp://",
+        ] {
+            assert!(SmtpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let password = Password("hunter2".into());
+        assert!(!format!("{password:?}").contains("hunter2"));
+    }
+}
