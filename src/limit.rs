@@ -117,41 +117,46 @@ impl Limits {
     /// Waits until one send by `channel` is within budget. For email, `domain` (the
     /// recipient's, any case) is waited for first; it is ignored for push.
     ///
+    /// A lowered (throttled) rate is waited for before the channel's budget, and — if the
+    /// throttle arrived while this send was already waiting — once more at the end, so sends
+    /// queued before a throttling reply are paced by the lowered rate too.
+    ///
     /// Cancel-safe: dropping the future before it resolves spends no budget it has not taken.
     pub async fn acquire(&self, channel: Channel, domain: Option<&str>) {
+        let key = domain.map(normalize);
+        let target = match (channel, &key) {
+            (Channel::Email, Some(key)) => Some(Target::Domain(key)),
+            (Channel::Email, None) => None,
+            (Channel::Push, _) => Some(Target::Push),
+        };
+        if let (Channel::Email, Some(key)) = (channel, &key) {
+            // This domain's configured bucket only, so other domains are never held up by it.
+            match self.listed.get(key) {
+                Some(Some(limiter)) => limiter.until_ready().await,
+                Some(None) => {}
+                None => {
+                    if let Some(unlisted) = &self.unlisted {
+                        unlisted.until_key_ready(key).await;
+                    }
+                }
+            }
+        }
+        let lowered_before = target.and_then(|t| self.lowered(t));
+        if let Some(lowered) = &lowered_before {
+            lowered.until_ready().await;
+        }
         let limiter = match channel {
-            Channel::Email => {
-                if let Some(domain) = domain {
-                    self.acquire_domain(normalize(domain)).await;
-                }
-                &self.email
-            }
-            Channel::Push => {
-                if let Some(lowered) = self.lowered(Target::Push) {
-                    lowered.until_ready().await;
-                }
-                &self.push
-            }
+            Channel::Email => &self.email,
+            Channel::Push => &self.push,
         };
         if let Some(limiter) = limiter {
             limiter.until_ready().await;
         }
-    }
-
-    /// Waits on this domain's own buckets only (its lowered rate, if any, then its configured
-    /// one), so other domains are never held up by it.
-    async fn acquire_domain(&self, key: String) {
-        if let Some(lowered) = self.lowered(Target::Domain(&key)) {
+        let lowered_after = target.and_then(|t| self.lowered(t));
+        if let Some(lowered) = lowered_after
+            && !lowered_before.is_some_and(|before| Arc::ptr_eq(&before, &lowered))
+        {
             lowered.until_ready().await;
-        }
-        match self.listed.get(&key) {
-            Some(Some(limiter)) => limiter.until_ready().await,
-            Some(None) => {}
-            None => {
-                if let Some(unlisted) = &self.unlisted {
-                    unlisted.until_key_ready(&key).await;
-                }
-            }
         }
     }
 

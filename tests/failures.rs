@@ -404,6 +404,7 @@ async fn a_domain_that_answers_421_too_fast_gets_a_lower_measured_rate_than_one_
         49.0 / (times[49] - times[0]).as_secs_f64()
     };
     let (throttled, calm) = (rate_of("@throttled.example"), rate_of("@calm.example"));
+    println!("measured: throttled.example {throttled:.1}/s, calm.example {calm:.1}/s");
     assert!(
         throttled < calm * 0.75,
         "throttled.example {throttled:.1}/s vs calm.example {calm:.1}/s"
