@@ -1059,7 +1059,7 @@ impl Bench {
             (fastest(&sunset_runs), fastest(&source_runs))
         {
             self.report.info(
-                "email msgs/s, whole process (worker: start → idle exit)",
+                "email msgs/s, whole process, fastest run (worker: start → idle exit)",
                 format!("{:.0} /s ({:.2}s)", rate(n, wall), wall.as_secs_f64()),
                 &format!(
                     "{:.0} /s ({:.2}s)",
@@ -1068,7 +1068,7 @@ impl Bench {
                 ),
             );
             self.report.info(
-                "email client CPU per message (user+sys)",
+                "email client CPU per message (user+sys), fastest run",
                 sunset_cpu,
                 &source_cpu,
             );
@@ -1138,7 +1138,7 @@ impl Bench {
             if let Some(worker) = fastest {
                 self.report.info(
                     &format!(
-                        "  whole worker process (start → idle exit), concurrency {concurrency}"
+                        "  whole worker process, fastest run (start → idle exit), concurrency {concurrency}"
                     ),
                     format!(
                         "{:.0} /s ({:.2}s)",
@@ -1148,7 +1148,7 @@ impl Bench {
                     "-",
                 );
                 self.report.info(
-                    &format!("  client CPU per request (user+sys), concurrency {concurrency}"),
+                    &format!("  client CPU per request (user+sys), fastest run / last wrk, concurrency {concurrency}"),
                     worker.cpu_per(n),
                     wrk_cpu.as_deref().unwrap_or("?"),
                 );

@@ -189,6 +189,8 @@ where
     let mut idle_rounds = 0;
     let mut down_since = None;
     let mut poll = tokio::time::interval(IDLE_POLL);
+    // Idle means empty for IDLE_ROUNDS polls spread over time, not missed ticks fired at once.
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -202,6 +204,8 @@ where
                 None => break Err(BrokerError::ConsumerEnded),
             },
             Some(done) = tasks.join_next() => {
+                idle_rounds = 0;
+                poll.reset();
                 let done = done.unwrap_or_else(|e| {
                     error!(error = %e, "batch task panicked; the batch will be redelivered");
                     Handled { first: None, report: Report::default(), acked: false }

@@ -639,6 +639,11 @@ impl Renderer {
         };
         registry
             .render_with_context(self.registered_name(locale, part), context)
+            // handlebars renders into an 8 KiB buffer; a notice held in a batch needs its size.
+            .map(|mut out| {
+                out.shrink_to_fit();
+                out
+            })
             .map_err(|e| RenderError {
                 template: self.name.to_string(),
                 locale: locale.tag().to_string(),

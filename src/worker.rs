@@ -185,9 +185,10 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         let Ok(_permit) = self.sends.acquire().await else {
             return Outcome::transient("worker is shutting down");
         };
+        // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
         let outcome = match channel {
-            Channel::Email => self.email.send(delivery).await,
-            Channel::Push => self.push.send(delivery).await,
+            Channel::Email => Box::pin(self.email.send(delivery)).await,
+            Channel::Push => Box::pin(self.push.send(delivery)).await,
         };
         if let Outcome::Transient {
             throttled: true, ..
