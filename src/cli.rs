@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::channel::Channel;
 use crate::config::ConfigError;
+use crate::ledger::LedgerError;
 use crate::lint::CheckFailed;
 use crate::render::{RenderError, TemplateError};
 
@@ -39,6 +40,45 @@ pub enum Command {
         /// What to do with them.
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Where a campaign stands, from the delivery ledger.
+    Status(StatusArgs),
+    /// Pause, resume or cancel a campaign (workers pick it up within seconds).
+    Campaign {
+        /// What to do.
+        #[command(subcommand)]
+        action: CampaignAction,
+    },
+}
+
+/// `sunset status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The campaign.
+    #[arg(long)]
+    pub campaign: String,
+    /// Stable JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sunset campaign …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CampaignAction {
+    /// Stop sending: batches wait in a delay queue until resumed.
+    Pause {
+        /// The campaign.
+        id: String,
+    },
+    /// Send again after a pause.
+    Resume {
+        /// The campaign.
+        id: String,
+    },
+    /// Stop for good: the rest is recorded as cancelled and never sent.
+    Cancel {
+        /// The campaign.
+        id: String,
     },
 }
 
@@ -156,6 +196,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<TemplateError>()
             || cause.is::<RenderError>()
             || cause.is::<CheckFailed>()
+            || cause
+                .downcast_ref::<LedgerError>()
+                .is_some_and(LedgerError::is_usage)
     });
     if invalid { 2 } else { 1 }
 }

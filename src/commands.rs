@@ -11,10 +11,11 @@ use crate::batch::CampaignId;
 use crate::broker::{Broker, QueueNames, redact};
 use crate::channel::email::EmailSender;
 use crate::channel::push::PushSender;
-use crate::cli::{CampaignArgs, WorkerArgs};
+use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, StatusArgs, WorkerArgs};
 use crate::config::Config;
 use crate::daemon::{self, Until};
 use crate::enqueue::{self, Options, Plan};
+use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
 use crate::worker::{Deps, Report, RetryPolicy};
 
@@ -72,6 +73,26 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
         );
         return Ok(None);
     }
+    if let Some(ledger) = open_ledger(config)? {
+        let recorded = ledger
+            .record_campaign(&Campaign {
+                id: plan.campaign.clone(),
+                template: plan.template.to_string(),
+                recipients: plan.recipients,
+                deadline: plan.deadline,
+                totals: plan.totals.clone(),
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to record campaign {} in the ledger at {}; nothing was published",
+                    plan.campaign,
+                    ledger.url()
+                )
+            });
+        ledger.close().await;
+        recorded?;
+    }
     let broker = connect(config).await?;
     let summary = enqueue::publish(&broker, &plan).await;
     broker.close().await;
@@ -84,12 +105,73 @@ pub async fn enqueue(config: &Config, args: &CampaignArgs) -> anyhow::Result<()>
     enqueue_plan(config, args).await.map(drop)
 }
 
+/// The ledger of `ledger.url`, or `None` when it is empty (sending without a ledger).
+fn open_ledger(config: &Config) -> anyhow::Result<Option<Arc<Ledger>>> {
+    let url = config.ledger.url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    Ledger::open(url)
+        .map(Some)
+        .context("Failed to open the delivery ledger (ledger.url)")
+}
+
+/// The ledger, required: `status` and `campaign` have nothing to work on without it.
+fn require_ledger(config: &Config) -> anyhow::Result<Arc<Ledger>> {
+    open_ledger(config)?.ok_or_else(|| {
+        InvalidInput("ledger.url is empty: this command needs the delivery ledger".into()).into()
+    })
+}
+
+fn campaign_id(id: &str) -> anyhow::Result<CampaignId> {
+    CampaignId::parse(id).map_err(|e| InvalidInput(format!("campaign id: {e}")).into())
+}
+
+/// `sunset status`.
+pub async fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
+    let campaign = campaign_id(&args.campaign)?;
+    let ledger = require_ledger(config)?;
+    let status = ledger
+        .status(&campaign)
+        .await
+        .with_context(|| format!("Failed to read the ledger at {}", ledger.url()));
+    ledger.close().await;
+    let status = status?;
+    if args.json {
+        println!("{}", status.json());
+    } else {
+        print!("{status}");
+    }
+    Ok(())
+}
+
+/// `sunset campaign pause|resume|cancel`.
+pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Result<()> {
+    let (id, state) = match action {
+        CampaignAction::Pause { id } => (id, CampaignState::Paused),
+        CampaignAction::Resume { id } => (id, CampaignState::Running),
+        CampaignAction::Cancel { id } => (id, CampaignState::Cancelled),
+    };
+    let campaign = campaign_id(id)?;
+    let ledger = require_ledger(config)?;
+    let changed = ledger.set_state(&campaign, state).await.with_context(|| {
+        format!(
+            "Failed to change campaign {campaign} in the ledger at {}",
+            ledger.url()
+        )
+    });
+    ledger.close().await;
+    changed?;
+    println!("campaign {campaign}: {}", state.as_str());
+    Ok(())
+}
+
 fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
     let email =
         EmailSender::from_config(&config.email).context("Failed to set up the email channel")?;
     let push =
         PushSender::from_config(&config.push).context("Failed to set up the push channel")?;
-    Ok(Arc::new(Deps::new(
+    let deps = Deps::new(
         config.templates.dir.clone(),
         config.templates.default_locale.clone(),
         email,
@@ -105,7 +187,11 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
         },
-    )))
+    );
+    Ok(Arc::new(match open_ledger(config)? {
+        Some(ledger) => deps.with_ledger(ledger),
+        None => deps,
+    }))
 }
 
 /// Runs the daemon with signals wired to shutdown.
@@ -114,6 +200,8 @@ async fn work(config: &Config, until: Until) -> anyhow::Result<Report> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
+    let ledger = deps.ledger().cloned();
+    let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
     let report = daemon::run(
         &config.broker,
         queue_names(config),
@@ -124,6 +212,12 @@ async fn work(config: &Config, until: Until) -> anyhow::Result<Report> {
     .await;
     shutdown.cancel();
     let _ = pruner.await;
+    if let Some(heartbeat) = heartbeat {
+        let _ = heartbeat.await;
+    }
+    if let Some(ledger) = ledger {
+        ledger.close().await;
+    }
     report
 }
 

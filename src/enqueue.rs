@@ -21,6 +21,7 @@ use crate::channel::Channel;
 use crate::cli::InvalidInput;
 use crate::config::Config;
 use crate::lint;
+use crate::locale::Locales;
 use crate::render::{self, Renderer, Sample, TemplateName, Vars};
 
 /// Bad rows printed before the rest are only counted.
@@ -215,18 +216,45 @@ fn csv_row(headers: &csv::StringRecord, record: &csv::StringRecord) -> RawRow {
 pub struct Validation {
     /// Rows that will be sent.
     pub valid: u64,
+    /// Sends planned per channel and template locale (for the ledger's `status`).
+    pub totals: HashMap<(Channel, String), u64>,
     /// The first rejected rows, in file order.
     pub shown: Vec<Rejected>,
     /// All rejected rows.
     pub rejected: u64,
 }
 
-/// Reads the whole audience once, keeping only counts and the first rejects.
-pub fn validate(path: &Path) -> anyhow::Result<Validation> {
+/// Reads the whole audience once, keeping only counts (per channel and the template locale
+/// each recipient negotiates to) and the first rejects.
+pub fn validate(
+    path: &Path,
+    locales: &Locales,
+    channels: &[Channel],
+) -> anyhow::Result<Validation> {
     let mut validation = Validation::default();
+    // Requested tag → template locale: an audience has few distinct tags.
+    let mut negotiated: HashMap<Option<String>, String> = HashMap::new();
     for row in rows(path)? {
         match row {
-            Ok(_) => validation.valid += 1,
+            Ok(Row { recipient, .. }) => {
+                validation.valid += 1;
+                let locale = negotiated
+                    .entry(recipient.locale.clone())
+                    .or_insert_with(|| {
+                        locales
+                            .negotiate(recipient.locale.as_deref())
+                            .tag()
+                            .to_string()
+                    });
+                for &channel in channels {
+                    if channel == Channel::Push || recipient.email.is_some() {
+                        *validation
+                            .totals
+                            .entry((channel, locale.clone()))
+                            .or_default() += 1;
+                    }
+                }
+            }
             Err(rejected) => {
                 validation.rejected += 1;
                 if validation.shown.len() < SHOWN_REJECTS {
@@ -259,6 +287,8 @@ pub struct Plan {
     pub recipients: u64,
     /// Rows rejected (only with `--skip-invalid`).
     pub rejected: u64,
+    /// Sends planned per channel and template locale.
+    pub totals: HashMap<(Channel, String), u64>,
 }
 
 impl Plan {
@@ -344,7 +374,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
             .render(&vars, &recipient, &options.channels)
             .map_err(|e| InvalidInput(format!("the campaign variables do not render: {e}")))?;
     }
-    let validation = validate(&options.audience)?;
+    let validation = validate(&options.audience, renderer.locales(), &options.channels)?;
     for rejected in &validation.shown {
         eprintln!(
             "{}: line {}: {}",
@@ -381,6 +411,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
         audience: options.audience.clone(),
         recipients: validation.valid,
         rejected: validation.rejected,
+        totals: validation.totals,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod daemon;
 pub mod dlq;
 pub mod enqueue;
+pub mod ledger;
 pub mod limit;
 
 pub mod config;

@@ -39,6 +39,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Worker(args) => commands::worker(&config, args).await,
             Command::Send(args) => commands::send(&config, args).await,
             Command::Dlq { action } => dlq::run(&config, action).await,
+            Command::Status(args) => commands::status(&config, args).await,
+            Command::Campaign { action } => commands::campaign(&config, action).await,
         }
     })
 }

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::batch::{Batch, Failure, Recipient, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
+use crate::ledger::{CampaignState, Claims, Entry, Ledger, Mark, Pair};
 use crate::limit::Limits;
 use crate::render::{Notice, Renderer, TemplateError, TemplateName};
 
@@ -127,6 +128,8 @@ pub struct Deps<E, P> {
     sends: Semaphore,
     /// Attempts and delays.
     pub retry: RetryPolicy,
+    /// The delivery ledger; `None` sends without one (`ledger.url = ""`).
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl<E: Sender, P: Sender> Deps<E, P> {
@@ -149,7 +152,19 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             limits,
             sends: Semaphore::new(concurrency.max(1)),
             retry,
+            ledger: None,
         }
+    }
+
+    /// The same, asking `ledger` before each send and recording every outcome in it.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Deps<E, P> {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The ledger, if there is one.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.as_ref()
     }
 
     /// The renderer of a template, loaded once and shared.
@@ -170,20 +185,82 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         Ok(renderer)
     }
 
+    /// Whether a batch may be sent now, and which of its pairs are this worker's to send.
+    async fn admit(&self, batch: &Batch, pairs: &[Pair]) -> Admit {
+        let Some(ledger) = &self.ledger else {
+            return Admit::Go(Claims::default());
+        };
+        match ledger.state(&batch.campaign_id).await {
+            Ok(CampaignState::Running) => {}
+            Ok(CampaignState::Paused) => return Admit::Hold("campaign paused".into()),
+            Ok(CampaignState::Cancelled) => return Admit::Cancelled,
+            Err(e) => return Admit::Hold(format!("ledger unavailable: {e}")),
+        }
+        match ledger.claim(&batch.campaign_id, pairs).await {
+            Ok(claims) => Admit::Go(claims),
+            Err(e) => Admit::Hold(format!("ledger unavailable: {e}")),
+        }
+    }
+
+    /// Records outcomes in the ledger, if there is one; a failure is logged (the sends stand).
+    async fn note(&self, entries: Vec<Entry>) {
+        if let Some(ledger) = &self.ledger
+            && !entries.is_empty()
+            && let Err(e) = ledger.record_all(entries).await
+        {
+            tracing::error!(error = %e, "could not record outcomes in the ledger");
+        }
+    }
+
+    /// Waits for the rate limits, checks the campaign is still running, sends, and records the
+    /// outcome before giving back the send slot.
     async fn send(
         &self,
         channel: Channel,
         delivery: Delivery<'_>,
         deadline: Option<DateTime<FixedOffset>>,
-    ) -> Outcome {
+    ) -> Sent {
         let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
         self.limits.acquire(channel, domain).await;
+        let pair = || Pair {
+            user_id: delivery.recipient.user_id.clone(),
+            channel,
+            locale: delivery.notice.locale.clone(),
+        };
+        let entry = |mark: Mark, error: Option<String>| Entry {
+            campaign: delivery.campaign_id.clone(),
+            pair: pair(),
+            mark,
+            error,
+        };
+        if let Some(ledger) = &self.ledger {
+            let state = ledger.state(delivery.campaign_id).await;
+            let release = match &state {
+                Ok(CampaignState::Running) => None,
+                Ok(CampaignState::Paused) => {
+                    Some(entry(Mark::Failed, Some("campaign paused".into())))
+                }
+                Ok(CampaignState::Cancelled) => Some(entry(Mark::Cancelled, None)),
+                // Our claim expires with us, or is released by the retry when the ledger is back.
+                Err(_) => None,
+            };
+            self.note(release.into_iter().collect()).await;
+            match state {
+                Ok(CampaignState::Running) => {}
+                Ok(CampaignState::Paused) => return Sent::Held("campaign paused".into()),
+                Ok(CampaignState::Cancelled) => return Sent::Cancelled,
+                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
+            }
+        }
         // The wait for the rate limit may have outlasted the deadline.
         if passed(deadline) {
-            return Outcome::permanent(DEADLINE);
+            let outcome = Outcome::permanent(DEADLINE);
+            self.note(vec![entry(Mark::Dead, Some(DEADLINE.into()))])
+                .await;
+            return Sent::Outcome(outcome);
         }
         let Ok(_permit) = self.sends.acquire().await else {
-            return Outcome::transient("worker is shutting down");
+            return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
         // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
         let outcome = match channel {
@@ -196,9 +273,50 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         {
             self.limits.throttled(channel, domain);
         }
-        outcome
+        if let Some(ledger) = &self.ledger {
+            let (mark, error) = match &outcome {
+                Outcome::Delivered => (Mark::Delivered, None),
+                Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
+                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+            };
+            // The slot is held until the outcome is written: a kill leaves at most
+            // `worker.concurrency` sends made but not recorded.
+            if let Err(e) = ledger.record(entry(mark, error)).await {
+                tracing::error!(user = %delivery.recipient.user_id, %channel, error = %e, "sent, but the ledger did not record it");
+            }
+        }
+        outcome.into()
     }
 }
+
+/// Whether a batch may go out.
+enum Admit {
+    /// Yes; the claims say which pairs to skip.
+    Go(Claims),
+    /// Not now (paused, or the ledger is away): the whole batch waits in a delay queue.
+    Hold(String),
+    /// Never: the campaign is cancelled.
+    Cancelled,
+}
+
+/// What became of one recipient × channel.
+enum Sent {
+    /// It was tried.
+    Outcome(Outcome),
+    /// Not tried: the campaign was paused or the ledger went away meanwhile; try later.
+    Held(String),
+    /// Not tried: the campaign was cancelled.
+    Cancelled,
+}
+
+impl From<Outcome> for Sent {
+    fn from(outcome: Outcome) -> Sent {
+        Sent::Outcome(outcome)
+    }
+}
+
+/// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.
+const HOLD: Duration = Duration::from_secs(5);
 
 fn passed(deadline: Option<DateTime<FixedOffset>>) -> bool {
     deadline.is_some_and(|deadline| Utc::now() >= deadline)
@@ -233,11 +351,13 @@ type Rendered = Result<Notice, String>;
 struct Failed {
     failure: Failure,
     retry_after: Option<Option<Duration>>,
+    locale: String,
 }
 
 /// Renders and sends every recipient × channel of `batch` concurrently (rate limits and the
-/// concurrency bound permitting), skipping pairs in `already` (delivered before), and decides
-/// what the batch still owes. `attempt` is the delivery's `x-sunset-attempt`.
+/// concurrency bound permitting), skipping pairs in `already` (delivered before, as this
+/// process remembers) and pairs the ledger says are delivered or being sent elsewhere, and
+/// decides what the batch still owes. `attempt` is the delivery's `x-sunset-attempt`.
 pub async fn process_batch<E: Sender, P: Sender>(
     batch: &Batch,
     attempt: u32,
@@ -265,8 +385,9 @@ pub async fn process_batch<E: Sender, P: Sender>(
         },
         ..Verdict::default()
     };
-    let mut sends = Vec::new();
-    let mut failed = Vec::new();
+    // The pairs still to send, with their notice and the ledger's view of them.
+    let mut todo = Vec::new();
+    let mut pairs = Vec::new();
     for (recipient, notice) in batch.recipients.iter().zip(&notices) {
         for &channel in &batch.channels {
             if channel == Channel::Email && recipient.email.is_none() {
@@ -279,27 +400,91 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 verdict.delivered.push((recipient.user_id.clone(), channel));
                 continue;
             }
-            match notice {
-                Ok(notice) => sends.push(async move {
-                    let delivery = Delivery {
-                        campaign_id: &batch.campaign_id,
-                        recipient,
-                        notice,
-                    };
-                    let outcome = deps.send(channel, delivery, batch.deadline).await;
-                    (recipient, channel, notice.locale.as_str(), outcome)
-                }),
-                Err(reason) => {
-                    verdict.report.count(channel, "-", false);
-                    failed.push(Failed {
-                        failure: failure(recipient, channel, reason.clone()),
-                        retry_after: None,
-                    });
-                }
-            }
+            todo.push((recipient, channel, notice));
+            pairs.push(Pair {
+                user_id: recipient.user_id.clone(),
+                channel,
+                locale: locale.to_string(),
+            });
         }
     }
-    for (recipient, channel, locale, outcome) in join_all(sends).await {
+    let claims = match deps.admit(batch, &pairs).await {
+        Admit::Go(claims) => claims,
+        Admit::Hold(reason) => {
+            tracing::info!(%reason, "batch held back");
+            verdict.report = Report::default();
+            verdict.owed = hold(batch, attempt, &reason, &deps.retry);
+            return verdict;
+        }
+        Admit::Cancelled => {
+            tracing::info!("campaign cancelled; recording the batch's recipients as cancelled");
+            let entries = pairs
+                .into_iter()
+                .map(|pair| Entry {
+                    campaign: batch.campaign_id.clone(),
+                    pair,
+                    mark: Mark::Cancelled,
+                    error: None,
+                })
+                .collect();
+            deps.note(entries).await;
+            return verdict;
+        }
+    };
+    let mut sends = Vec::new();
+    let mut held = Vec::new();
+    for (recipient, channel, notice) in todo {
+        let key = (recipient.user_id.clone(), channel);
+        let locale = notice.as_ref().map_or("-", |n| n.locale.as_str());
+        if claims.delivered.contains(&key) {
+            verdict.report.count(channel, locale, true);
+            verdict.delivered.push(key);
+        } else if claims.held.contains(&key) {
+            held.push(failure(
+                recipient,
+                channel,
+                "being sent by another worker".into(),
+            ));
+        } else if !claims.cancelled.contains(&key) {
+            sends.push(async move {
+                let sent = match notice {
+                    Ok(notice) => {
+                        let delivery = Delivery {
+                            campaign_id: &batch.campaign_id,
+                            recipient,
+                            notice,
+                        };
+                        deps.send(channel, delivery, batch.deadline).await
+                    }
+                    Err(reason) => {
+                        deps.note(vec![Entry {
+                            campaign: batch.campaign_id.clone(),
+                            pair: Pair {
+                                user_id: recipient.user_id.clone(),
+                                channel,
+                                locale: "-".into(),
+                            },
+                            mark: Mark::Dead,
+                            error: Some(reason.clone()),
+                        }])
+                        .await;
+                        Sent::Outcome(Outcome::permanent(reason.clone()))
+                    }
+                };
+                (recipient, channel, locale, sent)
+            });
+        }
+    }
+    let mut failed = Vec::new();
+    for (recipient, channel, locale, sent) in join_all(sends).await {
+        let outcome = match sent {
+            Sent::Outcome(outcome) => outcome,
+            Sent::Held(reason) => {
+                held.push(failure(recipient, channel, reason));
+                continue;
+            }
+            Sent::Cancelled => continue,
+        };
         verdict
             .report
             .count(channel, locale, outcome == Outcome::Delivered);
@@ -314,6 +499,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 failed.push(Failed {
                     failure: failure(recipient, channel, reason),
                     retry_after: Some(retry_after),
+                    locale: locale.to_string(),
                 });
             }
             Outcome::Permanent { reason } => {
@@ -321,12 +507,99 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 failed.push(Failed {
                     failure: failure(recipient, channel, reason),
                     retry_after: None,
+                    locale: locale.to_string(),
                 });
             }
         }
     }
+    // Transient failures that will not be retried (attempts exhausted, deadline) are dead now.
+    let given_up: Vec<Entry> = failed
+        .iter()
+        .filter(|f| f.retry_after.is_some())
+        .map(|f| Entry {
+            campaign: batch.campaign_id.clone(),
+            pair: Pair {
+                user_id: f.failure.user_id.clone(),
+                channel: f.failure.channel,
+                locale: f.locale.clone(),
+            },
+            mark: Mark::Dead,
+            error: Some(f.failure.error.clone()),
+        })
+        .collect();
     verdict.owed = owed(batch, attempt, failed, &deps.retry);
+    let dead_letters: HashSet<(&UserId, Channel)> = verdict
+        .owed
+        .iter()
+        .filter_map(|owed| match owed {
+            Owed::DeadLetter { batch, .. } => Some(batch.failures.iter()),
+            Owed::Retry { .. } => None,
+        })
+        .flatten()
+        .map(|f| (&f.user_id, f.channel))
+        .collect();
+    let given_up = given_up
+        .into_iter()
+        .filter(|e| dead_letters.contains(&(&e.pair.user_id, e.pair.channel)))
+        .collect();
+    deps.note(given_up).await;
+    if !held.is_empty() {
+        verdict
+            .owed
+            .extend(held_back(batch, attempt, held, &deps.retry));
+    }
     verdict
+}
+
+/// The whole batch, back to a delay queue at the same attempt (waiting does not use up attempts).
+fn hold(batch: &Batch, attempt: u32, reason: &str, policy: &RetryPolicy) -> Vec<Owed> {
+    let everyone: Vec<Failure> = batch
+        .recipients
+        .iter()
+        .flat_map(|r| {
+            batch
+                .channels
+                .iter()
+                .map(|c| failure(r, *c, reason.to_string()))
+        })
+        .collect();
+    held_back(batch, attempt, everyone, policy)
+}
+
+/// Pairs that were not tried (held back), to a delay queue at the same attempt; with no
+/// delay queue configured they are dead-lettered, to be replayed.
+fn held_back(batch: &Batch, attempt: u32, held: Vec<Failure>, policy: &RetryPolicy) -> Vec<Owed> {
+    if policy.delays.is_empty() {
+        let reason = format!(
+            "held back ({}) and worker.retry_delays_ms is empty",
+            held[0].error
+        );
+        let recipients = batch
+            .recipients
+            .iter()
+            .filter(|r| held.iter().any(|f| f.user_id == r.user_id))
+            .cloned()
+            .collect();
+        return vec![Owed::DeadLetter {
+            batch: Box::new(Batch {
+                recipients,
+                failures: held,
+                ..batch.clone()
+            }),
+            reason,
+            attempt,
+        }];
+    }
+    let queue = policy.queue(1, HOLD);
+    batch
+        .regroup(&held)
+        .into_iter()
+        .map(|batch| Owed::Retry {
+            batch: Box::new(batch),
+            queue,
+            attempt,
+        })
+        .collect()
 }
 
 fn failure(recipient: &Recipient, channel: Channel, error: String) -> Failure {
@@ -347,6 +620,7 @@ fn owed(batch: &Batch, attempt: u32, failed: Vec<Failed>, policy: &RetryPolicy) 
     for Failed {
         mut failure,
         retry_after,
+        ..
     } in failed
     {
         match retry_after {
