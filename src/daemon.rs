@@ -322,7 +322,13 @@ async fn handle<E: Sender, P: Sender>(
         }
     };
     let key = Settled::key(&delivery.data, attempt);
-    let earlier = settled.get(key);
+    // Only a redelivery can be a batch processed before: a message published anew with the
+    // same body (a batch held back while paused, a batch enqueued twice) is new work.
+    let earlier = if delivery.redelivered {
+        settled.get(key)
+    } else {
+        Settlement::default()
+    };
     let span = info_span!("batch", campaign = %batch.campaign_id, batch = %batch.batch_id, attempt);
     let first = (attempt == 1).then(|| (batch.campaign_id.clone(), batch.batch_id.clone()));
     if earlier.owed_published {

@@ -4,33 +4,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
-use common::{TestEnv, assert_everyone_told_once, sinks_config, until_emails};
+use common::{
+    TestEnv, assert_everyone_told_once, audience_csv as audience, sinks_config, until_emails,
+};
 use mail_parser::MimeHeaders;
 use sunset::batch::Batch;
 use sunset::broker::Route;
 
 const UNLIMITED: &str =
     "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
-
-/// An audience CSV of `n` users `u-0001`…, locales cycling through ar-EG, zh-CN, zh-TW, en-US.
-fn audience(n: usize, domain: impl Fn(usize) -> String) -> String {
-    let locales = ["ar-EG", "zh-CN", "zh-TW", "en-US"];
-    let mut csv = String::from("user_id,email,locale,name\n");
-    for i in 1..=n {
-        let _ = writeln!(
-            csv,
-            "u-{i:04},u{i}@{},{},User {i}",
-            domain(i),
-            locales[i % 4]
-        );
-    }
-    csv
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_language() {

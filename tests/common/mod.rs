@@ -5,6 +5,7 @@
 
 pub mod push_sink;
 pub mod smtp_sink;
+pub mod tcp_proxy;
 
 use std::collections::HashMap;
 use std::fs;
@@ -292,6 +293,31 @@ pub async fn until_emails(smtp: &SmtpSink, n: usize) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The PostgreSQL ledger every developer and CI machine has (tests keep apart by campaign id).
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// `prefix` with a random suffix: a campaign id no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:012x}", fastrand::u64(..1 << 48))
+}
+
+/// An audience CSV of `n` users `u-0001`…, at `u<i>@<domain(i)>`, locales cycling through
+/// ar-EG, zh-CN, zh-TW, en-US.
+pub fn audience_csv(n: usize, domain: impl Fn(usize) -> String) -> String {
+    use std::fmt::Write as _;
+    let locales = ["ar-EG", "zh-CN", "zh-TW", "en-US"];
+    let mut csv = String::from("user_id,email,locale,name\n");
+    for i in 1..=n {
+        let _ = writeln!(
+            csv,
+            "u-{i:04},u{i}@{},{},User {i}",
+            domain(i),
+            locales[i % 4]
+        );
+    }
+    csv
 }
 
 pub fn shipped_templates() -> PathBuf {
