@@ -8,6 +8,8 @@
 //!    against `wrk` posting a body sunset sent, with as many connections as sunset opened.
 //! 3. **enqueue**: 200,000 CSV rows → `sunset enqueue` → confirmed batches of 500.
 //! 4. **worker RSS**: `/usr/bin/time -v` peak RSS of `sunset worker` for 10k and 200k emails.
+//! 5. **ledger**: the email run of 1. with the delivery ledger off, on SQLite and on PostgreSQL
+//!    (127.0.0.1:5432, database `test`), interleaved; ratios against ledger-off (issue 5).
 //!
 //! Throughput is measured at the sink, from the first message received to the last, for
 //! sunset and for the reference tool alike: start-up, connecting and the worker's
@@ -20,7 +22,7 @@
 //! ```sh
 //! cargo bench --bench campaign                 # full: N = 20,000, enqueue 200,000
 //! cargo bench --bench campaign -- --quick      # smoke check with small N (or SUNSET_BENCH_QUICK=1)
-//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss
+//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger
 //! ```
 //!
 //! Knobs (environment): `SUNSET_BENCH_N` (email and push notices), `SUNSET_BENCH_ENQUEUE_N`,
@@ -117,8 +119,8 @@ impl Options {
             .collect();
         for name in &only {
             ensure!(
-                ["email", "push", "enqueue", "rss"].contains(&name.as_str()),
-                "unknown measurement `{name}` (email, push, enqueue, rss)"
+                ["email", "push", "enqueue", "rss", "ledger"].contains(&name.as_str()),
+                "unknown measurement `{name}` (email, push, enqueue, rss, ledger)"
             );
         }
         let (n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
@@ -966,15 +968,19 @@ impl Bench {
     }
 
     /// One sunset email run: enqueue `n`, time the worker; sink rate (first → last message).
+    /// `ledger` is a `[ledger]` table, or empty for the default (SQLite in the work folder).
     fn sunset_email(
         &mut self,
         sink: &SmtpSink,
         n: usize,
         label: &str,
+        ledger: &str,
     ) -> anyhow::Result<(f64, Usage)> {
-        let work = self.workdir(&Self::smtp_config(sink))?;
+        let work = self.workdir(&format!("{}{ledger}", Self::smtp_config(sink)))?;
         work.audience("audience.csv", n)?;
-        work.enqueue(label, "audience.csv", "email", false)?;
+        // A campaign id of its own: a shared PostgreSQL ledger remembers earlier runs.
+        let campaign = format!("{label}-{:08x}", fastrand::u32(..));
+        work.enqueue(&campaign, "audience.csv", "email", false)?;
         let base = sink.count();
         let worker = work.worker(label)?;
         let (first, last) = sink.window(base, n, Duration::from_secs(30))?;
@@ -1037,7 +1043,7 @@ impl Bench {
         source_runs.push(usage);
         for round in 1..=self.options.repeat {
             eprintln!(" round {round}");
-            let (sunset, worker) = self.sunset_email(&sink, n, &format!("email-{round}"))?;
+            let (sunset, worker) = self.sunset_email(&sink, n, &format!("email-{round}"), "")?;
             sunset_rates.push(sunset);
             sunset_runs.push(worker);
             let (source, usage) = self.smtp_source(&sink, n, size)?;
@@ -1071,6 +1077,44 @@ impl Bench {
                 "email client CPU per message (user+sys), fastest run",
                 sunset_cpu,
                 &source_cpu,
+            );
+        }
+        Ok(())
+    }
+
+    /// The ledger's cost: the same email run with the ledger off, on SQLite and on PostgreSQL,
+    /// in rounds off → SQLite → PostgreSQL → off …, each ledger against the off runs around it.
+    fn ledger(&mut self) -> anyhow::Result<()> {
+        let n = self.options.n;
+        eprintln!("== ledger: {n} emails with the ledger off, on SQLite, on PostgreSQL");
+        let sink = SmtpSink::start()?;
+        let off = "[ledger]\nurl = \"\"\n";
+        let ledgers = [
+            ("SQLite", "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n"),
+            (
+                "PostgreSQL",
+                "[ledger]\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n",
+            ),
+        ];
+        let mut off_rates = vec![self.sunset_email(&sink, n, "ledger-off-0", off)?.0];
+        let mut rates = vec![Vec::new(); ledgers.len()];
+        for round in 1..=self.options.repeat {
+            eprintln!(" round {round}");
+            for ((name, section), rates) in ledgers.iter().zip(&mut rates) {
+                let label = format!("ledger-{}-{round}", name.to_lowercase());
+                rates.push(self.sunset_email(&sink, n, &label, section)?.0);
+            }
+            off_rates.push(
+                self.sunset_email(&sink, n, &format!("ledger-off-{round}"), off)?
+                    .0,
+            );
+        }
+        for ((name, _), rates) in ledgers.iter().zip(&rates) {
+            self.report.ratio(
+                &format!("email msgs/s, N={n}, ledger on {name} vs off"),
+                (rates, &off_rates, true),
+                "/s",
+                0.9,
             );
         }
         Ok(())
@@ -1345,7 +1389,7 @@ impl Bench {
         sizes.sort_unstable();
         for n in sizes {
             eprintln!("== worker RSS: {n} emails");
-            let (_, worker) = self.sunset_email(sink, n, &format!("rss-{n}"))?;
+            let (_, worker) = self.sunset_email(sink, n, &format!("rss-{n}"), "")?;
             self.rss_row(n, &worker);
         }
         Ok(())
@@ -1410,6 +1454,9 @@ fn main() -> anyhow::Result<()> {
         }
         if bench.options.wants("push") {
             bench.push()?;
+        }
+        if bench.options.wants("ledger") {
+            bench.ledger()?;
         }
         if bench.options.wants("enqueue") || bench.options.wants("rss") {
             let sink = if bench.options.wants("rss") {

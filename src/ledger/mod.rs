@@ -218,6 +218,8 @@ struct Waiting {
 /// The ledger of one process: a pool, this worker's identity and the outcome writer.
 pub struct Ledger {
     pool: AnyPool,
+    /// SQLite (else PostgreSQL).
+    sqlite: bool,
     url: String,
     schema: OnceCell<()>,
     /// This process's id in `workers`, which its claims name.
@@ -249,14 +251,58 @@ fn connect_url(url: &str) -> Result<String, LedgerError> {
     }
 }
 
+/// Bind-parameter markers for statements built at run time: `$1`, `$2`… for PostgreSQL,
+/// anonymous `?` for SQLite (it looks numbered markers up by name, one scan each: quadratic in a
+/// statement of a thousand parameters). Values are bound in marker order either way.
+struct Markers {
+    anonymous: bool,
+    next: usize,
+}
+
+impl Markers {
+    fn new(sqlite: bool) -> Markers {
+        Markers {
+            anonymous: sqlite,
+            next: 1,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                self.next += 1;
+                if self.anonymous {
+                    "?".to_string()
+                } else {
+                    format!("${}", self.next - 1)
+                }
+            })
+            .collect()
+    }
+}
+
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "ledger".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/0001_ledger.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "ledger",
+            include_str!("../../migrations/0001_ledger.sql"),
+        ),
+        migration(
+            2,
+            "no status index",
+            include_str!("../../migrations/0002_no_status_index.sql"),
+        ),
+    ])
 }
 
 impl Ledger {
@@ -266,7 +312,9 @@ impl Ledger {
         install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 8 })
+            // One SQLite connection: writes are serialised by SQLite anyway, and its page cache
+            // stays warm (each connection's cache is dropped whenever another one writes).
+            .max_connections(if sqlite { 1 } else { 8 })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -290,9 +338,10 @@ impl Ledger {
             now_ms()
         );
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_outcomes(pool.clone(), queue));
+        tokio::spawn(write_outcomes(pool.clone(), sqlite, queue));
         Ok(Arc::new(Ledger {
             pool,
+            sqlite,
             url: redact(url),
             schema: OnceCell::new(),
             owner,
@@ -474,10 +523,14 @@ impl Ledger {
         let expired = now - CLAIM_EXPIRES.as_millis() as i64;
         let mut claimed: HashSet<(String, String)> = HashSet::with_capacity(pairs.len());
         for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+            let mut markers = Markers::new(self.sqlite);
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 5 + 3 * i;
-                    format!("($1, ${p}, ${}, ${}, 'sending', 0, $2, $3)", p + 1, p + 2)
+                .map(|_| {
+                    let row = markers.take(6);
+                    format!(
+                        "({}, {}, {}, {}, 'sending', 0, {}, {})",
+                        row[0], row[1], row[2], row[3], row[4], row[5]
+                    )
                 })
                 .collect();
             let sql = format!(
@@ -487,22 +540,22 @@ impl Ledger {
                  SET status = 'sending', owner = excluded.owner, updated_at = excluded.updated_at
                  WHERE deliveries.status IN ('failed', 'dead')
                     OR (deliveries.status = 'sending' AND NOT EXISTS (
-                        SELECT 1 FROM workers WHERE workers.id = deliveries.owner AND workers.seen_at > $4))
+                        SELECT 1 FROM workers WHERE workers.id = deliveries.owner AND workers.seen_at > {}))
                  RETURNING user_id, channel",
-                values.join(", ")
+                values.join(", "),
+                markers.take(1)[0]
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql))
-                .bind(campaign.as_str())
-                .bind(self.owner.as_str())
-                .bind(now)
-                .bind(expired);
+            let mut query = sqlx::query(AssertSqlSafe(sql));
             for pair in chunk {
                 query = query
+                    .bind(campaign.as_str())
                     .bind(pair.user_id.as_str())
                     .bind(pair.channel.as_str())
-                    .bind(pair.locale.as_str());
+                    .bind(pair.locale.as_str())
+                    .bind(self.owner.as_str())
+                    .bind(now);
             }
-            for row in query.fetch_all(pool).await? {
+            for row in query.bind(expired).fetch_all(pool).await? {
                 claimed.insert((row.try_get(0)?, row.try_get(1)?));
             }
         }
@@ -540,10 +593,11 @@ impl Ledger {
         let pool = self.pool().await?;
         let mut marks = HashMap::with_capacity(pairs.len());
         for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-            let users: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let mut markers = Markers::new(self.sqlite);
+            let campaign_marker = markers.take(1).remove(0);
             let sql = format!(
-                "SELECT user_id, channel, status FROM deliveries WHERE campaign_id = $1 AND user_id IN ({})",
-                users.join(", ")
+                "SELECT user_id, channel, status FROM deliveries WHERE campaign_id = {campaign_marker} AND user_id IN ({})",
+                markers.take(chunk.len()).join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(campaign.as_str());
             for pair in chunk {
@@ -576,7 +630,7 @@ impl Ledger {
 
     /// Records many outcomes at once (a cancelled batch).
     pub async fn record_all(&self, entries: Vec<Entry>) -> Result<(), LedgerError> {
-        write_entries(self.pool().await?, &entries).await
+        write_entries(self.pool().await?, self.sqlite, &entries).await
     }
 
     /// Counts for `status`.
@@ -592,7 +646,7 @@ impl Ledger {
 
 /// The outcome writer: takes whatever outcomes are waiting (up to `MAX_GROUP`), writes them in
 /// one transaction, answers each. A failed write is retried for `RECORD_PATIENCE`.
-async fn write_outcomes(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<Waiting>) {
+async fn write_outcomes(pool: AnyPool, sqlite: bool, mut queue: mpsc::UnboundedReceiver<Waiting>) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -605,7 +659,7 @@ async fn write_outcomes(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<Waitin
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let result = loop {
-            match write_entries(&pool, &entries).await {
+            match write_entries(&pool, sqlite, &entries).await {
                 Ok(()) => break Ok(()),
                 Err(e) if started.elapsed() < RECORD_PATIENCE => {
                     warn!(error = %e, outcomes = entries.len(), "could not record outcomes; trying again");
@@ -622,7 +676,7 @@ async fn write_outcomes(pool: AnyPool, mut queue: mpsc::UnboundedReceiver<Waitin
 }
 
 /// Upserts outcomes in one transaction; a delivered row is never overwritten.
-async fn write_entries(pool: &AnyPool, entries: &[Entry]) -> Result<(), LedgerError> {
+async fn write_entries(pool: &AnyPool, sqlite: bool, entries: &[Entry]) -> Result<(), LedgerError> {
     // One row per key in a statement (PostgreSQL refuses to update a row twice in one upsert).
     let mut latest: HashMap<(&CampaignId, &UserId, Channel), &Entry> = HashMap::new();
     for entry in entries {
@@ -633,24 +687,15 @@ async fn write_entries(pool: &AnyPool, entries: &[Entry]) -> Result<(), LedgerEr
     }
     let rows: Vec<&Entry> = latest.into_values().collect();
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    // Each statement commits on its own (no transaction: one round trip, and a row's outcome
+    // does not depend on another's).
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut markers = Markers::new(sqlite);
         let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = 2 + 7 * i;
-                format!(
-                    "(${p}, ${}, ${}, ${}, ${}, ${}, ${}, NULL, $1)",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6
-                )
-            })
+            .map(|_| format!("({}, NULL)", markers.take(8).join(", ")))
             .collect();
         let sql = format!(
-            "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, last_error, owner, updated_at)
+            "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, last_error, updated_at, owner)
              VALUES {}
              ON CONFLICT (campaign_id, user_id, channel) DO UPDATE
              SET status = excluded.status, locale = excluded.locale,
@@ -659,7 +704,7 @@ async fn write_entries(pool: &AnyPool, entries: &[Entry]) -> Result<(), LedgerEr
              WHERE deliveries.status <> 'delivered'",
             values.join(", ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        let mut query = sqlx::query(AssertSqlSafe(sql));
         for entry in chunk {
             let attempts: i64 = if entry.mark == Mark::Cancelled { 0 } else { 1 };
             query = query
@@ -669,10 +714,10 @@ async fn write_entries(pool: &AnyPool, entries: &[Entry]) -> Result<(), LedgerEr
                 .bind(entry.pair.locale.as_str())
                 .bind(entry.mark.as_str())
                 .bind(attempts)
-                .bind(entry.error.as_deref());
+                .bind(entry.error.as_deref())
+                .bind(now);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(pool).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
