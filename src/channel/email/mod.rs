@@ -1,6 +1,7 @@
 //! The email channel: one multipart message per delivery, written to the `.eml` outbox or sent
 //! through a small pool of SMTP connections whose sockets we open ourselves (`TCP_NODELAY` on).
 
+mod held;
 mod outbox;
 mod reply;
 mod smtp;

@@ -14,6 +14,7 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use super::held::HeldWrites;
 use super::reply::classify;
 use super::tls::ImplicitTls;
 use super::{PASSWORD_ENV, compose, invalid, mask};
@@ -301,13 +302,14 @@ impl SmtpRelay {
     }
 
     /// Opens a socket with `TCP_NODELAY` (lettre 0.11 never sets it, and Nagle plus delayed
-    /// ACKs cost ~40 ms per message), then greets, upgrades to TLS and authenticates as the
-    /// URL says.
+    /// ACKs cost ~40 ms per message) whose writes are held until the next read (one write per
+    /// message, not two), then greets, upgrades to TLS and authenticates as the URL says.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
             .map_err(SmtpFailure::Connect)?;
         tcp.set_nodelay(true).map_err(SmtpFailure::Connect)?;
+        let tcp = HeldWrites::new(tcp);
         let stream: Box<dyn AsyncTokioStream> = match (&self.tls, self.url.security) {
             (Some(tls), Security::Implicit) => Box::new(ImplicitTls::wrap(tcp, tls.clone()).await?),
             _ => Box::new(tcp),
