@@ -6,7 +6,6 @@ use std::io;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lettre::Message;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
@@ -17,7 +16,7 @@ use tokio::sync::Semaphore;
 use super::held::HeldWrites;
 use super::reply::classify;
 use super::tls::ImplicitTls;
-use super::{PASSWORD_ENV, compose, invalid, mask};
+use super::{Email, PASSWORD_ENV, compose, invalid, mask};
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
 
@@ -259,14 +258,14 @@ impl SmtpRelay {
 
     /// Connects if needed and sends, within the timeout (waiting for a free slot is not
     /// counted: it only means other sends are in flight).
-    async fn transmit(&self, message: &Message) -> Result<(), SmtpFailure> {
+    async fn transmit(&self, email: &Email) -> Result<(), SmtpFailure> {
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
         };
         let attempt = async {
             let mut connection = self.checkout().await?;
             connection
-                .send(message.envelope(), &message.formatted())
+                .send(&email.envelope, &email.bytes)
                 .await
                 .map_err(SmtpFailure::Transaction)?;
             // Only a connection that just succeeded goes back; lettre has already aborted
@@ -337,11 +336,11 @@ impl SmtpRelay {
 
 impl Sender for SmtpRelay {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let message = match compose(&self.from, delivery) {
-            Ok(message) => message,
+        let email = match compose(&self.from, delivery) {
+            Ok(email) => email,
             Err(e) => return Outcome::permanent(e.to_string()),
         };
-        match self.transmit(&message).await {
+        match self.transmit(&email).await {
             Ok(()) => Outcome::Delivered,
             Err(failure) => {
                 let outcome = classify(&failure);
