@@ -109,14 +109,14 @@ impl Origin {
         })
     }
 
-    /// `POST`s `body` with the headers `headers` adds (`Host` and `Content-Length` are set
+    /// `POST`s `body` with the headers `headers` makes (`Host` and `Content-Length` are set
     /// here) and reads at most about `read_at_most` bytes of the answer's body. A reused
     /// connection that fails before any answer (the server closed it while idle) is replaced
     /// by a new one and the request sent once more: callers' requests must be idempotent.
     /// No timeout here: the caller bounds the whole exchange.
     pub(crate) async fn post(
         &self,
-        headers: impl Fn(&mut HeaderMap),
+        headers: impl Fn() -> HeaderMap,
         body: Bytes,
         read_at_most: usize,
     ) -> Result<Answer, HttpFailure> {
@@ -124,9 +124,10 @@ impl Origin {
             let mut request = Request::new(Full::new(body.clone()));
             *request.method_mut() = Method::POST;
             *request.uri_mut() = self.target.clone();
-            let map = request.headers_mut();
-            map.insert(header::HOST, self.host_header.clone());
-            headers(map);
+            *request.headers_mut() = headers();
+            request
+                .headers_mut()
+                .insert(header::HOST, self.host_header.clone());
             request
         };
         let mut reused = self.checkout().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{StatusCode, Uri};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -100,6 +100,9 @@ impl fmt::Debug for PushToken {
 /// `User-Agent` of every push request.
 const USER_AGENT: &str = concat!("sunset/", env!("CARGO_PKG_VERSION"));
 
+/// The header that lets the gateway drop a push it already has.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The HTTP push gateway: one `POST` per notice over kept-alive connections.
 pub struct PushGateway {
     /// The gateway's scheme, host and port, with the connections between requests.
@@ -108,8 +111,9 @@ pub struct PushGateway {
     url: Uri,
     /// Whole-request timeout (connect, send, answer), for the reason of a timeout.
     timeout: Duration,
-    /// `Bearer …`, sensitive; `None` when no token is configured.
-    authorization: Option<HeaderValue>,
+    /// The headers every request carries: `Content-Type`, `User-Agent`, and `Authorization:
+    /// Bearer …` (a sensitive value) when a token is configured.
+    headers: HeaderMap,
 }
 
 impl PushGateway {
@@ -128,11 +132,20 @@ impl PushGateway {
             anyhow::anyhow!("push.url `{}`: {problem}", without_userinfo(&url))
         })?;
         let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Some(authorization) = &authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
         Ok(PushGateway {
             origin,
             url,
             timeout,
-            authorization,
+            headers,
         })
     }
 
@@ -152,20 +165,14 @@ impl Sender for PushGateway {
             "{}:{}:push",
             delivery.campaign_id, delivery.recipient.user_id
         );
-        // `from_bytes`, not `from_str`: user ids may be UTF-8 (never control characters).
-        let Ok(key) = HeaderValue::from_bytes(key.as_bytes()) else {
+        // Not `from_str`: user ids may be UTF-8 (never control characters).
+        let Ok(key) = HeaderValue::from_maybe_shared(Bytes::from(key)) else {
             return Outcome::permanent("user id cannot be sent in an Idempotency-Key header");
         };
-        let headers = |headers: &mut HeaderMap| {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-            headers.insert("idempotency-key", key.clone());
-            if let Some(authorization) = &self.authorization {
-                headers.insert(header::AUTHORIZATION, authorization.clone());
-            }
+        let headers = || {
+            let mut headers = self.headers.clone();
+            headers.insert(IDEMPOTENCY_KEY, key.clone());
+            headers
         };
         // The Idempotency-Key makes the one resend `post` may do after a stale connection safe.
         let exchange = self.origin.post(headers, Bytes::from(body), EXCERPT_BYTES);
@@ -185,7 +192,13 @@ impl fmt::Debug for PushGateway {
         f.debug_struct("PushGateway")
             .field("url", &without_userinfo(&self.url))
             .field("timeout", &self.timeout)
-            .field("token", &self.authorization.as_ref().map(|_| "***"))
+            .field(
+                "token",
+                &self
+                    .headers
+                    .contains_key(header::AUTHORIZATION)
+                    .then_some("***"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -271,8 +284,18 @@ fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
         title: &push.title,
         body: &push.body,
     };
-    serde_json::to_vec(&message)
-        .map_err(|error| Outcome::permanent(format!("cannot encode push message: {error}")))
+    // Sized up front: growing the buffer from empty was a string of reallocations per push.
+    let fields = [
+        message.user_id,
+        message.campaign_id,
+        message.locale,
+        message.title,
+        message.body,
+    ];
+    let mut json = Vec::with_capacity(fields.iter().map(|f| f.len()).sum::<usize>() + 128);
+    serde_json::to_writer(&mut json, &message)
+        .map_err(|error| Outcome::permanent(format!("cannot encode push message: {error}")))?;
+    Ok(json)
 }
 
 /// The one place a gateway's answer becomes an outcome: 2xx delivered; 408, 429 and 5xx
