@@ -2,6 +2,7 @@
 //! `Sender` both transports implement.
 
 pub mod email;
+mod http;
 pub mod push;
 
 use std::fmt;

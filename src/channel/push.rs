@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{StatusCode, Url};
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{StatusCode, Uri};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use crate::channel::http::{Answer, Origin};
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{PushConfig, PushTransport};
 
@@ -27,8 +29,8 @@ const EXCERPT_BYTES: usize = 200;
 pub enum PushSender {
     /// `file`: JSON lines appended to `push.outbox`.
     File(JsonlOutbox),
-    /// `http`: `POST` to the gateway at `push.url`.
-    Http(PushGateway),
+    /// `http`: `POST` to the gateway at `push.url` (boxed: it is much larger than the outbox).
+    Http(Box<PushGateway>),
 }
 
 impl PushSender {
@@ -43,7 +45,7 @@ impl PushSender {
                 }
                 let timeout = Duration::from_millis(config.timeout_ms);
                 let gateway = PushGateway::new(&config.url, timeout, PushToken::from_env()?)?;
-                Ok(PushSender::Http(gateway))
+                Ok(PushSender::Http(Box::new(gateway)))
             }
         }
     }
@@ -95,48 +97,60 @@ impl fmt::Debug for PushToken {
     }
 }
 
-/// The HTTP push gateway: one pooled client, one `POST` per notice.
+/// `User-Agent` of every push request.
+const USER_AGENT: &str = concat!("sunset/", env!("CARGO_PKG_VERSION"));
+
+/// The header that lets the gateway drop a push it already has.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The HTTP push gateway: one `POST` per notice over kept-alive connections.
 pub struct PushGateway {
-    /// Shared by every send: keeps connections alive between requests.
-    client: reqwest::Client,
+    /// The gateway's scheme, host and port, with the connections between requests.
+    origin: Origin,
     /// `push.url`.
-    url: Url,
+    url: Uri,
     /// Whole-request timeout (connect, send, answer), for the reason of a timeout.
     timeout: Duration,
-    /// `Bearer …`, sensitive; `None` when no token is configured.
-    authorization: Option<HeaderValue>,
+    /// The headers every request carries: `Content-Type`, `User-Agent`, and `Authorization:
+    /// Bearer …` (a sensitive value) when a token is configured.
+    headers: HeaderMap,
 }
 
 impl PushGateway {
     /// A gateway at `url` (`http` or `https`), with `timeout` for each whole request and the
     /// bearer `token`, if any. Redirects are not followed: a `POST` must reach the gateway itself.
+    /// Credentials in the URL are neither sent nor shown: the token is the credential.
     pub fn new(
         url: &str,
         timeout: Duration,
         token: Option<PushToken>,
     ) -> anyhow::Result<PushGateway> {
-        let url = Url::parse(url).with_context(|| format!("push.url `{url}` is not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            bail!("push.url `{url}` must be an http:// or https:// URL");
-        }
+        let url: Uri = url
+            .parse()
+            .with_context(|| format!("push.url `{url}` is not a URL"))?;
+        let origin = Origin::new(&url).map_err(|problem| {
+            anyhow::anyhow!("push.url `{}`: {problem}", without_userinfo(&url))
+        })?;
         let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("sunset/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("Failed to build the push HTTP client")?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Some(authorization) = &authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
         Ok(PushGateway {
-            client,
+            origin,
             url,
             timeout,
-            authorization,
+            headers,
         })
     }
 
     /// The endpoint notices are posted to.
-    pub fn url(&self) -> &Url {
+    pub fn url(&self) -> &Uri {
         &self.url
     }
 }
@@ -151,32 +165,40 @@ impl Sender for PushGateway {
             "{}:{}:push",
             delivery.campaign_id, delivery.recipient.user_id
         );
-        // `from_bytes`, not `from_str`: user ids may be UTF-8 (never control characters).
-        let Ok(key) = HeaderValue::from_bytes(key.as_bytes()) else {
+        // Not `from_str`: user ids may be UTF-8 (never control characters).
+        let Ok(key) = HeaderValue::from_maybe_shared(Bytes::from(key)) else {
             return Outcome::permanent("user id cannot be sent in an Idempotency-Key header");
         };
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", key)
-            .body(body);
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
+        let headers = || {
+            let mut headers = self.headers.clone();
+            headers.insert(IDEMPOTENCY_KEY, key.clone());
+            headers
+        };
+        // The Idempotency-Key makes the one resend `post` may do after a stale connection safe.
+        let exchange = self.origin.post(headers, Bytes::from(body), EXCERPT_BYTES);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => classify(answer),
+            Ok(Err(failure)) => Outcome::transient(chain(&failure)),
+            Err(_) => Outcome::transient(format!(
+                "push gateway did not answer within {} ms",
+                self.timeout.as_millis()
+            )),
         }
-        classify(request.send().await, self.timeout).await
     }
 }
 
 impl fmt::Debug for PushGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut url = self.url.clone();
-        // Userinfo in the URL would be a credential too.
-        let _ = url.set_password(None);
         f.debug_struct("PushGateway")
-            .field("url", &url.as_str())
+            .field("url", &without_userinfo(&self.url))
             .field("timeout", &self.timeout)
-            .field("token", &self.authorization.as_ref().map(|_| "***"))
+            .field(
+                "token",
+                &self
+                    .headers
+                    .contains_key(header::AUTHORIZATION)
+                    .then_some("***"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -262,47 +284,41 @@ fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
         title: &push.title,
         body: &push.body,
     };
-    serde_json::to_vec(&message)
-        .map_err(|error| Outcome::permanent(format!("cannot encode push message: {error}")))
+    // Sized up front: growing the buffer from empty was a string of reallocations per push.
+    let fields = [
+        message.user_id,
+        message.campaign_id,
+        message.locale,
+        message.title,
+        message.body,
+    ];
+    let mut json = Vec::with_capacity(fields.iter().map(|f| f.len()).sum::<usize>() + 128);
+    serde_json::to_writer(&mut json, &message)
+        .map_err(|error| Outcome::permanent(format!("cannot encode push message: {error}")))?;
+    Ok(json)
 }
 
-/// The one place an HTTP exchange becomes an outcome: 2xx delivered; 408, 429, 5xx, connect
-/// errors and timeouts transient (with `Retry-After`); anything else permanent.
-async fn classify(result: reqwest::Result<reqwest::Response>, timeout: Duration) -> Outcome {
-    let mut response = match result {
-        Ok(response) => response,
-        Err(error) if error.is_timeout() => {
-            return Outcome::transient(format!(
-                "push gateway did not answer within {} ms",
-                timeout.as_millis()
-            ));
-        }
-        Err(error) if error.is_builder() => {
-            return Outcome::permanent(format!("cannot build push request: {}", chain(error)));
-        }
-        Err(error) if error.is_connect() => {
-            return Outcome::transient(format!("cannot connect to push gateway: {}", chain(error)));
-        }
-        Err(error) => return Outcome::transient(format!("push request failed: {}", chain(error))),
-    };
-    let status = response.status();
-    let retry_after = retry_after(response.headers(), Utc::now());
-    // Reading (a little of) the body also lets the connection go back to the pool.
-    let excerpt = excerpt(&mut response).await;
+/// The one place a gateway's answer becomes an outcome: 2xx delivered; 408, 429 and 5xx
+/// transient (with `Retry-After`); anything else permanent. (Connect errors and timeouts are
+/// transient too: see [`PushGateway::send`].)
+fn classify(answer: Answer) -> Outcome {
+    let status = answer.status;
+    if status.is_success() {
+        return Outcome::Delivered;
+    }
+    let excerpt = excerpt(&answer.body);
     let reason = if excerpt.is_empty() {
         format!("push gateway answered {status}")
     } else {
         format!("push gateway answered {status}: {excerpt}")
     };
-    if status.is_success() {
-        Outcome::Delivered
-    } else if status == StatusCode::REQUEST_TIMEOUT
+    if status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
         Outcome::Transient {
             reason,
-            retry_after,
+            retry_after: retry_after(&answer.headers, Utc::now()),
             throttled: status == StatusCode::TOO_MANY_REQUESTS,
         }
     } else {
@@ -322,16 +338,8 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     (date.with_timezone(&Utc) - now).to_std().ok()
 }
 
-/// The start of a response body, on one line, at most [`EXCERPT_BYTES`] bytes read.
-async fn excerpt(response: &mut reqwest::Response) -> String {
-    let mut bytes = Vec::new();
-    while bytes.len() < EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            // A body that cannot be read adds nothing to the status.
-            Ok(None) | Err(_) => break,
-        }
-    }
+/// The start of a response body, on one line, at most [`EXCERPT_BYTES`] bytes of it.
+fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
     let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if bytes.len() > EXCERPT_BYTES {
@@ -340,17 +348,29 @@ async fn excerpt(response: &mut reqwest::Response) -> String {
     line
 }
 
-/// An error with its causes, `: `-separated, without the URL (it may carry credentials).
-fn chain(error: reqwest::Error) -> String {
-    let error = error.without_url();
+/// An error with its causes, `: `-separated.
+fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
+    let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
     }
     text
+}
+
+/// `url` without `user:password@`, for messages and `Debug`.
+fn without_userinfo(url: &Uri) -> String {
+    let text = url.to_string();
+    match (url.authority(), url.scheme_str()) {
+        (Some(authority), Some(scheme)) if authority.as_str().contains('@') => {
+            let host_port = authority.as_str().rsplit_once('@').map_or("", |(_, h)| h);
+            let rest = url.path_and_query().map_or("", |pq| pq.as_str());
+            format!("{scheme}://{host_port}{rest}")
+        }
+        _ => text,
+    }
 }
 
 #[cfg(test)]

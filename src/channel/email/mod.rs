@@ -1,22 +1,22 @@
 //! The email channel: one multipart message per delivery, written to the `.eml` outbox or sent
 //! through a small pool of SMTP connections whose sockets we open ourselves (`TCP_NODELAY` on).
 
+mod held;
+mod message;
 mod outbox;
 mod reply;
 mod smtp;
 mod tls;
 
+pub use message::{Email, compose};
 pub use outbox::EmlOutbox;
 pub use smtp::SmtpRelay;
 
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
-use lettre::{Address, Message};
+use lettre::message::Mailbox;
 
 use super::{Delivery, Outcome, Sender};
 use crate::batch::{CampaignId, UserId};
 use crate::config::{ConfigError, EmailConfig, EmailTransport};
-use crate::render::one_line;
 use smtp::Password;
 
 /// The environment variable the SMTP password is read from; it never comes from a file.
@@ -92,59 +92,9 @@ pub enum ComposeError {
     /// The recipient has no email address.
     #[error("recipient has no email address")]
     NoAddress,
-    /// lettre refused the address or the message.
+    /// The address is not one lettre can send to.
     #[error("cannot build the email: {0}")]
     Invalid(String),
-}
-
-/// Builds the email for one delivery: `From`, `To` with the recipient's name, UTF-8 subject,
-/// multipart/alternative (text, then HTML), a deterministic `Message-ID`, `Content-Language`,
-/// `X-Sunset-Campaign` and `Date`. Header values never contain line breaks.
-pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Message, ComposeError> {
-    let parts = delivery
-        .notice
-        .email
-        .as_ref()
-        .ok_or(ComposeError::NoEmailPart)?;
-    let address = delivery
-        .recipient
-        .email
-        .as_ref()
-        .ok_or(ComposeError::NoAddress)?;
-    let address: Address = address
-        .as_str()
-        .parse()
-        .map_err(|e| ComposeError::Invalid(format!("recipient address: {e}")))?;
-    let name = delivery
-        .recipient
-        .name
-        .as_deref()
-        .map(one_line)
-        .filter(|name| !name.is_empty());
-    let id = message_id(
-        delivery.campaign_id,
-        &delivery.recipient.user_id,
-        from.email.domain(),
-    );
-    Message::builder()
-        .from(from.clone())
-        .to(Mailbox::new(name, address))
-        .subject(one_line(&parts.subject))
-        .message_id(Some(id))
-        .date_now()
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("Content-Language"),
-            one_line(&delivery.notice.locale),
-        ))
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("X-Sunset-Campaign"),
-            delivery.campaign_id.as_str().to_string(),
-        ))
-        .multipart(MultiPart::alternative_plain_html(
-            parts.text.clone(),
-            parts.html.clone(),
-        ))
-        .map_err(|e| ComposeError::Invalid(e.to_string()))
 }
 
 /// `<{campaign_id}.{user_id}@{domain}>`, valid for any ids: characters a msg-id's dot-atom may

@@ -40,12 +40,12 @@ impl EmlOutbox {
 
 impl Sender for EmlOutbox {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let message = match compose(&self.from, delivery) {
-            Ok(message) => message,
+        let email = match compose(&self.from, delivery) {
+            Ok(email) => email,
             Err(e) => return Outcome::permanent(e.to_string()),
         };
         let path = self.path_for(delivery.campaign_id, &delivery.recipient.user_id);
-        let bytes = message.formatted();
+        let bytes = email.bytes;
         let written = tokio::task::spawn_blocking(move || write_replacing(&path, &bytes)).await;
         match written {
             Ok(Ok(())) => Outcome::Delivered,

@@ -6,7 +6,6 @@ use std::io;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lettre::Message;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
@@ -14,9 +13,10 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use super::held::HeldWrites;
 use super::reply::classify;
 use super::tls::ImplicitTls;
-use super::{PASSWORD_ENV, compose, invalid, mask};
+use super::{Email, PASSWORD_ENV, compose, invalid, mask};
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
 
@@ -258,14 +258,14 @@ impl SmtpRelay {
 
     /// Connects if needed and sends, within the timeout (waiting for a free slot is not
     /// counted: it only means other sends are in flight).
-    async fn transmit(&self, message: &Message) -> Result<(), SmtpFailure> {
+    async fn transmit(&self, email: &Email) -> Result<(), SmtpFailure> {
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
         };
         let attempt = async {
             let mut connection = self.checkout().await?;
             connection
-                .send(message.envelope(), &message.formatted())
+                .send(&email.envelope, &email.bytes)
                 .await
                 .map_err(SmtpFailure::Transaction)?;
             // Only a connection that just succeeded goes back; lettre has already aborted
@@ -301,13 +301,14 @@ impl SmtpRelay {
     }
 
     /// Opens a socket with `TCP_NODELAY` (lettre 0.11 never sets it, and Nagle plus delayed
-    /// ACKs cost ~40 ms per message), then greets, upgrades to TLS and authenticates as the
-    /// URL says.
+    /// ACKs cost ~40 ms per message) whose writes are held until the next read (one write per
+    /// message, not two), then greets, upgrades to TLS and authenticates as the URL says.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
             .map_err(SmtpFailure::Connect)?;
         tcp.set_nodelay(true).map_err(SmtpFailure::Connect)?;
+        let tcp = HeldWrites::new(tcp);
         let stream: Box<dyn AsyncTokioStream> = match (&self.tls, self.url.security) {
             (Some(tls), Security::Implicit) => Box::new(ImplicitTls::wrap(tcp, tls.clone()).await?),
             _ => Box::new(tcp),
@@ -335,11 +336,11 @@ impl SmtpRelay {
 
 impl Sender for SmtpRelay {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let message = match compose(&self.from, delivery) {
-            Ok(message) => message,
+        let email = match compose(&self.from, delivery) {
+            Ok(email) => email,
             Err(e) => return Outcome::permanent(e.to_string()),
         };
-        match self.transmit(&message).await {
+        match self.transmit(&email).await {
             Ok(()) => Outcome::Delivered,
             Err(failure) => {
                 let outcome = classify(&failure);

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 #[allow(deprecated)] // see `ImplicitTls`
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{AsyncTokioStream, TlsParameters};
-use tokio::net::TcpStream;
 
+use super::held::HeldWrites;
 use super::smtp::SmtpFailure;
 
 /// A socket already wrapped in TLS, handed to lettre as if it were plain TCP: lettre reads the
@@ -24,7 +24,7 @@ pub(super) struct ImplicitTls(AsyncNetworkStream);
 #[allow(deprecated)]
 impl ImplicitTls {
     pub(super) async fn wrap(
-        tcp: TcpStream,
+        tcp: HeldWrites,
         tls: TlsParameters,
     ) -> Result<ImplicitTls, SmtpFailure> {
         let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
