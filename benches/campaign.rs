@@ -968,15 +968,21 @@ impl Bench {
     }
 
     /// One sunset email run: enqueue `n`, time the worker; sink rate (first → last message).
-    /// `ledger` is a `[ledger]` table, or empty for the default (SQLite in the work folder).
+    /// `worker` goes into `[worker]`; `ledger` is a `[ledger]` table, or empty for the default
+    /// (SQLite in the work folder).
     fn sunset_email(
         &mut self,
         sink: &SmtpSink,
         n: usize,
         label: &str,
-        ledger: &str,
+        (worker, ledger): (&str, &str),
     ) -> anyhow::Result<(f64, Usage)> {
-        let work = self.workdir(&format!("{}{ledger}", Self::smtp_config(sink)))?;
+        let work = Workdir::new(
+            self.runtime.handle(),
+            self.options.keep,
+            worker,
+            &format!("{}{ledger}", Self::smtp_config(sink)),
+        )?;
         work.audience("audience.csv", n)?;
         // A campaign id of its own: a shared PostgreSQL ledger remembers earlier runs.
         let campaign = format!("{label}-{:08x}", fastrand::u32(..));
@@ -1043,7 +1049,8 @@ impl Bench {
         source_runs.push(usage);
         for round in 1..=self.options.repeat {
             eprintln!(" round {round}");
-            let (sunset, worker) = self.sunset_email(&sink, n, &format!("email-{round}"), "")?;
+            let (sunset, worker) =
+                self.sunset_email(&sink, n, &format!("email-{round}"), ("", ""))?;
             sunset_rates.push(sunset);
             sunset_runs.push(worker);
             let (source, usage) = self.smtp_source(&sink, n, size)?;
@@ -1083,10 +1090,11 @@ impl Bench {
     }
 
     /// The ledger's cost: the same email run with the ledger off, on SQLite and on PostgreSQL,
-    /// in rounds off → SQLite → PostgreSQL → off …, each ledger against the off runs around it.
+    /// in rounds off → SQLite → PostgreSQL → off …, each ledger against the off runs around it;
+    /// at the default `worker.concurrency` (64) and at 256. A send holds its slot until its
+    /// outcome is recorded, so with a ledger the concurrency also bounds the database's latency.
     fn ledger(&mut self) -> anyhow::Result<()> {
         let n = self.options.n;
-        eprintln!("== ledger: {n} emails with the ledger off, on SQLite, on PostgreSQL");
         let sink = SmtpSink::start()?;
         let off = "[ledger]\nurl = \"\"\n";
         let ledgers = [
@@ -1096,26 +1104,33 @@ impl Bench {
                 "[ledger]\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n",
             ),
         ];
-        let mut off_rates = vec![self.sunset_email(&sink, n, "ledger-off-0", off)?.0];
-        let mut rates = vec![Vec::new(); ledgers.len()];
-        for round in 1..=self.options.repeat {
-            eprintln!(" round {round}");
-            for ((name, section), rates) in ledgers.iter().zip(&mut rates) {
-                let label = format!("ledger-{}-{round}", name.to_lowercase());
-                rates.push(self.sunset_email(&sink, n, &label, section)?.0);
+        for concurrency in [64, 256] {
+            eprintln!(
+                "== ledger: {n} emails with the ledger off, on SQLite, on PostgreSQL; concurrency {concurrency}"
+            );
+            let worker = format!("concurrency = {concurrency}\n");
+            let setup = |ledger| (worker.as_str(), ledger);
+            let mut off_rates = vec![self.sunset_email(&sink, n, "ledger-off-0", setup(off))?.0];
+            let mut rates = vec![Vec::new(); ledgers.len()];
+            for round in 1..=self.options.repeat {
+                eprintln!(" round {round}");
+                for ((name, section), rates) in ledgers.iter().zip(&mut rates) {
+                    let label = format!("ledger-{}-{round}", name.to_lowercase());
+                    rates.push(self.sunset_email(&sink, n, &label, setup(section))?.0);
+                }
+                let label = format!("ledger-off-{round}");
+                off_rates.push(self.sunset_email(&sink, n, &label, setup(off))?.0);
             }
-            off_rates.push(
-                self.sunset_email(&sink, n, &format!("ledger-off-{round}"), off)?
-                    .0,
-            );
-        }
-        for ((name, _), rates) in ledgers.iter().zip(&rates) {
-            self.report.ratio(
-                &format!("email msgs/s, N={n}, ledger on {name} vs off"),
-                (rates, &off_rates, true),
-                "/s",
-                0.9,
-            );
+            for ((name, _), rates) in ledgers.iter().zip(&rates) {
+                self.report.ratio(
+                    &format!(
+                        "email msgs/s, N={n}, concurrency {concurrency}, ledger on {name} vs off"
+                    ),
+                    (rates, &off_rates, true),
+                    "/s",
+                    0.9,
+                );
+            }
         }
         Ok(())
     }
@@ -1389,7 +1404,7 @@ impl Bench {
         sizes.sort_unstable();
         for n in sizes {
             eprintln!("== worker RSS: {n} emails");
-            let (_, worker) = self.sunset_email(sink, n, &format!("rss-{n}"), "")?;
+            let (_, worker) = self.sunset_email(sink, n, &format!("rss-{n}"), ("", ""))?;
             self.rss_row(n, &worker);
         }
         Ok(())

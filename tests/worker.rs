@@ -11,6 +11,7 @@ use serde_json::json;
 use sunset::batch::{Batch, CampaignId, EmailAddress, Recipient, UserId, VERSION};
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{PerDomainRates, RateConfig};
+use sunset::ledger::{CampaignState, Ledger, Pair};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
 use sunset::worker::{Deps, Owed, RetryPolicy, Verdict, process_batch};
@@ -395,4 +396,105 @@ async fn push_only_batches_never_touch_the_email_sender() {
     assert!(process(&batch, 1, &deps).await.owed.is_empty());
     assert!(deps.email.sent().is_empty());
     assert_eq!(deps.push.sent().len(), 1);
+}
+
+/// A SQLite ledger in a temp folder, and its URL for a second worker's ledger on the same file.
+fn ledger() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    (dir, url)
+}
+
+#[tokio::test]
+async fn pairs_another_live_worker_is_sending_wait_at_the_same_attempt_and_are_not_sent() {
+    let (_dir, url) = ledger();
+    let other = Ledger::open(&url).expect("open");
+    let batch = batch(vec![
+        recipient("u1", Some("u1@example.com"), "en"),
+        recipient("u2", Some("u2@example.com"), "ar"),
+    ]);
+    other
+        .claim(
+            &batch.campaign_id,
+            &[Pair {
+                user_id: UserId::parse("u1").expect("id"),
+                channel: Channel::Email,
+                locale: "en".into(),
+            }],
+        )
+        .await
+        .expect("the other worker claims u1's email");
+    let deps = deps(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+    )
+    .with_ledger(Ledger::open(&url).expect("open"));
+
+    let verdict = process(&batch, 2, &deps).await;
+    let emailed: Vec<String> = deps
+        .email
+        .sent()
+        .into_iter()
+        .map(|(user, _)| user)
+        .collect();
+    assert_eq!(emailed, ["u2"]);
+    assert_eq!(deps.push.sent().len(), 2);
+    let retries = retries(&verdict);
+    assert_eq!(retries.len(), 1);
+    let (held, _, attempt) = retries[0];
+    assert_eq!(attempt, 2, "waiting does not use up an attempt");
+    assert_eq!(held.channels, [Channel::Email]);
+    assert_eq!(held.recipients.len(), 1);
+    assert_eq!(held.recipients[0].user_id.as_str(), "u1");
+
+    // The same batch again: everything it sent is skipped and counted as delivered.
+    let again = process(&batch, 2, &deps).await;
+    assert_eq!(deps.email.sent().len(), 1);
+    assert_eq!(deps.push.sent().len(), 2);
+    assert_eq!(again.delivered.len(), 3);
+}
+
+#[tokio::test]
+async fn a_paused_campaign_holds_the_whole_batch_and_a_cancelled_one_sends_nothing_and_owes_nothing()
+ {
+    let (_dir, url) = ledger();
+    let ledger = Ledger::open(&url).expect("open");
+    let batch = batch(vec![recipient("u1", Some("u1@example.com"), "en")]);
+    ledger
+        .record_campaign(&sunset::ledger::Campaign {
+            id: batch.campaign_id.clone(),
+            template: "xiami-shutdown".into(),
+            recipients: 1,
+            deadline: None,
+            totals: HashMap::new(),
+        })
+        .await
+        .expect("record");
+    ledger
+        .set_state(&batch.campaign_id, CampaignState::Paused)
+        .await
+        .expect("pause");
+    let deps = deps(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+    )
+    .with_ledger(Ledger::open(&url).expect("open"));
+
+    let paused = process(&batch, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    let retries = retries(&paused);
+    assert_eq!(retries.len(), 1);
+    assert_eq!((retries[0].0.recipients.len(), retries[0].2), (1, 1));
+
+    ledger
+        .set_state(&batch.campaign_id, CampaignState::Cancelled)
+        .await
+        .expect("cancel");
+    // The state is cached for 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let cancelled = process(&batch, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    assert!(cancelled.owed.is_empty());
+    let status = ledger.status(&batch.campaign_id).await.expect("status");
+    assert_eq!(status.total().cancelled, 2);
 }

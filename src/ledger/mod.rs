@@ -8,17 +8,19 @@
 //! leaves at most `worker.concurrency` sends done but not recorded. A claim of a worker that
 //! stopped beating (killed) expires after `CLAIM_EXPIRES`.
 
+mod deliveries;
 mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, FixedOffset};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{AnyPool, Row, SqlSafeStr};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,12 +39,6 @@ pub const CLAIM_EXPIRES: Duration = Duration::from_secs(15);
 const STATE_TTL: Duration = Duration::from_secs(2);
 /// How long a query waits for a connection before the ledger counts as unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Outcomes written in one transaction at most.
-const MAX_GROUP: usize = 512;
-/// Rows per multi-row statement (bind parameters stay well under SQLite's and PostgreSQL's limits).
-const ROWS_PER_STATEMENT: usize = 200;
-/// How long the writer keeps trying to record outcomes when the database is away.
-const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What can go wrong with the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +220,8 @@ pub struct Ledger {
     schema: OnceCell<()>,
     /// This process's id in `workers`, which its claims name.
     owner: String,
+    /// Numbers this process's claims.
+    tokens: AtomicI64,
     states: Mutex<HashMap<CampaignId, (CampaignState, Instant)>>,
     writes: mpsc::UnboundedSender<Waiting>,
 }
@@ -251,36 +249,6 @@ fn connect_url(url: &str) -> Result<String, LedgerError> {
     }
 }
 
-/// Bind-parameter markers for statements built at run time: `$1`, `$2`… for PostgreSQL,
-/// anonymous `?` for SQLite (it looks numbered markers up by name, one scan each: quadratic in a
-/// statement of a thousand parameters). Values are bound in marker order either way.
-struct Markers {
-    anonymous: bool,
-    next: usize,
-}
-
-impl Markers {
-    fn new(sqlite: bool) -> Markers {
-        Markers {
-            anonymous: sqlite,
-            next: 1,
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Vec<String> {
-        (0..n)
-            .map(|_| {
-                self.next += 1;
-                if self.anonymous {
-                    "?".to_string()
-                } else {
-                    format!("${}", self.next - 1)
-                }
-            })
-            .collect()
-    }
-}
-
 fn migrator() -> Migrator {
     let migration = |version, description: &'static str, sql: &'static str| {
         Migration::new(
@@ -301,6 +269,11 @@ fn migrator() -> Migrator {
             2,
             "no status index",
             include_str!("../../migrations/0002_no_status_index.sql"),
+        ),
+        migration(
+            3,
+            "claim token",
+            include_str!("../../migrations/0003_claim_token.sql"),
         ),
     ])
 }
@@ -338,13 +311,14 @@ impl Ledger {
             now_ms()
         );
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_outcomes(pool.clone(), sqlite, queue));
+        tokio::spawn(deliveries::write_outcomes(pool.clone(), sqlite, queue));
         Ok(Arc::new(Ledger {
             pool,
             sqlite,
             url: redact(url),
             schema: OnceCell::new(),
             owner,
+            tokens: AtomicI64::new(1),
             states: Mutex::default(),
             writes,
         }))
@@ -512,127 +486,6 @@ impl Ledger {
         Ok(state)
     }
 
-    /// Claims `pairs` of `campaign` for this worker; returns the pairs it did not get.
-    pub async fn claim(
-        &self,
-        campaign: &CampaignId,
-        pairs: &[Pair],
-    ) -> Result<Claims, LedgerError> {
-        let pool = self.pool().await?;
-        let now = now_ms();
-        let expired = now - CLAIM_EXPIRES.as_millis() as i64;
-        let mut claimed: HashSet<(String, String)> = HashSet::with_capacity(pairs.len());
-        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-            let mut markers = Markers::new(self.sqlite);
-            let values: Vec<String> = (0..chunk.len())
-                .map(|_| {
-                    let row = markers.take(6);
-                    format!(
-                        "({}, {}, {}, {}, 'sending', 0, {}, {})",
-                        row[0], row[1], row[2], row[3], row[4], row[5]
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, updated_at)
-                 VALUES {}
-                 ON CONFLICT (campaign_id, user_id, channel) DO UPDATE
-                 SET status = 'sending', owner = excluded.owner, updated_at = excluded.updated_at
-                 WHERE deliveries.status IN ('failed', 'dead')
-                    OR (deliveries.status = 'sending' AND NOT EXISTS (
-                        SELECT 1 FROM workers WHERE workers.id = deliveries.owner AND workers.seen_at > {}))
-                 RETURNING user_id, channel",
-                values.join(", "),
-                markers.take(1)[0]
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for pair in chunk {
-                query = query
-                    .bind(campaign.as_str())
-                    .bind(pair.user_id.as_str())
-                    .bind(pair.channel.as_str())
-                    .bind(pair.locale.as_str())
-                    .bind(self.owner.as_str())
-                    .bind(now);
-            }
-            for row in query.bind(expired).fetch_all(pool).await? {
-                claimed.insert((row.try_get(0)?, row.try_get(1)?));
-            }
-        }
-        let mut claims = Claims::default();
-        let missed: Vec<&Pair> = pairs
-            .iter()
-            .filter(|p| {
-                !claimed.contains(&(
-                    p.user_id.as_str().to_string(),
-                    p.channel.as_str().to_string(),
-                ))
-            })
-            .collect();
-        if missed.is_empty() {
-            return Ok(claims);
-        }
-        let marks = self.marks(campaign, &missed).await?;
-        for pair in missed {
-            let key = (pair.user_id.clone(), pair.channel);
-            match marks.get(&key) {
-                Some(Mark::Delivered) => claims.delivered.insert(key),
-                Some(Mark::Cancelled) => claims.cancelled.insert(key),
-                _ => claims.held.insert(key),
-            };
-        }
-        Ok(claims)
-    }
-
-    /// The current status of `pairs`.
-    async fn marks(
-        &self,
-        campaign: &CampaignId,
-        pairs: &[&Pair],
-    ) -> Result<HashMap<(UserId, Channel), Mark>, LedgerError> {
-        let pool = self.pool().await?;
-        let mut marks = HashMap::with_capacity(pairs.len());
-        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-            let mut markers = Markers::new(self.sqlite);
-            let campaign_marker = markers.take(1).remove(0);
-            let sql = format!(
-                "SELECT user_id, channel, status FROM deliveries WHERE campaign_id = {campaign_marker} AND user_id IN ({})",
-                markers.take(chunk.len()).join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(campaign.as_str());
-            for pair in chunk {
-                query = query.bind(pair.user_id.as_str());
-            }
-            for row in query.fetch_all(pool).await? {
-                let user: String = row.try_get(0)?;
-                let channel: String = row.try_get(1)?;
-                let mark: String = row.try_get(2)?;
-                let (Ok(user), Ok(channel)) = (UserId::parse(&user), channel.parse()) else {
-                    return Err(LedgerError::Corrupt(format!("row {user}/{channel}")));
-                };
-                marks.insert((user, channel), mark.parse()?);
-            }
-        }
-        Ok(marks)
-    }
-
-    /// Records one outcome; returns once it is committed (grouped with others waiting).
-    pub async fn record(&self, entry: Entry) -> Result<(), LedgerError> {
-        let (done, written) = oneshot::channel();
-        self.writes
-            .send(Waiting { entry, done })
-            .map_err(|_| LedgerError::Record("the ledger writer has stopped".into()))?;
-        written
-            .await
-            .map_err(|_| LedgerError::Record("the ledger writer has stopped".into()))?
-            .map_err(LedgerError::Record)
-    }
-
-    /// Records many outcomes at once (a cancelled batch).
-    pub async fn record_all(&self, entries: Vec<Entry>) -> Result<(), LedgerError> {
-        write_entries(self.pool().await?, self.sqlite, &entries).await
-    }
-
     /// Counts for `status`.
     pub async fn status(&self, campaign: &CampaignId) -> Result<Status, LedgerError> {
         status::read(self.pool().await?, campaign, now_ms()).await
@@ -644,80 +497,89 @@ impl Ledger {
     }
 }
 
-/// The outcome writer: takes whatever outcomes are waiting (up to `MAX_GROUP`), writes them in
-/// one transaction, answers each. A failed write is retried for `RECORD_PATIENCE`.
-async fn write_outcomes(pool: AnyPool, sqlite: bool, mut queue: mpsc::UnboundedReceiver<Waiting>) {
-    while let Some(first) = queue.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(waiting) => group.push(waiting),
-                Err(_) => break,
-            }
-        }
-        let entries: Vec<Entry> = group.iter().map(|w| w.entry.clone()).collect();
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
-        let result = loop {
-            match write_entries(&pool, sqlite, &entries).await {
-                Ok(()) => break Ok(()),
-                Err(e) if started.elapsed() < RECORD_PATIENCE => {
-                    warn!(error = %e, outcomes = entries.len(), "could not record outcomes; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => break Err(e.to_string()),
-            }
-        };
-        for waiting in group {
-            let _ = waiting.done.send(result.clone());
-        }
-    }
-}
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
 
-/// Upserts outcomes in one transaction; a delivered row is never overwritten.
-async fn write_entries(pool: &AnyPool, sqlite: bool, entries: &[Entry]) -> Result<(), LedgerError> {
-    // One row per key in a statement (PostgreSQL refuses to update a row twice in one upsert).
-    let mut latest: HashMap<(&CampaignId, &UserId, Channel), &Entry> = HashMap::new();
-    for entry in entries {
-        latest.insert(
-            (&entry.campaign, &entry.pair.user_id, entry.pair.channel),
-            entry,
-        );
-    }
-    let rows: Vec<&Entry> = latest.into_values().collect();
-    let now = now_ms();
-    // Each statement commits on its own (no transaction: one round trip, and a row's outcome
-    // does not depend on another's).
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut markers = Markers::new(sqlite);
-        let values: Vec<String> = (0..chunk.len())
-            .map(|_| format!("({}, NULL)", markers.take(8).join(", ")))
-            .collect();
-        let sql = format!(
-            "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, last_error, updated_at, owner)
-             VALUES {}
-             ON CONFLICT (campaign_id, user_id, channel) DO UPDATE
-             SET status = excluded.status, locale = excluded.locale,
-                 attempts = deliveries.attempts + excluded.attempts,
-                 last_error = excluded.last_error, owner = NULL, updated_at = excluded.updated_at
-             WHERE deliveries.status <> 'delivered'",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for entry in chunk {
-            let attempts: i64 = if entry.mark == Mark::Cancelled { 0 } else { 1 };
-            query = query
-                .bind(entry.campaign.as_str())
-                .bind(entry.pair.user_id.as_str())
-                .bind(entry.pair.channel.as_str())
-                .bind(entry.pair.locale.as_str())
-                .bind(entry.mark.as_str())
-                .bind(attempts)
-                .bind(entry.error.as_deref())
-                .bind(now);
+    pub(super) fn pair(user: &str, channel: Channel) -> Pair {
+        Pair {
+            user_id: UserId::parse(user).expect("user id"),
+            channel,
+            locale: "en".into(),
         }
-        query.execute(pool).await?;
     }
-    Ok(())
+
+    pub(super) fn entry(campaign: &CampaignId, user: &str, mark: Mark) -> Entry {
+        Entry {
+            campaign: campaign.clone(),
+            pair: pair(user, Channel::Email),
+            mark,
+            error: None,
+        }
+    }
+
+    pub(super) async fn sqlite() -> (tempfile::TempDir, Arc<Ledger>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        (dir, Ledger::open(&url).expect("open"))
+    }
+
+    #[test]
+    fn sqlite_urls_create_the_file_and_other_schemes_are_refused_without_their_password() {
+        assert_eq!(
+            connect_url("sqlite://l.db").expect("ok"),
+            "sqlite://l.db?mode=rwc"
+        );
+        assert_eq!(
+            connect_url("sqlite://l.db?cache=shared").expect("ok"),
+            "sqlite://l.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            connect_url("sqlite://l.db?mode=ro").expect("ok"),
+            "sqlite://l.db?mode=ro"
+        );
+        assert!(connect_url("postgres://u@h/db").is_ok());
+        let refused = connect_url("mysql://root:hunter2@db/x").expect_err("refused");
+        assert!(refused.is_usage());
+        assert!(!refused.to_string().contains("hunter2"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn campaign_state_changes_are_checked_and_a_cancelled_campaign_stays_cancelled() {
+        let (_dir, ledger) = sqlite().await;
+        let campaign = CampaignId::parse("c").expect("id");
+        assert!(matches!(
+            ledger.set_state(&campaign, CampaignState::Paused).await,
+            Err(LedgerError::UnknownCampaign(_))
+        ));
+        assert_eq!(
+            ledger.state(&campaign).await.expect("state"),
+            CampaignState::Running,
+            "a campaign the ledger does not know runs"
+        );
+        ledger
+            .record_campaign(&Campaign {
+                id: campaign.clone(),
+                template: "t".into(),
+                recipients: 2,
+                deadline: None,
+                totals: HashMap::from([((Channel::Email, "en".to_string()), 2)]),
+            })
+            .await
+            .expect("record");
+        ledger
+            .set_state(&campaign, CampaignState::Cancelled)
+            .await
+            .expect("cancel");
+        assert!(matches!(
+            ledger.set_state(&campaign, CampaignState::Running).await,
+            Err(LedgerError::Cancelled(_))
+        ));
+        let status = ledger.status(&campaign).await.expect("status");
+        assert_eq!(
+            status.recorded,
+            Some(("t".to_string(), CampaignState::Cancelled, 2))
+        );
+        assert_eq!(status.total().pending(), 2);
+    }
 }

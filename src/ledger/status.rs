@@ -277,3 +277,61 @@ pub(super) async fn read(
         last_minute: last_minute.max(0) as u64,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(last_minute: u64) -> Status {
+        let counts = |total, delivered, failed, dead| Counts {
+            total,
+            delivered,
+            failed,
+            dead,
+            cancelled: 0,
+        };
+        Status {
+            campaign: CampaignId::parse("c").expect("id"),
+            recorded: Some(("xiami-shutdown".into(), CampaignState::Running, 100)),
+            rows: BTreeMap::from([
+                ((Channel::Email, "ar".to_string()), counts(40, 30, 2, 1)),
+                ((Channel::Push, "ar".to_string()), counts(50, 20, 0, 0)),
+                ((Channel::Push, "en".to_string()), counts(50, 50, 0, 0)),
+            ]),
+            last_minute,
+        }
+    }
+
+    #[test]
+    fn pending_is_what_is_neither_done_nor_failing_and_the_eta_follows_the_last_minute() {
+        let status = sample(600);
+        let total = status.total();
+        assert_eq!(
+            (total.total, total.delivered, total.pending()),
+            (140, 100, 37)
+        );
+        assert_eq!(status.rate(), 10.0);
+        // 37 pending + 2 failing at 10/s.
+        assert_eq!(status.eta_seconds(), Some(4));
+        assert_eq!(sample(0).eta_seconds(), None);
+    }
+
+    #[test]
+    fn json_has_totals_per_channel_and_per_locale() {
+        let json = sample(60).json();
+        assert_eq!(json["channels"]["push"]["delivered"], 70);
+        assert_eq!(json["locales"]["ar"]["total"], 90);
+        assert_eq!(json["locales"]["ar"]["pending"], 37);
+        assert_eq!(json["rows"].as_array().map(Vec::len), Some(3));
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["eta_seconds"], 39);
+    }
+
+    #[test]
+    fn the_table_ends_with_totals_and_the_rate() {
+        let table = sample(0).to_string();
+        assert!(table.starts_with("campaign c (xiami-shutdown): running, 100 recipients"));
+        assert!(table.contains("all"), "{table}");
+        assert!(table.contains("no ETA"), "{table}");
+    }
+}

@@ -1,0 +1,360 @@
+//! Claims and outcomes: the per-send rows of the ledger, written in multi-row statements.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::warn;
+
+use super::{CLAIM_EXPIRES, Claims, Entry, Ledger, LedgerError, Mark, Pair, Waiting, now_ms};
+use crate::batch::{CampaignId, UserId};
+use crate::channel::Channel;
+
+/// Outcomes written in one group at most.
+const MAX_GROUP: usize = 512;
+/// Rows per multi-row statement (bind parameters stay well under SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 200;
+/// How long the writer keeps trying to record outcomes when the database is away.
+const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+/// Groups written at once on PostgreSQL (each waits for its commit; SQLite has one connection).
+const POSTGRES_WRITERS: usize = 4;
+
+/// Bind-parameter markers for statements built at run time: `$1`, `$2`… for PostgreSQL,
+/// anonymous `?` for SQLite (it looks numbered markers up by name, one scan each: quadratic in a
+/// statement of a thousand parameters). Values are bound in marker order either way.
+struct Markers {
+    anonymous: bool,
+    next: usize,
+}
+
+impl Markers {
+    fn new(sqlite: bool) -> Markers {
+        Markers {
+            anonymous: sqlite,
+            next: 1,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                self.next += 1;
+                if self.anonymous {
+                    "?".to_string()
+                } else {
+                    format!("${}", self.next - 1)
+                }
+            })
+            .collect()
+    }
+}
+
+/// A row as a claim that fell short looks at it.
+struct Found {
+    mark: Mark,
+    owner: Option<String>,
+    token: Option<i64>,
+}
+
+impl Ledger {
+    /// Claims `pairs` of `campaign` for this worker; returns the pairs it did not get. One
+    /// statement per 200 pairs; rows are read back only for a statement that claimed fewer.
+    pub async fn claim(
+        &self,
+        campaign: &CampaignId,
+        pairs: &[Pair],
+    ) -> Result<Claims, LedgerError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let expired = now - CLAIM_EXPIRES.as_millis() as i64;
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut claims = Claims::default();
+        for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+            let mut markers = Markers::new(self.sqlite);
+            let values: Vec<String> = (0..chunk.len())
+                .map(|_| {
+                    let row = markers.take(7);
+                    format!(
+                        "({}, {}, {}, {}, 'sending', 0, {}, {}, {})",
+                        row[0], row[1], row[2], row[3], row[4], row[5], row[6]
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
+                 VALUES {}
+                 ON CONFLICT (campaign_id, user_id, channel) DO UPDATE
+                 SET status = 'sending', owner = excluded.owner, token = excluded.token,
+                     updated_at = excluded.updated_at
+                 WHERE deliveries.status IN ('failed', 'dead')
+                    OR (deliveries.status = 'sending' AND NOT EXISTS (
+                        SELECT 1 FROM workers WHERE workers.id = deliveries.owner AND workers.seen_at > {}))",
+                values.join(", "),
+                markers.take(1)[0]
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for pair in chunk {
+                query = query
+                    .bind(campaign.as_str())
+                    .bind(pair.user_id.as_str())
+                    .bind(pair.channel.as_str())
+                    .bind(pair.locale.as_str())
+                    .bind(self.owner.as_str())
+                    .bind(token)
+                    .bind(now);
+            }
+            let claimed = query.bind(expired).execute(pool).await?.rows_affected();
+            if claimed == chunk.len() as u64 {
+                continue;
+            }
+            let rows = self.rows(campaign, chunk).await?;
+            for pair in chunk {
+                let key = (pair.user_id.clone(), pair.channel);
+                match rows.get(&key) {
+                    Some(Found {
+                        mark: Mark::Sending,
+                        owner: Some(owner),
+                        token: Some(t),
+                    }) if *owner == self.owner && *t == token => {}
+                    Some(Found {
+                        mark: Mark::Delivered,
+                        ..
+                    }) => {
+                        claims.delivered.insert(key);
+                    }
+                    Some(Found {
+                        mark: Mark::Cancelled,
+                        ..
+                    }) => {
+                        claims.cancelled.insert(key);
+                    }
+                    _ => {
+                        claims.held.insert(key);
+                    }
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The rows of `pairs`' recipients.
+    async fn rows(
+        &self,
+        campaign: &CampaignId,
+        pairs: &[Pair],
+    ) -> Result<HashMap<(UserId, Channel), Found>, LedgerError> {
+        let pool = self.pool().await?;
+        let mut markers = Markers::new(self.sqlite);
+        let campaign_marker = markers.take(1).remove(0);
+        let sql = format!(
+            "SELECT user_id, channel, status, owner, token FROM deliveries
+             WHERE campaign_id = {campaign_marker} AND user_id IN ({})",
+            markers.take(pairs.len()).join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(campaign.as_str());
+        for pair in pairs {
+            query = query.bind(pair.user_id.as_str());
+        }
+        let mut rows = HashMap::with_capacity(pairs.len());
+        for row in query.fetch_all(pool).await? {
+            let user: String = row.try_get(0)?;
+            let channel: String = row.try_get(1)?;
+            let mark: String = row.try_get(2)?;
+            let (Ok(user), Ok(channel)) = (UserId::parse(&user), channel.parse()) else {
+                return Err(LedgerError::Corrupt(format!("row {user}/{channel}")));
+            };
+            rows.insert(
+                (user, channel),
+                Found {
+                    mark: mark.parse()?,
+                    owner: row.try_get(3)?,
+                    token: row.try_get(4)?,
+                },
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Records one outcome; returns once it is committed (grouped with others waiting).
+    pub async fn record(&self, entry: Entry) -> Result<(), LedgerError> {
+        let (done, written) = oneshot::channel();
+        self.writes
+            .send(Waiting { entry, done })
+            .map_err(|_| LedgerError::Record("the ledger writer has stopped".into()))?;
+        written
+            .await
+            .map_err(|_| LedgerError::Record("the ledger writer has stopped".into()))?
+            .map_err(LedgerError::Record)
+    }
+
+    /// Records many outcomes at once (a cancelled batch).
+    pub async fn record_all(&self, entries: Vec<Entry>) -> Result<(), LedgerError> {
+        write_entries(self.pool().await?, self.sqlite, &entries).await
+    }
+}
+
+/// The outcome writer: takes whatever outcomes are waiting (up to `MAX_GROUP`) once a write slot
+/// is free, writes them, answers each. A failed write is retried for `RECORD_PATIENCE`.
+pub(super) async fn write_outcomes(
+    pool: AnyPool,
+    sqlite: bool,
+    mut queue: mpsc::UnboundedReceiver<Waiting>,
+) {
+    let slots = Arc::new(Semaphore::new(if sqlite { 1 } else { POSTGRES_WRITERS }));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        // What arrived while waiting for the slot goes in the same group.
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(waiting) => group.push(waiting),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let entries: Vec<Entry> = group.iter().map(|w| w.entry.clone()).collect();
+            let started = Instant::now();
+            let mut pause = Duration::from_millis(100);
+            let result = loop {
+                match write_entries(&pool, sqlite, &entries).await {
+                    Ok(()) => break Ok(()),
+                    Err(e) if started.elapsed() < RECORD_PATIENCE => {
+                        warn!(error = %e, outcomes = entries.len(), "could not record outcomes; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            drop(slot);
+            for waiting in group {
+                let _ = waiting.done.send(result.clone());
+            }
+        });
+    }
+}
+
+/// Upserts outcomes; a delivered row is never overwritten.
+async fn write_entries(pool: &AnyPool, sqlite: bool, entries: &[Entry]) -> Result<(), LedgerError> {
+    // One row per key in a statement (PostgreSQL refuses to update a row twice in one upsert).
+    let mut latest: HashMap<(&CampaignId, &UserId, Channel), &Entry> = HashMap::new();
+    for entry in entries {
+        latest.insert(
+            (&entry.campaign, &entry.pair.user_id, entry.pair.channel),
+            entry,
+        );
+    }
+    let rows: Vec<&Entry> = latest.into_values().collect();
+    let now = now_ms();
+    // Each statement commits on its own (no transaction: one round trip, and a row's outcome
+    // does not depend on another's).
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut markers = Markers::new(sqlite);
+        let values: Vec<String> = (0..chunk.len())
+            .map(|_| format!("({}, NULL)", markers.take(8).join(", ")))
+            .collect();
+        let sql = format!(
+            "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, last_error, updated_at, owner)
+             VALUES {}
+             ON CONFLICT (campaign_id, user_id, channel) DO UPDATE
+             SET status = excluded.status, locale = excluded.locale,
+                 attempts = deliveries.attempts + excluded.attempts,
+                 last_error = excluded.last_error, owner = NULL, updated_at = excluded.updated_at
+             WHERE deliveries.status <> 'delivered'",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for entry in chunk {
+            let attempts: i64 = if entry.mark == Mark::Cancelled { 0 } else { 1 };
+            query = query
+                .bind(entry.campaign.as_str())
+                .bind(entry.pair.user_id.as_str())
+                .bind(entry.pair.channel.as_str())
+                .bind(entry.pair.locale.as_str())
+                .bind(entry.mark.as_str())
+                .bind(attempts)
+                .bind(entry.error.as_deref())
+                .bind(now);
+        }
+        query.execute(pool).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::tests::{entry, pair, sqlite};
+
+    #[test]
+    fn markers_are_numbered_for_postgres_and_anonymous_for_sqlite() {
+        assert_eq!(Markers::new(false).take(3), ["$1", "$2", "$3"]);
+        let mut markers = Markers::new(false);
+        markers.take(2);
+        assert_eq!(markers.take(1), ["$3"]);
+        assert_eq!(Markers::new(true).take(2), ["?", "?"]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_skips_delivered_pairs_and_leaves_live_claims_to_their_worker() {
+        let (_dir, ledger) = sqlite().await;
+        let campaign = CampaignId::parse("c").expect("id");
+        let pairs = [pair("a", Channel::Email), pair("b", Channel::Email)];
+        assert_eq!(
+            ledger.claim(&campaign, &pairs).await.expect("claim"),
+            Claims::default()
+        );
+        ledger
+            .record(entry(&campaign, "a", Mark::Delivered))
+            .await
+            .expect("record");
+        // `b` is still claimed by this (live) worker: a second copy may not send it.
+        let again = ledger.claim(&campaign, &pairs).await.expect("claim");
+        assert!(
+            again
+                .delivered
+                .contains(&(UserId::parse("a").expect("id"), Channel::Email))
+        );
+        assert!(
+            again
+                .held
+                .contains(&(UserId::parse("b").expect("id"), Channel::Email))
+        );
+        // A failed pair is free to claim again; a delivered one never goes back.
+        ledger
+            .record_all(vec![
+                entry(&campaign, "b", Mark::Failed),
+                entry(&campaign, "a", Mark::Dead),
+            ])
+            .await
+            .expect("record");
+        let third = ledger.claim(&campaign, &pairs).await.expect("claim");
+        assert_eq!(third.delivered.len(), 1);
+        assert!(third.held.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_claim_of_a_worker_that_stopped_beating_expires() {
+        let (dir, ledger) = sqlite().await;
+        let campaign = CampaignId::parse("c").expect("id");
+        let pairs = [pair("a", Channel::Push)];
+        ledger.claim(&campaign, &pairs).await.expect("claim");
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let other = Ledger::open(&url).expect("open");
+        let held = other.claim(&campaign, &pairs).await.expect("claim");
+        assert_eq!(held.held.len(), 1, "the first worker is alive");
+        sqlx::query("UPDATE workers SET seen_at = 0 WHERE id = $1")
+            .bind(ledger.owner.as_str())
+            .execute(&ledger.pool)
+            .await
+            .expect("age the heartbeat");
+        let taken = other.claim(&campaign, &pairs).await.expect("claim");
+        assert_eq!(taken, Claims::default(), "an expired claim is taken over");
+    }
+}
