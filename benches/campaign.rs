@@ -1,7 +1,7 @@
 //! Campaign throughput of the built `sunset` binary against reference tools, in the same run, on
 //! the same sinks (issue 3, performance):
 //!
-//! 1. **email**: N notices → RabbitMQ → `sunset worker` → SMTP (8 pooled connections) into
+//! 1. **email**: N notices → RabbitMQ → `sunset worker` (no ledger) → SMTP (8 pooled connections) into
 //!    postfix's `smtp-sink`, against `smtp-source -d -s 8 -m N -l <sunset's average size>`
 //!    into the same sink.
 //! 2. **push**: N notices → `sunset worker` → HTTP into a small axum sink in this process,
@@ -54,6 +54,9 @@ const UNLIMITED: &str =
     "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
 /// Retry delays of the bench queues (only their names matter: nothing fails).
 const RETRY_DELAYS: [u64; 2] = [1000, 2000];
+/// The email measurement compares the send path with smtp-source, so it runs without the
+/// delivery ledger; `ledger` measures what the ledger costs on top.
+const NO_LEDGER: &str = "[ledger]\nurl = \"\"\n";
 /// SMTP connections: sunset's `email.pool_size` and smtp-source's `-s`.
 const SMTP_CONNECTIONS: usize = 8;
 /// Recipients per batch, `enqueue`'s default.
@@ -1050,7 +1053,7 @@ impl Bench {
         for round in 1..=self.options.repeat {
             eprintln!(" round {round}");
             let (sunset, worker) =
-                self.sunset_email(&sink, n, &format!("email-{round}"), ("", ""))?;
+                self.sunset_email(&sink, n, &format!("email-{round}"), ("", NO_LEDGER))?;
             sunset_rates.push(sunset);
             sunset_runs.push(worker);
             let (source, usage) = self.smtp_source(&sink, n, size)?;
@@ -1096,7 +1099,7 @@ impl Bench {
     fn ledger(&mut self) -> anyhow::Result<()> {
         let n = self.options.n;
         let sink = SmtpSink::start()?;
-        let off = "[ledger]\nurl = \"\"\n";
+        let off = NO_LEDGER;
         let ledgers = [
             ("SQLite", "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n"),
             (

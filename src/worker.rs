@@ -289,6 +289,20 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     }
 }
 
+/// Tells the ledger a batch is done with its claim when dropped, also on a panic.
+struct Finished<'a> {
+    ledger: Option<&'a Ledger>,
+    token: i64,
+}
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.ledger {
+            ledger.finished(self.token);
+        }
+    }
+}
+
 /// Whether a batch may go out.
 enum Admit {
     /// Yes; the claims say which pairs to skip.
@@ -430,6 +444,10 @@ pub async fn process_batch<E: Sender, P: Sender>(
             deps.note(entries).await;
             return verdict;
         }
+    };
+    let _finished = Finished {
+        ledger: deps.ledger.as_deref(),
+        token: claims.token,
     };
     let mut sends = Vec::new();
     let mut held = Vec::new();

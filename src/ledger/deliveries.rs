@@ -1,8 +1,8 @@
 //! Claims and outcomes: the per-send rows of the ledger, written in multi-row statements.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -71,7 +71,14 @@ impl Ledger {
         let now = now_ms();
         let expired = now - CLAIM_EXPIRES.as_millis() as i64;
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut claims = Claims::default();
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token);
+        let mut claims = Claims {
+            token,
+            ..Claims::default()
+        };
         for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
             let mut markers = Markers::new(self.sqlite);
             let values: Vec<String> = (0..chunk.len())
@@ -120,6 +127,15 @@ impl Ledger {
                         token: Some(t),
                     }) if *owner == self.owner && *t == token => {}
                     Some(Found {
+                        mark: Mark::Sending,
+                        owner: Some(owner),
+                        token: Some(t),
+                    }) if *owner == self.owner && !self.is_active(*t) => {
+                        if !self.take_over(campaign, pair, *t, token, now).await? {
+                            claims.held.insert(key);
+                        }
+                    }
+                    Some(Found {
                         mark: Mark::Delivered,
                         ..
                     }) => {
@@ -138,6 +154,47 @@ impl Ledger {
             }
         }
         Ok(claims)
+    }
+
+    /// Done with a claim: rows it left `sending` (outcome not written) may be claimed again.
+    pub fn finished(&self, token: i64) {
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&token);
+    }
+
+    fn is_active(&self, token: i64) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&token)
+    }
+
+    /// Moves a row this worker left `sending` under a finished claim to claim `token`.
+    async fn take_over(
+        &self,
+        campaign: &CampaignId,
+        pair: &Pair,
+        old: i64,
+        token: i64,
+        now: i64,
+    ) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET token = $1, updated_at = $2
+             WHERE campaign_id = $3 AND user_id = $4 AND channel = $5
+               AND status = 'sending' AND owner = $6 AND token = $7",
+        )
+        .bind(token)
+        .bind(now)
+        .bind(campaign.as_str())
+        .bind(pair.user_id.as_str())
+        .bind(pair.channel.as_str())
+        .bind(self.owner.as_str())
+        .bind(old)
+        .execute(self.pool().await?)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The rows of `pairs`' recipients.
@@ -292,6 +349,25 @@ mod tests {
     use super::*;
     use crate::ledger::tests::{entry, pair, sqlite};
 
+    #[tokio::test]
+    async fn rows_this_worker_left_sending_are_held_while_their_batch_runs_then_taken_back() {
+        let (_dir, ledger) = sqlite().await;
+        let campaign = CampaignId::parse("c").expect("id");
+        let pairs = [pair("a", Channel::Email)];
+        let first = ledger.claim(&campaign, &pairs).await.expect("claim");
+        let while_running = ledger.claim(&campaign, &pairs).await.expect("claim");
+        assert_eq!(
+            while_running.held.len(),
+            1,
+            "the first batch is still on it"
+        );
+        ledger.finished(while_running.token);
+        // The first batch ends without its outcome written (the ledger was away).
+        ledger.finished(first.token);
+        let after = ledger.claim(&campaign, &pairs).await.expect("claim");
+        assert!(after.all_ours(), "{after:?}");
+    }
+
     #[test]
     fn markers_are_numbered_for_postgres_and_anonymous_for_sqlite() {
         assert_eq!(Markers::new(false).take(3), ["$1", "$2", "$3"]);
@@ -306,10 +382,8 @@ mod tests {
         let (_dir, ledger) = sqlite().await;
         let campaign = CampaignId::parse("c").expect("id");
         let pairs = [pair("a", Channel::Email), pair("b", Channel::Email)];
-        assert_eq!(
-            ledger.claim(&campaign, &pairs).await.expect("claim"),
-            Claims::default()
-        );
+        let first = ledger.claim(&campaign, &pairs).await.expect("claim");
+        assert!(first.all_ours());
         ledger
             .record(entry(&campaign, "a", Mark::Delivered))
             .await
@@ -355,6 +429,6 @@ mod tests {
             .await
             .expect("age the heartbeat");
         let taken = other.claim(&campaign, &pairs).await.expect("claim");
-        assert_eq!(taken, Claims::default(), "an expired claim is taken over");
+        assert!(taken.all_ours(), "an expired claim is taken over");
     }
 }

@@ -189,6 +189,15 @@ pub struct Claims {
     pub held: HashSet<(UserId, Channel)>,
     /// Recorded as cancelled: skip.
     pub cancelled: HashSet<(UserId, Channel)>,
+    /// Which claim this was; `Ledger::finished` when the batch is done with it.
+    pub token: i64,
+}
+
+impl Claims {
+    /// Whether every pair is this worker's to send.
+    pub fn all_ours(&self) -> bool {
+        self.delivered.is_empty() && self.held.is_empty() && self.cancelled.is_empty()
+    }
 }
 
 /// A campaign as `enqueue` records it.
@@ -222,6 +231,9 @@ pub struct Ledger {
     owner: String,
     /// Numbers this process's claims.
     tokens: AtomicI64,
+    /// Claims of batches still being processed here. A `sending` row of this worker under any
+    /// other token was left behind (its outcome could not be written): a new claim takes it.
+    active: Mutex<HashSet<i64>>,
     states: Mutex<HashMap<CampaignId, (CampaignState, Instant)>>,
     writes: mpsc::UnboundedSender<Waiting>,
 }
@@ -319,6 +331,7 @@ impl Ledger {
             schema: OnceCell::new(),
             owner,
             tokens: AtomicI64::new(1),
+            active: Mutex::default(),
             states: Mutex::default(),
             writes,
         }))
