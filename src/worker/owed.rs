@@ -1,0 +1,216 @@
+//! What a processed batch owes before its ack: retries on delay queues and dead letters.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::DEADLINE;
+use crate::batch::{Batch, Failure, Recipient};
+use crate::channel::Channel;
+
+/// One thing a processed batch still owes before it may be acked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owed {
+    /// Transient failures: publish `batch` (just those recipient × channel pairs) to delay queue
+    /// number `queue` (0-based index into `worker.retry_delays_ms`) with attempt `attempt`.
+    Retry {
+        /// The pairs to try again.
+        batch: Box<Batch>,
+        /// Which delay queue.
+        queue: usize,
+        /// The attempt number the retry will be.
+        attempt: u32,
+    },
+    /// Permanent failures, exhausted attempts or a passed deadline: publish `batch` (failed
+    /// recipients with per-recipient `failures`) to the dead-letter queue.
+    DeadLetter {
+        /// The failed recipients and why.
+        batch: Box<Batch>,
+        /// Short reason for the `x-sunset-error` header.
+        reason: String,
+        /// The attempt that failed last, for the `x-sunset-attempt` header.
+        attempt: u32,
+    },
+}
+
+/// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.
+const HOLD: Duration = Duration::from_secs(5);
+
+/// How a batch is retried: `worker.max_attempts` and `worker.retry_delays_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per recipient × channel before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay of each delay queue, in order.
+    pub delays: Vec<Duration>,
+}
+
+impl RetryPolicy {
+    /// The delay queue for the retry after attempt `attempt`: the attempt's own delay, or a
+    /// later (longer) one if the peer asked to wait at least `at_least`.
+    pub fn queue(&self, attempt: u32, at_least: Duration) -> usize {
+        let last = self.delays.len().saturating_sub(1);
+        let mut queue = (attempt.saturating_sub(1) as usize).min(last);
+        while queue < last && self.delays[queue] < at_least {
+            queue += 1;
+        }
+        queue
+    }
+}
+
+/// A failed send, and whether it is worth trying again (and not before when).
+pub(super) struct Failed {
+    pub(super) failure: Failure,
+    pub(super) retry_after: Option<Option<Duration>>,
+    pub(super) locale: String,
+}
+
+/// The whole batch, back to a delay queue at the same attempt (waiting does not use up attempts).
+pub(super) fn hold(batch: &Batch, attempt: u32, reason: &str, policy: &RetryPolicy) -> Vec<Owed> {
+    let everyone: Vec<Failure> = batch
+        .recipients
+        .iter()
+        .flat_map(|r| {
+            batch
+                .channels
+                .iter()
+                .map(|c| failure(r, *c, reason.to_string()))
+        })
+        .collect();
+    held_back(batch, attempt, everyone, policy)
+}
+
+/// Pairs that were not tried (held back), to a delay queue at the same attempt; with no
+/// delay queue configured they are dead-lettered, to be replayed.
+pub(super) fn held_back(
+    batch: &Batch,
+    attempt: u32,
+    held: Vec<Failure>,
+    policy: &RetryPolicy,
+) -> Vec<Owed> {
+    if policy.delays.is_empty() {
+        let reason = format!(
+            "held back ({}) and worker.retry_delays_ms is empty",
+            held[0].error
+        );
+        let recipients = batch
+            .recipients
+            .iter()
+            .filter(|r| held.iter().any(|f| f.user_id == r.user_id))
+            .cloned()
+            .collect();
+        return vec![Owed::DeadLetter {
+            batch: Box::new(Batch {
+                recipients,
+                failures: held,
+                ..batch.clone()
+            }),
+            reason,
+            attempt,
+        }];
+    }
+    let queue = policy.queue(1, HOLD);
+    batch
+        .regroup(&held)
+        .into_iter()
+        .map(|batch| Owed::Retry {
+            batch: Box::new(batch),
+            queue,
+            attempt,
+        })
+        .collect()
+}
+
+pub(super) fn failure(recipient: &Recipient, channel: Channel, error: String) -> Failure {
+    Failure {
+        user_id: recipient.user_id.clone(),
+        channel,
+        error,
+    }
+}
+
+/// Transient failures become retries on the delay queue their attempt and requested wait call
+/// for — unless attempts are exhausted or the retry would come after the deadline; everything
+/// else becomes one dead letter.
+pub(super) fn owed(
+    batch: &Batch,
+    attempt: u32,
+    failed: Vec<Failed>,
+    policy: &RetryPolicy,
+) -> Vec<Owed> {
+    let mut retry = Vec::new();
+    let mut dead = Vec::new();
+    let mut at_least = Duration::ZERO;
+    for Failed {
+        mut failure,
+        retry_after,
+        ..
+    } in failed
+    {
+        match retry_after {
+            Some(wait) if attempt < policy.max_attempts && !policy.delays.is_empty() => {
+                at_least = at_least.max(wait.unwrap_or_default());
+                retry.push(failure);
+            }
+            Some(_) => {
+                failure.error = format!("gave up after {attempt} attempts: {}", failure.error);
+                dead.push(failure);
+            }
+            None => dead.push(failure),
+        }
+    }
+    let mut owed = Vec::new();
+    if !retry.is_empty() {
+        let queue = policy.queue(attempt, at_least);
+        let delay =
+            chrono::Duration::from_std(policy.delays[queue]).unwrap_or(chrono::Duration::MAX);
+        let too_late = batch
+            .deadline
+            .is_some_and(|deadline| Utc::now() + delay >= deadline);
+        if too_late {
+            dead.extend(retry.into_iter().map(|mut f| {
+                f.error = format!(
+                    "{DEADLINE} (next try would be after it; last error: {})",
+                    f.error
+                );
+                f
+            }));
+        } else {
+            owed.extend(batch.regroup(&retry).into_iter().map(|batch| Owed::Retry {
+                batch: Box::new(batch),
+                queue,
+                attempt: attempt + 1,
+            }));
+        }
+    }
+    if !dead.is_empty() {
+        let reason = dead_letter_reason(&dead);
+        let recipients = batch
+            .recipients
+            .iter()
+            .filter(|r| dead.iter().any(|f| f.user_id == r.user_id))
+            .cloned()
+            .collect();
+        owed.push(Owed::DeadLetter {
+            batch: Box::new(Batch {
+                recipients,
+                failures: dead,
+                ..batch.clone()
+            }),
+            reason,
+            attempt,
+        });
+    }
+    owed
+}
+
+/// `deadline` when every failure is the deadline, the failure itself when there is one, else a count.
+fn dead_letter_reason(dead: &[Failure]) -> String {
+    if dead.iter().all(|f| f.error.starts_with(DEADLINE)) {
+        DEADLINE.to_string()
+    } else if let [only] = dead {
+        only.error.clone()
+    } else {
+        format!("{} sends failed; first: {}", dead.len(), dead[0].error)
+    }
+}
