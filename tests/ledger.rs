@@ -279,15 +279,17 @@ async fn two_workers_on_one_postgres_ledger_never_send_a_redelivered_batch_twice
     assert_eq!(number(&status, &["total", "delivered"]), 2 * N as u64);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_paused_campaign_sends_nothing_until_resumed_then_completes() {
-    const N: usize = 600;
+/// Recipients of the pause and cancel campaigns.
+const N: usize = 600;
+
+/// An email-only campaign of `N` at 100 emails/s on SQLite, enqueued: (sink, env, campaign id).
+async fn paced_campaign(prefix: &str) -> (SmtpSink, TestEnv, String) {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
     let rate =
         "[rate]\nemail_per_sec = 100\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
     let env = TestEnv::with_broker(&config(&smtp, &push, Db::Sqlite, rate, ""));
-    let campaign = unique("pause");
+    let campaign = unique(prefix);
     env.write("audience.csv", &audience_csv(N, |_| "example.com".into()));
     enqueue(
         &env,
@@ -295,6 +297,12 @@ async fn a_paused_campaign_sends_nothing_until_resumed_then_completes() {
         &["--batch-size", "50", "--channels", "email"],
     )
     .await;
+    (smtp, env, campaign)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_campaign_sends_nothing_until_resumed_then_completes() {
+    let (smtp, env, campaign) = paced_campaign("pause").await;
 
     let worker = env.command(&["worker"], &[]).spawn().expect("start worker");
     until_emails(&smtp, 100).await;
@@ -322,20 +330,7 @@ async fn a_paused_campaign_sends_nothing_until_resumed_then_completes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_campaign_never_sends_the_rest_and_records_it_as_cancelled() {
-    const N: usize = 600;
-    let smtp = SmtpSink::start();
-    let push = PushSink::start().await;
-    let rate =
-        "[rate]\nemail_per_sec = 100\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
-    let env = TestEnv::with_broker(&config(&smtp, &push, Db::Sqlite, rate, ""));
-    let campaign = unique("cancel");
-    env.write("audience.csv", &audience_csv(N, |_| "example.com".into()));
-    enqueue(
-        &env,
-        &campaign,
-        &["--batch-size", "50", "--channels", "email"],
-    )
-    .await;
+    let (smtp, env, campaign) = paced_campaign("cancel").await;
 
     let worker = tokio::spawn({
         let mut command = env.command(&["worker", "--exit-when-idle"], &[]);

@@ -149,7 +149,8 @@ impl Broker {
 
     /// Whether lapin's auto-recovery is re-establishing the connection.
     pub fn is_recovering(&self) -> bool {
-        self.connection.status().reconnecting()
+        let status = self.connection.status();
+        status.reconnecting() || status.connecting()
     }
 
     /// Whether the connection is up (false while lapin recovers or after it gave up).
@@ -300,13 +301,24 @@ impl Broker {
 
     /// Closes the connection cleanly (and stops a recovery under way); call before the runtime
     /// ends. A connection that is already gone has nothing to close.
+    /// A connection lapin is still recovering cannot be closed (`close` needs it connected) and
+    /// would come back on its own, its consumer taking a prefetch of batches nobody reads: wait
+    /// (at most `CLOSE_WAIT`) until the recovery ends, then close what it gave.
     pub async fn close(&self) {
-        let status = self.connection.status();
-        if status.connected() || status.reconnecting() {
+        let waited = std::time::Instant::now();
+        while self.is_recovering() && waited.elapsed() < CLOSE_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.connection.status().connected() {
             let _ = self.connection.close(200, "bye".into()).await;
+        } else if self.is_recovering() {
+            tracing::warn!("RabbitMQ connection still recovering after {CLOSE_WAIT:?}; leaving it");
         }
     }
 }
+
+/// How long `close` waits for a recovering connection to come back (so it can be closed).
+const CLOSE_WAIT: Duration = Duration::from_secs(20);
 
 /// Headers carrying the attempt number.
 pub fn attempt_headers(attempt: u32) -> FieldTable {

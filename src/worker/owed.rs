@@ -93,21 +93,7 @@ pub(super) fn held_back(
             "held back ({}) and worker.retry_delays_ms is empty",
             held[0].error
         );
-        let recipients = batch
-            .recipients
-            .iter()
-            .filter(|r| held.iter().any(|f| f.user_id == r.user_id))
-            .cloned()
-            .collect();
-        return vec![Owed::DeadLetter {
-            batch: Box::new(Batch {
-                recipients,
-                failures: held,
-                ..batch.clone()
-            }),
-            reason,
-            attempt,
-        }];
+        return vec![dead_letter(batch, held, reason, attempt)];
     }
     let queue = policy.queue(1, HOLD);
     batch
@@ -185,23 +171,28 @@ pub(super) fn owed(
     }
     if !dead.is_empty() {
         let reason = dead_letter_reason(&dead);
-        let recipients = batch
-            .recipients
-            .iter()
-            .filter(|r| dead.iter().any(|f| f.user_id == r.user_id))
-            .cloned()
-            .collect();
-        owed.push(Owed::DeadLetter {
-            batch: Box::new(Batch {
-                recipients,
-                failures: dead,
-                ..batch.clone()
-            }),
-            reason,
-            attempt,
-        });
+        owed.push(dead_letter(batch, dead, reason, attempt));
     }
     owed
+}
+
+/// The failed recipients of `batch`, with their `failures`, for the dead-letter queue.
+fn dead_letter(batch: &Batch, failures: Vec<Failure>, reason: String, attempt: u32) -> Owed {
+    let recipients = batch
+        .recipients
+        .iter()
+        .filter(|r| failures.iter().any(|f| f.user_id == r.user_id))
+        .cloned()
+        .collect();
+    Owed::DeadLetter {
+        batch: Box::new(Batch {
+            recipients,
+            failures,
+            ..batch.clone()
+        }),
+        reason,
+        attempt,
+    }
 }
 
 /// `deadline` when every failure is the deadline, the failure itself when there is one, else a count.
