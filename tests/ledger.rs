@@ -17,9 +17,12 @@ use common::{
 use serde_json::Value;
 use sunset::batch::Batch;
 
-/// No rate limits; retries and held batches come back within half a second.
-const FAST: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
+/// `[rate]` with `email` per second (0 = unlimited), push and domains unlimited.
+fn email_rate(email: u32) -> String {
+    format!(
+        "[rate]\nemail_per_sec = {email}\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n"
+    )
+}
 
 /// Which ledger a test runs on.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +120,7 @@ async fn settled_count(smtp: &SmtpSink, quiet: Duration) -> usize {
 async fn the_same_batch_published_twice_is_sent_once(db: Db) {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let env = TestEnv::with_broker(&config(&smtp, &push, db, FAST, ""));
+    let env = TestEnv::with_broker(&config(&smtp, &push, db, &email_rate(0), ""));
     let campaign = unique("twice");
     let mut batch = Batch::decode(
         serde_json::json!({
@@ -188,8 +191,7 @@ async fn a_killed_worker_duplicates_at_most_its_sends_in_flight(db: Db) {
     const CONCURRENCY: usize = 16;
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let rate =
-        "[rate]\nemail_per_sec = 400\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
+    let rate = &email_rate(400);
     let env = TestEnv::with_broker(&config(
         &smtp,
         &push,
@@ -247,8 +249,7 @@ async fn two_workers_on_one_postgres_ledger_never_send_a_redelivered_batch_twice
     const N: usize = 1000;
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let rate =
-        "[rate]\nemail_per_sec = 250\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
+    let rate = &email_rate(250);
     let env = TestEnv::with_broker(&config(&smtp, &push, Db::Postgres, rate, ""));
     let campaign = unique("pair");
     env.write("audience.csv", &audience_csv(N, |_| "example.com".into()));
@@ -286,8 +287,7 @@ const N: usize = 600;
 async fn paced_campaign(prefix: &str) -> (SmtpSink, TestEnv, String) {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let rate =
-        "[rate]\nemail_per_sec = 100\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
+    let rate = &email_rate(100);
     let env = TestEnv::with_broker(&config(&smtp, &push, Db::Sqlite, rate, ""));
     let campaign = unique(prefix);
     env.write("audience.csv", &audience_csv(N, |_| "example.com".into()));
@@ -381,7 +381,8 @@ async fn with_the_ledger_unreachable_nothing_is_sent_and_the_batch_goes_out_once
         &smtp,
         &push,
         &format!(
-            "{FAST}[ledger]\nurl = \"postgres://postgres@127.0.0.1:{}/test\"\n[worker]\nretry_delays_ms = [200, 500]\n",
+            "{}[ledger]\nurl = \"postgres://postgres@127.0.0.1:{}/test\"\n[worker]\nretry_delays_ms = [200, 500]\n",
+            email_rate(0),
             proxy.port()
         ),
     ));
@@ -412,7 +413,7 @@ async fn status_json_equals_what_the_sinks_received_per_channel_and_locale() {
         &smtp,
         &push,
         Db::Sqlite,
-        FAST,
+        &email_rate(0),
         "max_attempts = 1\n",
     ));
     let campaign = unique("numbers");
@@ -484,7 +485,7 @@ async fn status_json_equals_what_the_sinks_received_per_channel_and_locale() {
 async fn a_replayed_dead_letter_whose_recipient_was_in_fact_delivered_is_skipped() {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let env = TestEnv::with_broker(&config(&smtp, &push, Db::Sqlite, FAST, ""));
+    let env = TestEnv::with_broker(&config(&smtp, &push, Db::Sqlite, &email_rate(0), ""));
     let campaign = unique("replay");
     env.write("audience.csv", &audience_csv(20, |_| "example.com".into()));
     enqueue(&env, &campaign, &["--batch-size", "20"]).await;

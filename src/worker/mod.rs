@@ -213,21 +213,19 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             error,
         };
         if let Some(ledger) = &self.ledger {
-            let state = ledger.state(delivery.campaign_id).await;
-            let release = match &state {
-                Ok(CampaignState::Running) => None,
-                Ok(CampaignState::Paused) => {
-                    Some(entry(Mark::Failed, Some("campaign paused".into())))
-                }
-                Ok(CampaignState::Cancelled) => Some(entry(Mark::Cancelled, None)),
-                // Our claim expires with us, or is released by the retry when the ledger is back.
-                Err(_) => None,
-            };
-            self.note(release.into_iter().collect()).await;
-            match state {
+            match ledger.state(delivery.campaign_id).await {
                 Ok(CampaignState::Running) => {}
-                Ok(CampaignState::Paused) => return Sent::Held("campaign paused".into()),
-                Ok(CampaignState::Cancelled) => return Sent::Cancelled,
+                Ok(CampaignState::Paused) => {
+                    let reason = "campaign paused";
+                    self.note(vec![entry(Mark::Failed, Some(reason.into()))])
+                        .await;
+                    return Sent::Held(reason.into());
+                }
+                Ok(CampaignState::Cancelled) => {
+                    self.note(vec![entry(Mark::Cancelled, None)]).await;
+                    return Sent::Cancelled;
+                }
+                // The claim stays ours; the next claim takes it back once this batch is done.
                 Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
             }
         }
