@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and the exit code each failure maps to.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -160,8 +161,8 @@ pub struct WorkerArgs {
 /// `sunset preview`.
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
-    /// Template folder name under `templates.dir` (all templates with --check if omitted).
-    #[arg(long, required_unless_present = "check")]
+    /// Template folder name under `templates.dir` (all templates with --check or --serve if omitted).
+    #[arg(long, required_unless_present_any = ["check", "serve"])]
     pub template: Option<String>,
     /// Requested locale tag, negotiated as for a recipient [default: templates.default_locale].
     #[arg(long, conflicts_with = "all_locales")]
@@ -181,6 +182,15 @@ pub struct PreviewArgs {
     /// Lint templates and locales; exit 2 with one line per problem.
     #[arg(long, conflicts_with_all = ["locale", "all_locales", "channel", "vars", "out"])]
     pub check: bool,
+    /// Serve every locale side by side in the browser, re-rendered live as templates change.
+    #[arg(
+        long,
+        conflicts_with_all = ["locale", "all_locales", "channel", "vars", "out", "check"]
+    )]
+    pub serve: bool,
+    /// Address for --serve; anything but loopback lets others on the network see the templates.
+    #[arg(long, requires = "serve", default_value = "127.0.0.1:8686")]
+    pub listen: SocketAddr,
 }
 
 /// Bad input from the command line or a file it names (exit 2).

@@ -11,12 +11,13 @@ use crate::batch::CampaignId;
 use crate::broker::{Broker, QueueNames, redact};
 use crate::channel::email::EmailSender;
 use crate::channel::push::PushSender;
-use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, StatusArgs, WorkerArgs};
+use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
 use crate::daemon::{self, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
+use crate::preview;
 use crate::worker::{Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
@@ -235,8 +236,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-    info!("shutdown requested: finishing in-flight batches");
+    info!("shutdown requested: finishing in-flight work");
     shutdown.cancel();
+}
+
+/// `sunset preview --serve`, until SIGTERM or SIGINT.
+pub async fn preview_serve(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    preview::serve::run(config, args, shutdown).await
 }
 
 /// `sunset worker`.

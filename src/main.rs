@@ -29,7 +29,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    if let Command::Preview(args) = &cli.command {
+    if let Command::Preview(args) = &cli.command
+        && !args.serve
+    {
         return preview::run(&config, args);
     }
     sunset::logging::init();
@@ -45,7 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     .context("Failed to start the async runtime")?;
     runtime.block_on(async {
         match &cli.command {
-            Command::Preview(_) => Ok(()),
+            Command::Preview(args) => commands::preview_serve(&config, args).await,
             Command::Topology => commands::topology(&config).await,
             Command::Enqueue(args) => commands::enqueue(&config, args).await,
             Command::Worker(args) => commands::worker(&config, args).await,

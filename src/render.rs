@@ -521,21 +521,46 @@ impl Renderer {
         if tags.is_empty() {
             return Err(TemplateError::NoLocales(root));
         }
+        Renderer::compile_locales(&root, name, tags, default_locale)
+    }
+
+    /// Loads one locale of template `name` on its own, so that showing locales side by side
+    /// can render every locale whose own files are fine when another one's are broken.
+    pub fn load_locale(
+        dir: &Path,
+        name: &TemplateName,
+        tag: &str,
+    ) -> Result<Renderer, TemplateError> {
+        let root = template_dir(dir, name)?;
+        Renderer::compile_locales(&root, name, [tag], tag)
+    }
+
+    /// Compiles the partials and the given locale folders of the template folder `root`.
+    fn compile_locales<I, S>(
+        root: &Path,
+        name: &TemplateName,
+        tags: I,
+        default_locale: &str,
+    ) -> Result<Renderer, TemplateError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let locales =
             Locales::new(tags, default_locale).map_err(|source| TemplateError::Locale {
-                path: root.clone(),
+                path: root.to_owned(),
                 source,
             })?;
         let facts: FactsByLocale = Arc::new(
             locales
                 .iter()
-                .map(|locale| locale_facts(&root, locale))
+                .map(|locale| locale_facts(root, locale))
                 .collect::<Result<_, TemplateError>>()?,
         );
         let mut html = registry(&facts);
         let mut text = registry(&facts);
         text.register_escape_fn(no_escape);
-        for (partial, path) in partial_files(&root)? {
+        for (partial, path) in partial_files(root)? {
             let template = compile(&path, &read_source(&path)?)?;
             html.register_template(&partial, template.clone());
             text.register_template(&partial, template);

@@ -1,4 +1,9 @@
-//! `sunset preview`: show a notice as a recipient would get it, write it out, or lint templates.
+//! `sunset preview`: show a notice as a recipient would get it, write it out, lint templates,
+//! or serve every locale side by side in the browser (`serve`).
+
+mod grid;
+mod page;
+pub mod serve;
 
 use std::fs;
 use std::io::Write;

@@ -1,0 +1,516 @@
+//! `sunset preview --serve` as a comms team uses it: the built binary on a free loopback port,
+//! read over raw HTTP and in a real headless Chromium driven through chromedriver.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+/// Each locale's subject with the shipped sample.
+const SUBJECTS: [(&str, &str); 4] = [
+    (
+        "ar",
+        "تتوقف خدمة شيامي ميوزك في 5 فبراير 2021: احفظ بياناتك الآن",
+    ),
+    ("zh", "虾米音乐将于2021年2月5日停止服务，请尽快导出您的数据"),
+    (
+        "zh-Hant",
+        "蝦米音樂將於2021年2月5日停止服務，請盡快匯出您的資料",
+    ),
+    (
+        "en",
+        "Xiami Music closes on February 5, 2021: save your data now",
+    ),
+];
+
+/// A running `sunset preview --serve` on a port the OS chose; killed when dropped.
+struct PreviewServer {
+    child: Child,
+    address: SocketAddr,
+    /// The page it says to open.
+    start: String,
+}
+
+impl PreviewServer {
+    fn start(env: &TestEnv, extra: &[&str]) -> PreviewServer {
+        let mut args = vec!["preview", "--serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = env
+            .command(&args, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sunset preview --serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout is piped"))
+            .read_line(&mut line)
+            .expect("read the address line");
+        let url = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let (address, path) = url.split_at(url.find('/').expect("a path after the address"));
+        PreviewServer {
+            address: address.parse().expect("a socket address"),
+            start: path.to_string(),
+            child,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.request(&format!("GET {path} HTTP/1.1\r\n"), "")
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        self.request(
+            &format!(
+                "POST {path} HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            ),
+            body,
+        )
+    }
+
+    /// One request as written (so `..` reaches the server unnormalised); status and body.
+    fn request(&self, head: &str, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.address).expect("connect to the preview");
+        write!(
+            stream,
+            "{head}host: {}\r\nconnection: close\r\n\r\n{body}",
+            self.address
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the response");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for PreviewServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `<section>` of one locale's column in a grid page.
+fn column<'a>(page: &'a str, tag: &str) -> &'a str {
+    let start = page
+        .find(&format!("<section class=\"column\" data-locale=\"{tag}\""))
+        .unwrap_or_else(|| panic!("no {tag} column in:\n{page}"));
+    let end = page[start..]
+        .find("</section>")
+        .map_or(page.len(), |end| start + end);
+    &page[start..end]
+}
+
+#[test]
+fn index_lists_the_template_with_its_four_locales_and_its_check_result() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &[]);
+    assert_eq!(server.start, "/");
+
+    let (status, page) = server.get("/");
+
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<a href=\"/t/xiami-shutdown\">"), "{page}");
+    for tag in ["ar", "en", "zh", "zh-Hant"] {
+        assert!(
+            page.contains(&format!("<span class=\"locale\">{tag}</span>")),
+            "{tag}:\n{page}"
+        );
+    }
+    assert!(page.contains("check: ok"), "{page}");
+}
+
+#[test]
+fn grid_shows_each_locale_subject_in_its_own_language_and_direction() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &["--template", "xiami-shutdown"]);
+    assert_eq!(server.start, "/t/xiami-shutdown");
+
+    let (status, page) = server.get("/t/xiami-shutdown");
+
+    assert_eq!(status, 200, "{page}");
+    let mut positions = Vec::new();
+    for (tag, subject) in SUBJECTS {
+        let column = column(&page, tag);
+        let dir = if tag == "ar" { "rtl" } else { "ltr" };
+        assert!(
+            column.contains(&format!("lang=\"{tag}\" dir=\"{dir}\"")),
+            "{column}"
+        );
+        assert!(column.contains(subject), "{tag}:\n{column}");
+        assert!(
+            column.contains("<iframe class=\"email\" sandbox=\"\""),
+            "{column}"
+        );
+        assert!(column.contains("class=\"push-title\""), "{column}");
+        positions.push(page.find(column).expect("the column is in the page"));
+    }
+    assert!(
+        positions.is_sorted(),
+        "columns ar, zh, zh-Hant, en in order"
+    );
+}
+
+#[test]
+fn a_broken_locale_shows_its_error_inline_and_the_other_locales_still_render() {
+    let env = TestEnv::new();
+    env.write(
+        "templates/xiami-shutdown/ar/subject.hbs",
+        "{{#if shutdown_date}}unclosed",
+    );
+    env.write("templates/xiami-shutdown/zh/push_title.hbs", "{{app_nmae}}");
+    fs::remove_file(env.template_file("zh-Hant/email.txt.hbs")).expect("remove a file");
+    let server = PreviewServer::start(&env, &[]);
+
+    let (status, page) = server.get("/t/xiami-shutdown");
+
+    assert_eq!(status, 200, "{page}");
+    let cases = [
+        ("ar", "ar/subject.hbs: line 1"),
+        (
+            "zh",
+            "xiami-shutdown/zh/push_title.hbs: variable `app_nmae` is not defined",
+        ),
+        ("zh-Hant", "zh-Hant/email.txt.hbs"),
+    ];
+    for (tag, error) in cases {
+        let column = column(&page, tag);
+        assert!(column.contains("Not rendered"), "{tag}:\n{column}");
+        assert!(column.contains(error), "{tag}:\n{column}");
+        // Nothing of the notice is shown as if it were fine.
+        assert!(!column.contains("class=\"subject\""), "{tag}:\n{column}");
+        assert!(!column.contains("<iframe"), "{tag}:\n{column}");
+    }
+    let english = column(&page, "en");
+    assert!(english.contains(SUBJECTS[3].1), "{english}");
+    assert!(!english.contains("Not rendered"), "{english}");
+    let (_, index) = server.get("/");
+    assert!(index.contains("problem(s)"), "{index}");
+    assert!(!index.contains("check: ok"), "{index}");
+}
+
+#[test]
+fn paths_outside_the_templates_folder_are_refused() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &[]);
+
+    for (path, expected) in [
+        ("/t/../../etc", 404),
+        ("/t/..%2F..%2Fetc", 400),
+        ("/t/%2Fetc%2Fpasswd", 400),
+        ("/t/..", 400),
+        ("/t/.hidden", 400),
+        ("/t/nowhere", 404),
+        ("/t/..%2F..%2Fetc/grid", 405),
+    ] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+    let (status, body) = server.post("/t/..%2F..%2Fetc/grid", "{}");
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn a_posted_sample_re_renders_with_recipient_values_escaped_and_bad_json_is_refused() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &[]);
+    let sample = json!({
+        "vars": {
+            "shutdown_date": "2021-03-01",
+            "export_url": "https://www.xiami.example/export",
+            "successor_url": "https://music.conch.example/"
+        },
+        "recipient": { "user_id": "u-1", "email": "a@example.com", "locale": "en",
+                       "name": "<script>alert(1)</script>", "vars": {} }
+    });
+
+    let (status, grid) = server.post("/t/xiami-shutdown/grid", &sample.to_string());
+
+    assert_eq!(status, 200, "{grid}");
+    assert!(
+        column(&grid, "en").contains("Xiami Music closes on March 1, 2021"),
+        "{grid}"
+    );
+    assert!(!grid.contains("<script>"), "{grid}");
+    // Escaped once by the HTML registry, once more into the iframe's srcdoc attribute.
+    assert!(grid.contains("&amp;lt;script&amp;gt;alert(1)"), "{grid}");
+
+    let (status, body) = server.post("/t/xiami-shutdown/grid", "{\"vars\": ");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("line 1 column"), "{body}");
+    let (status, body) = server.post("/t/xiami-shutdown/grid", "{\"vars\": {}, \"extra\": 1}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field `extra`"), "{body}");
+}
+
+#[test]
+fn an_unknown_template_exits_2_and_a_taken_port_exits_1_naming_the_address() {
+    let env = TestEnv::new();
+    let run = env
+        .sunset(&["preview", "--serve", "--template", "nope"])
+        .expect_code(2);
+    assert!(
+        run.stderr().contains("unknown template `nope`"),
+        "{}",
+        run.stderr()
+    );
+
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = taken.local_addr().expect("its address").to_string();
+    let run = env
+        .sunset(&["preview", "--serve", "--listen", &address])
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains(&format!("Failed to listen on {address}")),
+        "{}",
+        run.stderr()
+    );
+
+    let run = env
+        .sunset(&[
+            "preview",
+            "--template",
+            "xiami-shutdown",
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .expect_code(2);
+    assert!(run.stderr().contains("--serve"), "{}", run.stderr());
+    let run = env
+        .sunset(&["preview", "--serve", "--listen", "localhost"])
+        .expect_code(2);
+    assert!(run.stderr().contains("--listen"), "{}", run.stderr());
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver is needed: install Debian's chromium and chromium-driver (.ci/run does)",
+            );
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChromeDriver { child, port }
+    }
+
+    async fn browser(&self) -> Client {
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium(),
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                         "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                         "--window-size=1600,1100"]
+            }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object")
+        };
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromium() -> &'static str {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .expect("Chromium is needed: install Debian's chromium (.ci/run does)")
+}
+
+/// Evaluates `script` (a function body that returns a value) in the current frame.
+async fn js(browser: &Client, script: &str) -> serde_json::Value {
+    browser
+        .execute(script, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// Polls `script` until it returns true; the time it took.
+async fn until(browser: &Client, script: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if js(browser, script).await == json!(true) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not true within {limit:?}: {script}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where the screenshot of the grid is kept (`target/tmp/preview-grid.png`).
+fn screenshot_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("preview-grid.png")
+}
+
+#[tokio::test]
+async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_show_live() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &["--template", "xiami-shutdown"]);
+    let driver = ChromeDriver::start();
+    let browser = driver.browser().await;
+
+    browser
+        .goto(&server.url(&server.start))
+        .await
+        .expect("open the grid");
+    browser
+        .wait()
+        .for_element(Locator::Css(".column[data-locale=\"en\"] .subject"))
+        .await
+        .expect("the grid rendered");
+
+    // Arrange finished; each column reads in its own direction.
+    for (tag, _) in SUBJECTS {
+        let direction = js(
+            &browser,
+            &format!(
+                "return getComputedStyle(document.querySelector('.column[data-locale=\"{tag}\"] .subject')).direction"
+            ),
+        )
+        .await;
+        let expected = if tag == "ar" { "rtl" } else { "ltr" };
+        assert_eq!(direction, json!(expected), "{tag}");
+    }
+
+    // Every email iframe rendered its document, in its locale.
+    let frames = browser
+        .find_all(Locator::Css("iframe.email"))
+        .await
+        .expect("find the iframes");
+    assert_eq!(frames.len(), SUBJECTS.len());
+    for (index, (tag, _)) in SUBJECTS.iter().enumerate() {
+        browser
+            .enter_frame(u16::try_from(index).expect("few frames"))
+            .await
+            .expect("enter the iframe");
+        let (lang, dir, text) = (
+            js(&browser, "return document.documentElement.lang").await,
+            js(&browser, "return document.documentElement.dir").await,
+            js(&browser, "return document.body.innerText").await,
+        );
+        assert_eq!(lang, json!(tag));
+        assert_eq!(dir, json!(if *tag == "ar" { "rtl" } else { "ltr" }));
+        let text = text.as_str().unwrap_or_default();
+        assert!(text.chars().count() > 100, "{tag} iframe shows: {text:?}");
+        browser
+            .enter_parent_frame()
+            .await
+            .expect("leave the iframe");
+    }
+
+    let png = browser.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    fs::write(screenshot_path(), &png).expect("keep the screenshot");
+    eprintln!("screenshot: {}", screenshot_path().display());
+
+    // A subject file changed on disk shows within 2 s, without reloading the page.
+    js(&browser, "window.notReloaded = true; return true").await;
+    env.write(
+        "templates/xiami-shutdown/en/subject.hbs",
+        "Xiami Music closes on {{date shutdown_date}}: edited live",
+    );
+    until(
+        &browser,
+        "return document.querySelector('.column[data-locale=\"en\"] .subject').textContent.endsWith('edited live')",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        js(&browser, "return window.notReloaded === true").await,
+        json!(true)
+    );
+
+    // The sample box: invalid JSON is shown as an error, a valid edit re-renders.
+    let edit = |text: &str| {
+        format!(
+            "const box = document.getElementById('sample'); box.value = {}; \
+             box.dispatchEvent(new Event('input')); return true",
+            json!(text)
+        )
+    };
+    js(&browser, &edit("{\"vars\": ")).await;
+    until(
+        &browser,
+        "const e = document.getElementById('sample-error'); return !e.hidden && e.textContent.includes('not valid JSON')",
+        Duration::from_secs(5),
+    )
+    .await;
+    let sample = fs::read_to_string(env.template_file("sample.json"))
+        .expect("read sample.json")
+        .replace("2021-02-05", "2021-03-01");
+    js(&browser, &edit(&sample)).await;
+    until(
+        &browser,
+        "return document.getElementById('sample-error').hidden && document.querySelector('.column[data-locale=\"en\"] .subject').textContent.includes('March 1, 2021')",
+        Duration::from_secs(5),
+    )
+    .await;
+    let saved = fs::read_to_string(env.template_file("sample.json")).expect("read sample.json");
+    assert!(saved.contains("2021-02-05"), "the edit was saved: {saved}");
+
+    browser.close().await.expect("close the session");
+}
