@@ -473,16 +473,32 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
         "templates/xiami-shutdown/en/subject.hbs",
         "Xiami Music closes on {{date shutdown_date}}: edited live",
     );
-    until(
+    let latency = until(
         &browser,
         "return document.querySelector('.column[data-locale=\"en\"] .subject').textContent.endsWith('edited live')",
         Duration::from_secs(2),
     )
     .await;
+    eprintln!("live reload: the edited subject showed after {latency:?}");
     assert_eq!(
         js(&browser, "return window.notReloaded === true").await,
         json!(true)
     );
+
+    // Until the sample box is edited, it follows sample.json on disk.
+    let on_disk = fs::read_to_string(env.template_file("sample.json")).expect("read sample.json");
+    fs::write(
+        env.template_file("sample.json"),
+        on_disk.replace("2021-02-05", "2021-04-01"),
+    )
+    .expect("edit sample.json");
+    until(
+        &browser,
+        "return document.querySelector('.column[data-locale=\"en\"] .subject').textContent.includes('April 1, 2021') \
+         && document.getElementById('sample').value.includes('2021-04-01')",
+        Duration::from_secs(2),
+    )
+    .await;
 
     // The sample box: invalid JSON is shown as an error, a valid edit re-renders.
     let edit = |text: &str| {
@@ -499,10 +515,11 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
         Duration::from_secs(5),
     )
     .await;
-    let sample = fs::read_to_string(env.template_file("sample.json"))
-        .expect("read sample.json")
-        .replace("2021-02-05", "2021-03-01");
-    js(&browser, &edit(&sample)).await;
+    js(
+        &browser,
+        &edit(&on_disk.replace("2021-02-05", "2021-03-01")),
+    )
+    .await;
     until(
         &browser,
         "return document.getElementById('sample-error').hidden && document.querySelector('.column[data-locale=\"en\"] .subject').textContent.includes('March 1, 2021')",
@@ -510,7 +527,10 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
     )
     .await;
     let saved = fs::read_to_string(env.template_file("sample.json")).expect("read sample.json");
-    assert!(saved.contains("2021-02-05"), "the edit was saved: {saved}");
+    assert!(
+        saved.contains("2021-04-01"),
+        "the box's edit was saved: {saved}"
+    );
 
     browser.close().await.expect("close the session");
 }

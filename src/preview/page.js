@@ -42,9 +42,23 @@ async function rerender() {
   grid.dataset.renders = String(Number(grid.dataset.renders || "0") + 1);
 }
 
+// Until the sample box is edited, it follows sample.json on disk.
+let edited = false;
+
+async function reloadSample() {
+  if (!edited) {
+    const response = await fetch(grid.dataset.sample).catch(() => null);
+    if (response && response.ok) {
+      sample.value = await response.text();
+    }
+  }
+  rerender();
+}
+
 if (grid) {
   let timer;
   sample.addEventListener("input", () => {
+    edited = true;
     clearTimeout(timer);
     timer = setTimeout(rerender, 250);
   });
@@ -52,7 +66,7 @@ if (grid) {
 
 new EventSource("/events").addEventListener("change", () => {
   if (grid) {
-    rerender();
+    reloadSample();
   } else {
     location.reload();
   }

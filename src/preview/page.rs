@@ -87,7 +87,7 @@ pub fn grid_page(name: &TemplateName, sample_json: &str, grid: &str) -> String {
          <textarea id=\"sample\" spellcheck=\"false\" rows=\"14\">{}</textarea>\n\
          </details>\n\
          <p id=\"sample-error\" class=\"error\" role=\"alert\" hidden></p>\n\
-         <main id=\"grid\" data-render=\"/t/{name}/grid\">{grid}</main>\n",
+         <main id=\"grid\" data-render=\"/t/{name}/grid\" data-sample=\"/t/{name}/sample\">{grid}</main>\n",
         escape(sample_json)
     );
     document(&title, &body)

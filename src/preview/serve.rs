@@ -91,6 +91,7 @@ fn router(site: Arc<Site>) -> Router {
         .route("/", get(index))
         .route("/t/{template}", get(grid_page))
         .route("/t/{template}/grid", axum::routing::post(grid_fragment))
+        .route("/t/{template}/sample", get(sample_file))
         .route("/events", get(events))
         .route("/assets/page.js", get(script))
         .route("/assets/page.css", get(style))
@@ -179,6 +180,27 @@ async fn grid_page(State(site): State<Arc<Site>>, UrlPath(template): UrlPath<Str
             ),
         };
         Ok(Html(page::grid_page(&name, &sample_json, &grid)).into_response())
+    })
+    .await
+}
+
+/// The template's `sample.json` as it is on disk now, for a page whose sample box was not edited.
+async fn sample_file(
+    State(site): State<Arc<Site>>,
+    UrlPath(template): UrlPath<String>,
+) -> Response {
+    blocking(move || {
+        let name = TemplateName::parse(&template).map_err(refused)?;
+        let path = render::template_dir(&site.dir, &name)
+            .map_err(refused)?
+            .join(render::SAMPLE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
     })
     .await
 }
