@@ -46,16 +46,8 @@ struct Usage {
 
 /// Every template folder under `dir`, checked; an unreadable `dir` is itself a problem.
 pub fn check_all(dir: &Path, default_locale: &str) -> Vec<Problem> {
-    let names = match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut names: Vec<String> = entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        }
+    let names = match render::template_folders(dir) {
+        Ok(names) => names,
         Err(e) => {
             return vec![Problem {
                 at: dir.display().to_string(),

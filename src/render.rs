@@ -435,22 +435,25 @@ pub fn locale_folders(template_dir: &Path) -> Result<Vec<String>, TemplateError>
     Ok(tags)
 }
 
+/// The folder names under the templates folder `dir` (each one a template), sorted.
+pub fn template_folders(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The folder of template `name` under `dir`, or an error listing the templates there.
 pub fn template_dir(dir: &Path, name: &TemplateName) -> Result<PathBuf, TemplateError> {
     let path = dir.join(name.as_str());
     if path.is_dir() {
         return Ok(path);
     }
-    let available = fs::read_dir(dir)
-        .map(|entries| {
-            let mut names: Vec<String> = entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names.join(", ")
-        })
+    let available = template_folders(dir)
+        .map(|names| names.join(", "))
         .unwrap_or_default();
     Err(TemplateError::Unknown {
         name: name.to_string(),

@@ -148,6 +148,21 @@ fn index_lists_the_template_with_its_four_locales_and_its_check_result() {
 }
 
 #[test]
+fn index_says_why_when_the_templates_folder_cannot_be_read() {
+    let env = TestEnv::new();
+    env.write_config("[templates]\ndir = \"nowhere\"\n");
+    let server = PreviewServer::start(&env, &[]);
+
+    let (status, page) = server.get("/");
+
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("cannot read the templates folder: No such file or directory"),
+        "{page}"
+    );
+}
+
+#[test]
 fn grid_shows_each_locale_subject_in_its_own_language_and_direction() {
     let env = TestEnv::new();
     let server = PreviewServer::start(&env, &["--template", "xiami-shutdown"]);

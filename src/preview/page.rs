@@ -40,17 +40,25 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// `/`: every template with its locales and its check result.
-pub fn index(templates_dir: &str, listings: &[Listing]) -> String {
+/// `/`: every template with its locales and its check result, or why there are none.
+pub fn index(templates_dir: &str, listings: Result<Vec<Listing>, String>) -> String {
     let mut body = format!(
         "<h1>Templates in <code>{}</code></h1>\n",
         escape(templates_dir)
     );
+    let listings = listings.unwrap_or_else(|reason| {
+        let _ = writeln!(
+            body,
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            escape(&reason)
+        );
+        Vec::new()
+    });
     if listings.is_empty() {
         body.push_str("<p class=\"error\" role=\"alert\">No templates found.</p>\n");
     }
     body.push_str("<ul class=\"templates\">\n");
-    for listing in listings {
+    for listing in &listings {
         let name = escape(&listing.name);
         let _ = write!(
             body,

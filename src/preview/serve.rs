@@ -130,24 +130,16 @@ fn watch(dir: &Path, changes: broadcast::Sender<()>) -> Option<notify::Recommend
 async fn index(State(site): State<Arc<Site>>) -> Response {
     let shown = site.dir.display().to_string();
     blocking(move || {
-        let listings = listings(&site.dir, &site.default_locale);
-        Ok(Html(page::index(&shown, &listings)).into_response())
+        let listings = listings(&site.dir, &site.default_locale)
+            .map_err(|e| format!("cannot read the templates folder: {e}"));
+        Ok(Html(page::index(&shown, listings)).into_response())
     })
     .await
 }
 
-fn listings(dir: &Path, default_locale: &str) -> Vec<Listing> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+/// Every template folder with its check.
+fn listings(dir: &Path, default_locale: &str) -> std::io::Result<Vec<Listing>> {
+    Ok(render::template_folders(dir)?
         .into_iter()
         .map(|name| {
             let problems = match TemplateName::parse(&name) {
@@ -163,7 +155,7 @@ fn listings(dir: &Path, default_locale: &str) -> Vec<Listing> {
                 problems,
             }
         })
-        .collect()
+        .collect())
 }
 
 async fn grid_page(State(site): State<Arc<Site>>, UrlPath(template): UrlPath<String>) -> Response {
