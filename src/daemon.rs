@@ -28,7 +28,8 @@ pub enum Until {
     Shutdown,
     /// Once nothing is in flight and the work and retry queues stay empty.
     Idle,
-    /// Once `batches` batches of `campaign` have been acked (`sunset send`).
+    /// Once `batches` batches of `campaign` have been acked here, or the ledger has every send
+    /// of it settled (`sunset send`, perhaps beside running workers).
     CampaignDone {
         /// The campaign.
         campaign: CampaignId,
@@ -220,7 +221,11 @@ where
                 });
                 progress.record(until, done);
             }
-            _ = poll.tick(), if tasks.is_empty() && may_stop(until, &progress.campaign_batches) => {
+            _ = poll.tick(), if tasks.is_empty() && *until != Until::Shutdown => {
+                if !may_stop(until, &progress.campaign_batches) && !campaign_settled(until, deps).await {
+                    idle_rounds = 0;
+                    continue;
+                }
                 match queues_empty(broker).await {
                     Ok(true) => {
                         idle_rounds += 1;
@@ -288,13 +293,27 @@ fn recovering(broker: &Broker, down_since: &mut Option<Instant>) -> bool {
 }
 
 /// Whether the loop may end once idle: always with `Until::Idle`; with `Until::CampaignDone`
-/// once every batch of the campaign was acked (its retries then drain like any other work).
+/// once every batch of the campaign was acked here (its retries then drain like any other
+/// work) — or, see [`campaign_settled`], once the ledger has every send settled.
 fn may_stop(until: &Until, campaign_batches: &HashSet<String>) -> bool {
     match until {
         Until::Shutdown => false,
         Until::Idle => true,
         Until::CampaignDone { batches, .. } => campaign_batches.len() as u64 >= *batches,
     }
+}
+
+/// With `Until::CampaignDone` and a ledger: whether every send of the campaign is delivered,
+/// dead or cancelled, whichever worker did it — other workers on the same queue may have taken
+/// most of the batches, and their acks never reach this process.
+async fn campaign_settled<E: Sender, P: Sender>(until: &Until, deps: &Deps<E, P>) -> bool {
+    let (Until::CampaignDone { campaign, .. }, Some(ledger)) = (until, deps.ledger()) else {
+        return false;
+    };
+    ledger
+        .status(campaign)
+        .await
+        .is_ok_and(|status| status.total().settled())
 }
 
 async fn queues_empty(broker: &Broker) -> Result<bool, BrokerError> {

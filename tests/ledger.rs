@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
@@ -637,4 +638,55 @@ async fn enqueue_with_the_ledger_unreachable_fails_and_publishes_nothing() {
         0
     );
     broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_finishes_when_a_running_worker_takes_most_of_the_batches() {
+    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
+    let env = TestEnv::with_broker(&config(&smtp, &push, Db::Postgres, &email_rate(100), ""));
+    let campaign = unique("beside");
+    env.write("audience.csv", &audience_csv(200, |_| "example.com".into()));
+    let mut worker = env
+        .command(&["worker"], &[])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut send = env
+        .command(
+            &[
+                "send",
+                "--campaign-id",
+                &campaign,
+                "--template",
+                "xiami-shutdown",
+                "--audience",
+                "audience.csv",
+                "--batch-size",
+                "20",
+            ],
+            &[],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start send");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = send.try_wait().expect("poll send") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = send.kill();
+            let _ = worker.kill();
+            panic!("send did not finish beside a running worker");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    assert!(status.success(), "{status}");
+    assert_everyone_told_once(&smtp, &push, 200);
 }

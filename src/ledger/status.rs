@@ -35,6 +35,11 @@ impl Counts {
             .saturating_sub(self.delivered + self.failed + self.dead + self.cancelled)
     }
 
+    /// Every send delivered, dead or cancelled: nothing left to try.
+    pub fn settled(&self) -> bool {
+        self.delivered + self.dead + self.cancelled >= self.total
+    }
+
     fn add(&mut self, other: &Counts) {
         self.total += other.total;
         self.delivered += other.delivered;
