@@ -8,13 +8,19 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    DefaultConnectionBuilder,
+};
 
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ConfigError};
 
 /// Header counting deliveries of a recipient set, 1-based; absent means 1.
 pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
@@ -44,6 +50,9 @@ pub enum BrokerError {
     /// The broker ended the consumer (queue deleted, or the channel closed).
     #[error("RabbitMQ ended the consumer")]
     ConsumerEnded,
+    /// `broker.ca_file` cannot be read or holds no certificate.
+    #[error("invalid broker configuration")]
+    Config(#[source] ConfigError),
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
@@ -97,6 +106,31 @@ impl Subscription {
     }
 }
 
+/// The TLS settings for `amqps://`: the system's roots, plus the CA certificates of
+/// `broker.ca_file` when set (lapin keeps them for its reconnections too).
+fn tls_config(config: &BrokerConfig) -> Result<OwnedTLSConfig, ConfigError> {
+    if config.ca_file.as_os_str().is_empty() {
+        return Ok(OwnedTLSConfig::default());
+    }
+    let path = config.ca_file.display();
+    let invalid =
+        |problem: String| ConfigError::Invalid(format!("  key `broker.ca_file`: {problem}"));
+    let pem = std::fs::read_to_string(&config.ca_file)
+        .map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("{path} is not PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(format!(
+            "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
+}
+
 /// The URL with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -116,15 +150,16 @@ impl Broker {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(&config.url, properties),
-        )
-        .await
-        .map_err(|_| BrokerError::ConnectTimeout {
-            url: redact(&config.url),
-            seconds: CONNECT_TIMEOUT.as_secs(),
-        })??;
+        let connector = DefaultConnectionBuilder::new()?
+            .with_uri_str(config.url.clone())
+            .with_properties(properties)
+            .with_tls_config(tls_config(config).map_err(BrokerError::Config)?);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
+            .await
+            .map_err(|_| BrokerError::ConnectTimeout {
+                url: redact(&config.url),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            })??;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
