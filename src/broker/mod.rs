@@ -1,5 +1,6 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
 
+mod tls;
 pub mod topology;
 
 use std::time::Duration;
@@ -8,15 +9,12 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     DefaultConnectionBuilder,
 };
 
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
@@ -53,6 +51,17 @@ pub enum BrokerError {
     /// `broker.ca_file` cannot be read or holds no certificate.
     #[error("invalid broker configuration")]
     Config(#[source] ConfigError),
+    /// RabbitMQ's TLS certificate is not one this host trusts (nor `broker.ca_file`).
+    #[error(
+        "RabbitMQ at {url} presented a TLS certificate this host does not trust ({reason}); \
+         if a private CA signed it, set broker.ca_file to that CA's PEM file"
+    )]
+    Untrusted {
+        /// The URL without credentials.
+        url: String,
+        /// rustls' verdict, e.g. `invalid peer certificate: UnknownIssuer`.
+        reason: String,
+    },
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
@@ -106,31 +115,6 @@ impl Subscription {
     }
 }
 
-/// The TLS settings for `amqps://`: the system's roots, plus the CA certificates of
-/// `broker.ca_file` when set (lapin keeps them for its reconnections too).
-fn tls_config(config: &BrokerConfig) -> Result<OwnedTLSConfig, ConfigError> {
-    if config.ca_file.as_os_str().is_empty() {
-        return Ok(OwnedTLSConfig::default());
-    }
-    let path = config.ca_file.display();
-    let invalid =
-        |problem: String| ConfigError::Invalid(format!("  key `broker.ca_file`: {problem}"));
-    let pem = std::fs::read_to_string(&config.ca_file)
-        .map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
-    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("{path} is not PEM: {e}")))?;
-    if certificates.is_empty() {
-        return Err(invalid(format!(
-            "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        )));
-    }
-    Ok(OwnedTLSConfig {
-        identity: None,
-        cert_chain: Some(pem),
-    })
-}
-
 /// The URL with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -144,16 +128,21 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Broker {
-    /// Connects (giving up after a timeout), enables lapin's auto-recovery, opens a confirm-mode
-    /// channel and declares the topology.
+    /// Connects (giving up after a timeout; at once if an `amqps://` broker's certificate is
+    /// not trusted), enables lapin's auto-recovery, opens a confirm-mode channel and declares
+    /// the topology.
     pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
+        let tls = tls::config(config).map_err(BrokerError::Config)?;
+        // lapin retries a failed connect, a certificate it rejects included, for a long while:
+        // find out first, in one handshake of our own, whether retrying could ever help.
+        tls::check_certificate(&config.url, &tls).await?;
         let connector = DefaultConnectionBuilder::new()?
             .with_uri_str(config.url.clone())
             .with_properties(properties)
-            .with_tls_config(tls_config(config).map_err(BrokerError::Config)?);
+            .with_tls_config(tls);
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
             .await
             .map_err(|_| BrokerError::ConnectTimeout {
