@@ -322,11 +322,21 @@ pub fn bounded(message: &str) -> String {
     }
 }
 
+/// serde_json's message, its quote of the offending value cut by [`bounded`], and the position.
+pub fn json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match message.strip_suffix(&position) {
+        Some(what) => format!("{}{position}", bounded(what)),
+        None => bounded(&message),
+    }
+}
+
 /// A message body is not a batch this build can process.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Not JSON, or a field is missing or malformed.
-    #[error("invalid batch: {}", bounded(&.0.to_string()))]
+    #[error("invalid batch: {}", json_error(.0))]
     Invalid(#[from] serde_json::Error),
     /// A version this build does not know.
     #[error("unknown batch version {0} (this build reads {VERSION})")]

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::batch::{
     Batch, CampaignId, EmailAddress, MAX_RECIPIENTS, Recipient, UserId, VERSION, bounded,
+    json_error,
 };
 use crate::broker::Broker;
 use crate::channel::Channel;
@@ -175,7 +176,7 @@ pub fn rows(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Result<Row, R
                 .map(|(n, line)| {
                     let row = line.and_then(|line| {
                         serde_json::from_str::<RawRow>(&line)
-                            .map_err(|e| format!("invalid JSON: {}", bounded(&e.to_string())))
+                            .map_err(|e| format!("invalid JSON: {}", json_error(&e)))
                     });
                     (n, row)
                 }),
