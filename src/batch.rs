@@ -30,6 +30,23 @@ pub const EMAIL_MAX: usize = 254;
 /// Largest per-recipient `vars`, in bytes of JSON: they are rendered into every part.
 pub const RECIPIENT_VARS_MAX: usize = 4096;
 
+/// Largest campaign `vars`, in bytes of JSON: a batch carries them, and every notice may
+/// render them (a few URLs and dates in practice).
+pub const CAMPAIGN_VARS_MAX: usize = 64 * 1024;
+
+/// Checks the campaign `vars` against [`CAMPAIGN_VARS_MAX`].
+pub fn check_campaign_vars(vars: &Vars) -> Result<(), FieldError> {
+    let bytes = serde_json::to_string(vars).map_or(usize::MAX, |json| json.len());
+    if bytes > CAMPAIGN_VARS_MAX {
+        return Err(FieldError::TooLong {
+            field: "campaign vars",
+            bytes,
+            max: CAMPAIGN_VARS_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// Characters of a rejected value quoted in its error: enough to find it, never megabytes.
 const QUOTED_MAX: usize = 64;
 
@@ -341,6 +358,9 @@ pub enum DecodeError {
     /// A version this build does not know.
     #[error("unknown batch version {0} (this build reads {VERSION})")]
     Version(u32),
+    /// Campaign `vars` over [`CAMPAIGN_VARS_MAX`].
+    #[error("{0}")]
+    Campaign(FieldError),
     /// More recipients than [`MAX_RECIPIENTS`].
     #[error("batch has {0} recipients; at most {MAX_RECIPIENTS} are allowed")]
     TooManyRecipients(usize),
@@ -358,13 +378,14 @@ pub enum DecodeError {
 
 impl Batch {
     /// Parses a message body; unknown versions, malformed bodies (serde_json stops nesting at
-    /// 128 levels), more than [`MAX_RECIPIENTS`] and recipients failing [`Recipient::check`]
-    /// are errors.
+    /// 128 levels), campaign vars over [`CAMPAIGN_VARS_MAX`], more than [`MAX_RECIPIENTS`] and
+    /// recipients failing [`Recipient::check`] are errors.
     pub fn decode(body: &[u8]) -> Result<Batch, DecodeError> {
         let batch: Batch = serde_json::from_slice(body)?;
         if batch.version != VERSION {
             return Err(DecodeError::Version(batch.version));
         }
+        check_campaign_vars(&batch.vars).map_err(DecodeError::Campaign)?;
         if batch.recipients.len() > MAX_RECIPIENTS {
             return Err(DecodeError::TooManyRecipients(batch.recipients.len()));
         }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::batch::{
     Batch, CampaignId, EmailAddress, MAX_RECIPIENTS, Recipient, UserId, VERSION, bounded,
-    json_error,
+    check_campaign_vars, json_error,
 };
 use crate::broker::Broker;
 use crate::channel::Channel;
@@ -467,6 +467,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
             sample.vars.clone()
         }
     };
+    check_campaign_vars(&vars).map_err(|e| InvalidInput(format!("--vars: {e}")))?;
     let renderer = Renderer::load(dir, &template, default_locale)?;
     for locale in renderer.locales().iter() {
         let recipient = Recipient {

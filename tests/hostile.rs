@@ -178,6 +178,10 @@ fn a_ten_megabyte_field_is_refused_by_its_size_without_being_quoted() {
         assert!(error.contains(field), "{field}: {error}");
         assert!(error.len() < 500, "{field}: the error quotes the value");
     }
+    let mut campaign_vars = batch(vec![recipient("u-1")]);
+    campaign_vars["vars"]["export_url"] = json!(big);
+    let error = decode(&campaign_vars).expect_err("campaign vars");
+    assert!(error.starts_with("campaign vars is 104"), "{error}");
     let error = decode(&json!({"version": big, "campaign_id": "c"})).expect_err("version");
     assert!(
         error.starts_with("invalid batch: invalid type"),
@@ -511,6 +515,37 @@ fn enqueue_lists_each_hostile_row_briefly_and_publishes_nothing() {
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
+}
+
+#[test]
+fn enqueue_refuses_campaign_vars_over_their_limit() {
+    let env = TestEnv::new();
+    env.write("audience.csv", "user_id\nu-1\n");
+    env.write(
+        "vars.json",
+        &json!({"shutdown_date": "2021-02-05", "export_url": "x".repeat(70_000),
+                "successor_url": "https://y.example/"})
+        .to_string(),
+    );
+    let run = env
+        .sunset(&[
+            "enqueue",
+            "--campaign-id",
+            "c",
+            "--template",
+            "xiami-shutdown",
+            "--audience",
+            "audience.csv",
+            "--vars",
+            "vars.json",
+            "--dry-run",
+        ])
+        .expect_code(2);
+    assert!(
+        run.stderr().contains("--vars: campaign vars is 70"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
