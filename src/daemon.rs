@@ -119,11 +119,13 @@ where
     }
 }
 
-/// Batches this process has processed, by body hash and attempt: the pairs already delivered,
-/// and whether what they owed was published. After a connection loss lapin may report an ack
-/// as done that the broker never got, and the broker redelivers the batch: a redelivery of a
-/// settled batch is only acked, and a half-done one skips its delivered pairs, so this process
-/// never sends twice. (Across processes the delivery ledger does this.)
+/// Messages this process has processed, by message id: the pairs already delivered, and
+/// whether what they owed was published. After a connection loss lapin may report an ack as
+/// done that the broker never got, and the broker redelivers the message: a redelivery of a
+/// settled message is only acked, and a half-done one skips its delivered pairs, so this
+/// process never sends twice. (Across processes the delivery ledger does this.) The key is the
+/// message, not the batch: a batch held back or retried is published anew with the same body
+/// and attempt, and that copy is new work even when it, too, comes redelivered.
 #[derive(Default)]
 struct Settled(Mutex<HashMap<u64, Settlement>>);
 
@@ -140,10 +142,16 @@ const SETTLED_TTL: Duration = Duration::from_secs(3600);
 const SETTLED_SWEEP_AT: usize = 50_000;
 
 impl Settled {
-    fn key(body: &[u8], attempt: u32) -> u64 {
+    /// The message id every sunset publish sets; body and attempt for a message without one.
+    fn key(delivery: &Delivery, attempt: u32) -> u64 {
         let mut hasher = DefaultHasher::new();
-        body.hash(&mut hasher);
-        attempt.hash(&mut hasher);
+        match delivery.properties.message_id() {
+            Some(id) => id.as_str().hash(&mut hasher),
+            None => {
+                delivery.data.hash(&mut hasher);
+                attempt.hash(&mut hasher);
+            }
+        }
         hasher.finish()
     }
 
@@ -321,9 +329,8 @@ async fn handle<E: Sender, P: Sender>(
             return settle(&delivery, owed, None, Report::default()).await;
         }
     };
-    let key = Settled::key(&delivery.data, attempt);
-    // Only a redelivery can be a batch processed before: a message published anew with the
-    // same body (a batch held back while paused, a batch enqueued twice) is new work.
+    let key = Settled::key(&delivery, attempt);
+    // Only a redelivery can be a message processed before.
     let earlier = if delivery.redelivered {
         settled.get(key)
     } else {

@@ -3,6 +3,9 @@
 mod tls;
 pub mod topology;
 
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::options::{
@@ -201,6 +204,7 @@ impl Broker {
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_timestamp(now)
+            .with_message_id(message_id().into())
             .with_headers(headers);
         let confirm = self
             .publisher
@@ -349,6 +353,19 @@ pub fn attempt_headers(attempt: u32) -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
     headers
+}
+
+/// A new id for every message published: a redelivery keeps it, a copy published again (a
+/// retry, a batch held back) gets its own, so a worker can tell "this very message again" from
+/// "the same batch, published anew".
+fn message_id() -> String {
+    static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    let process = PROCESS.get_or_init(|| RandomState::new().build_hasher().finish());
+    format!(
+        "{process:016x}-{:x}",
+        PUBLISHED.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The attempt number of a delivery: `x-sunset-attempt`, 1 when absent.

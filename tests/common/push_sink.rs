@@ -28,6 +28,8 @@ pub struct PushRequest {
     pub peer: SocketAddr,
     /// When the request had been read in full.
     pub at: Instant,
+    /// The status the sink answered with; `None` for a request it never answers.
+    pub status: Option<StatusCode>,
 }
 
 impl PushRequest {
@@ -46,6 +48,11 @@ impl PushRequest {
     /// `user_id` of the JSON body.
     pub fn user_id(&self) -> Option<&str> {
         self.body.get("user_id").and_then(|v| v.as_str())
+    }
+
+    /// Answered 2xx: a push the gateway took.
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|status| status.is_success())
     }
 }
 
@@ -188,14 +195,18 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = PushRequest {
+    let mut request = PushRequest {
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         raw: String::from_utf8_lossy(&body).into_owned(),
         headers,
         peer,
         at: Instant::now(),
+        status: None,
     };
     let reply = reply_for(&shared, request.user_id());
+    if let Reply::Status(status, _) = reply {
+        request.status = Some(status);
+    }
     lock(&shared.requests).push(request);
     shared.count.send_modify(|count| *count += 1);
     match reply {

@@ -142,6 +142,11 @@ impl SmtpSink {
         lock(&self.shared.messages).clone()
     }
 
+    /// How many messages arrived so far (without copying them).
+    pub fn count(&self) -> usize {
+        lock(&self.shared.messages).len()
+    }
+
     /// Messages received so far whose envelope includes `address`.
     pub fn messages_to(&self, address: &str) -> Vec<Received> {
         let address = address.to_ascii_lowercase();
