@@ -11,6 +11,59 @@ use crate::render::{TemplateName, Vars};
 /// The only wire-format version this build reads and writes.
 pub const VERSION: u32 = 1;
 
+/// Most recipients in one batch. A batch is sent within one delivery of the work queue, which
+/// RabbitMQ takes back after `consumer_timeout` (30 min by default): 10,000 emails to one
+/// domain at 50/s take 200 s; 100,000 would take 33 min and be redelivered forever.
+pub const MAX_RECIPIENTS: usize = 10_000;
+
+/// Longest display name, in bytes (UTF-8): far above any real name (341 CJK characters), far
+/// below a name that would bloat every email it is written into.
+pub const NAME_MAX: usize = 1024;
+
+/// Longest locale tag, in bytes: RFC 5646 §4.4.1 finds 35 characters enough for any
+/// practical tag; anything longer is not one a template folder could be named by anyway.
+pub const LOCALE_MAX: usize = 64;
+
+/// Longest email address, in bytes (RFC 5321 §4.5.3.1: a 256-byte path, angle brackets included).
+pub const EMAIL_MAX: usize = 254;
+
+/// Largest per-recipient `vars`, in bytes of JSON: they are rendered into every part.
+pub const RECIPIENT_VARS_MAX: usize = 4096;
+
+/// Largest campaign `vars`, in bytes of JSON: a batch carries them, and every notice may
+/// render them (a few URLs and dates in practice).
+pub const CAMPAIGN_VARS_MAX: usize = 64 * 1024;
+
+/// Checks the campaign `vars` against [`CAMPAIGN_VARS_MAX`].
+pub fn check_campaign_vars(vars: &Vars) -> Result<(), FieldError> {
+    let bytes = serde_json::to_string(vars).map_or(usize::MAX, |json| json.len());
+    if bytes > CAMPAIGN_VARS_MAX {
+        return Err(FieldError::TooLong {
+            field: "campaign vars",
+            bytes,
+            max: CAMPAIGN_VARS_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Characters of a rejected value quoted in its error: enough to find it, never megabytes.
+const QUOTED_MAX: usize = 64;
+
+/// `value` as an error quotes it: control characters escaped, at most [`QUOTED_MAX`]
+/// characters, the cut marked with `…`.
+fn quoted(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(QUOTED_MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().nth(QUOTED_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A field of the wire format or an audience row is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FieldError {
@@ -20,9 +73,22 @@ pub enum FieldError {
     /// `user_id` is empty, too long, or holds control characters.
     #[error("user_id `{0}` must be 1-256 characters without control characters")]
     UserId(String),
-    /// Not an email address (`local@domain`).
+    /// Not an email address (`local@domain`), or longer than [`EMAIL_MAX`].
     #[error("`{0}` is not an email address")]
     Email(String),
+    /// A field is longer than its limit (the value is not quoted: it may be megabytes).
+    #[error("{field} is {bytes} bytes; at most {max} are allowed")]
+    TooLong {
+        /// `name`, `locale`, `vars`, …
+        field: &'static str,
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A display name holds CR, LF, NUL or another control character.
+    #[error("name `{0}` holds control characters (CR, LF, NUL, tab…)")]
+    NameControl(String),
 }
 
 /// A campaign's id, e.g. `xiami-shutdown-2021`; also the prefix of its batch ids.
@@ -40,7 +106,7 @@ impl CampaignId {
         if ok {
             Ok(CampaignId(id.to_string()))
         } else {
-            Err(FieldError::CampaignId(id.to_string()))
+            Err(FieldError::CampaignId(quoted(id)))
         }
     }
 
@@ -63,7 +129,7 @@ impl UserId {
         if ok {
             Ok(UserId(id.to_string()))
         } else {
-            Err(FieldError::UserId(id.to_string()))
+            Err(FieldError::UserId(quoted(id)))
         }
     }
 
@@ -79,12 +145,22 @@ impl UserId {
 pub struct EmailAddress(String);
 
 impl EmailAddress {
-    /// Parses with lettre's RFC 5321 rules after trimming; lower-cases the domain.
+    /// Parses with lettre's RFC 5321 rules after trimming, refusing control characters and
+    /// addresses over [`EMAIL_MAX`] bytes; lower-cases the domain.
     pub fn parse(raw: &str) -> Result<EmailAddress, FieldError> {
         let raw = raw.trim();
-        let address: lettre::Address = raw
-            .parse()
-            .map_err(|_| FieldError::Email(raw.to_string()))?;
+        if raw.len() > EMAIL_MAX {
+            return Err(FieldError::TooLong {
+                field: "email",
+                bytes: raw.len(),
+                max: EMAIL_MAX,
+            });
+        }
+        // lettre lets control characters through in an internationalized domain (`\u{85}`).
+        if raw.chars().any(char::is_control) {
+            return Err(FieldError::Email(quoted(raw)));
+        }
+        let address: lettre::Address = raw.parse().map_err(|_| FieldError::Email(quoted(raw)))?;
         Ok(EmailAddress(format!(
             "{}@{}",
             address.user(),
@@ -143,6 +219,34 @@ pub struct Recipient {
     /// Per-recipient overrides of campaign `vars`.
     #[serde(default, skip_serializing_if = "Vars::is_empty")]
     pub vars: Vars,
+}
+
+impl Recipient {
+    /// Checks what the types do not: the lengths of `name`, `locale` and `vars`, and that the
+    /// name is one line. Both `sunset enqueue` and the worker's decoder apply it.
+    pub fn check(&self) -> Result<(), FieldError> {
+        let too_long = |field, bytes, max| {
+            if bytes > max {
+                Err(FieldError::TooLong { field, bytes, max })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(name) = &self.name {
+            too_long("name", name.len(), NAME_MAX)?;
+            if name.chars().any(char::is_control) {
+                return Err(FieldError::NameControl(quoted(name)));
+            }
+        }
+        if let Some(locale) = &self.locale {
+            too_long("locale", locale.len(), LOCALE_MAX)?;
+        }
+        if !self.vars.is_empty() {
+            let bytes = serde_json::to_string(&self.vars).map_or(usize::MAX, |json| json.len());
+            too_long("vars", bytes, RECIPIENT_VARS_MAX)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why one recipient was not reached on one channel (dead letters only).
@@ -222,23 +326,75 @@ impl Batch {
     }
 }
 
+/// Characters of a parser's message kept in a rejection: serde quotes the offending value
+/// (`invalid type: string "…"`), which may be megabytes, and the reason of a dead letter
+/// travels in an AMQP header.
+const REASON_MAX: usize = 300;
+
+/// `message`, cut to [`REASON_MAX`] characters (the cut marked with `…`).
+pub fn bounded(message: &str) -> String {
+    match message.char_indices().nth(REASON_MAX) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_string(),
+    }
+}
+
+/// serde_json's message, its quote of the offending value cut by [`bounded`], and the position.
+pub fn json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match message.strip_suffix(&position) {
+        Some(what) => format!("{}{position}", bounded(what)),
+        None => bounded(&message),
+    }
+}
+
 /// A message body is not a batch this build can process.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Not JSON, or a field is missing or malformed.
-    #[error("invalid batch: {0}")]
+    #[error("invalid batch: {}", json_error(.0))]
     Invalid(#[from] serde_json::Error),
     /// A version this build does not know.
     #[error("unknown batch version {0} (this build reads {VERSION})")]
     Version(u32),
+    /// Campaign `vars` over [`CAMPAIGN_VARS_MAX`].
+    #[error("{0}")]
+    Campaign(FieldError),
+    /// More recipients than [`MAX_RECIPIENTS`].
+    #[error("batch has {0} recipients; at most {MAX_RECIPIENTS} are allowed")]
+    TooManyRecipients(usize),
+    /// A recipient fails [`Recipient::check`].
+    #[error("recipient {index} (user_id `{user_id}`): {error}")]
+    Recipient {
+        /// 0-based position in `recipients`.
+        index: usize,
+        /// Its user id.
+        user_id: UserId,
+        /// What is wrong.
+        error: FieldError,
+    },
 }
 
 impl Batch {
-    /// Parses a message body; unknown versions and malformed bodies are errors.
+    /// Parses a message body; unknown versions, malformed bodies (serde_json stops nesting at
+    /// 128 levels), campaign vars over [`CAMPAIGN_VARS_MAX`], more than [`MAX_RECIPIENTS`] and
+    /// recipients failing [`Recipient::check`] are errors.
     pub fn decode(body: &[u8]) -> Result<Batch, DecodeError> {
         let batch: Batch = serde_json::from_slice(body)?;
         if batch.version != VERSION {
             return Err(DecodeError::Version(batch.version));
+        }
+        check_campaign_vars(&batch.vars).map_err(DecodeError::Campaign)?;
+        if batch.recipients.len() > MAX_RECIPIENTS {
+            return Err(DecodeError::TooManyRecipients(batch.recipients.len()));
+        }
+        for (index, recipient) in batch.recipients.iter().enumerate() {
+            recipient.check().map_err(|error| DecodeError::Recipient {
+                index,
+                user_id: recipient.user_id.clone(),
+                error,
+            })?;
         }
         Ok(batch)
     }
@@ -366,7 +522,15 @@ mod tests {
             EmailAddress::parse("Li@QQ.com").expect("valid").as_str(),
             "Li@qq.com"
         );
-        for bad in ["", "no-at", "a@", "@b.com", "a b@c.com"] {
+        for bad in [
+            "",
+            "no-at",
+            "a@",
+            "@b.com",
+            "a b@c.com",
+            "a@b.com\u{85}x",
+            "a\0@b.com",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
     }

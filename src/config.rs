@@ -59,6 +59,9 @@ pub struct BrokerConfig {
     pub prefetch: u16,
     /// A worker that cannot reach the broker for this long exits non-zero; 0 = keep trying.
     pub give_up_after_ms: u64,
+    /// PEM file of the CA certificate(s) to trust for an `amqps://` URL, besides the system's
+    /// roots (a private CA); empty = the system's roots only.
+    pub ca_file: PathBuf,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +71,7 @@ impl Default for BrokerConfig {
             queue: "sunset.batches".into(),
             prefetch: 4,
             give_up_after_ms: 0,
+            ca_file: PathBuf::new(),
         }
     }
 }

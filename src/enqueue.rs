@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,10 @@ use icu::locale::Locale;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
-use crate::batch::{Batch, CampaignId, EmailAddress, Recipient, UserId, VERSION};
+use crate::batch::{
+    Batch, CampaignId, EmailAddress, MAX_RECIPIENTS, Recipient, UserId, VERSION, bounded,
+    check_campaign_vars, json_error,
+};
 use crate::broker::Broker;
 use crate::channel::Channel;
 use crate::cli::InvalidInput;
@@ -26,6 +29,8 @@ use crate::render::{self, Renderer, Sample, TemplateName, Vars};
 
 /// Bad rows printed before the rest are only counted.
 const SHOWN_REJECTS: usize = 20;
+/// Distinct requested locale tags remembered with their negotiated locale.
+const NEGOTIATED_MAX: usize = 1024;
 /// Batch publishes awaiting their confirms at once.
 const PUBLISH_WINDOW: usize = 32;
 
@@ -100,19 +105,21 @@ impl RawRow {
             .map(|e| EmailAddress::parse(&e))
             .transpose()
             .map_err(|e| e.to_string())?;
-        let locale = non_empty(self.locale).map(|l| l.trim().to_string());
-        if let Some(tag) = &locale
+        let recipient = Recipient {
+            user_id,
+            email,
+            locale: non_empty(self.locale).map(|l| l.trim().to_string()),
+            name: non_empty(self.name).map(|n| n.trim().to_string()),
+            vars: self.vars,
+        };
+        // Lengths first: a 10 KB locale is reported by its size, not quoted.
+        recipient.check().map_err(|e| e.to_string())?;
+        if let Some(tag) = &recipient.locale
             && Locale::try_from_str(tag).is_err()
         {
             return Err(format!("locale `{tag}` is not a BCP 47 language tag"));
         }
-        Ok(Recipient {
-            user_id,
-            email,
-            locale,
-            name: non_empty(self.name).map(|n| n.trim().to_string()),
-            vars: self.vars,
-        })
+        Ok(recipient)
     }
 }
 
@@ -156,23 +163,22 @@ pub fn rows(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Result<Row, R
                 }
                 Err(e) => {
                     let line = e.position().map_or(0, |p| p.line());
-                    (line, Err(format!("unreadable CSV: {e}")))
+                    (
+                        line,
+                        Err(format!("unreadable CSV: {}", bounded(&e.to_string()))),
+                    )
                 }
             }))
         }
         Format::Jsonl => Box::new(
-            BufReader::new(file)
-                .lines()
-                .enumerate()
-                .map(|(i, line)| (i as u64 + 1, line))
+            BoundedLines::new(BufReader::new(file))
                 .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
-                .map(|(n, line)| match line {
-                    Ok(line) => (
-                        n,
+                .map(|(n, line)| {
+                    let row = line.and_then(|line| {
                         serde_json::from_str::<RawRow>(&line)
-                            .map_err(|e| format!("invalid JSON: {e}")),
-                    ),
-                    Err(e) => (n, Err(format!("unreadable: {e}"))),
+                            .map_err(|e| format!("invalid JSON: {}", json_error(&e)))
+                    });
+                    (n, row)
                 }),
         ),
     };
@@ -195,6 +201,96 @@ pub fn rows(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Result<Row, R
         }
         Ok(Row { line, recipient })
     })))
+}
+
+/// Longest JSONL line read; a longer one is rejected without being held in memory. A row at
+/// every field limit (see `batch`) takes about 6 KiB.
+pub const LINE_MAX: usize = 64 * 1024;
+
+/// The lines of a JSONL file with their 1-based numbers, each at most [`LINE_MAX`] bytes and
+/// UTF-8, or the reason it is not.
+struct BoundedLines<R> {
+    reader: R,
+    line: u64,
+    done: bool,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    fn new(reader: R) -> Self {
+        BoundedLines {
+            reader,
+            line: 0,
+            done: false,
+        }
+    }
+
+    /// Skips to the end of an over-long line, holding none of it; returns its length.
+    fn skip_rest(&mut self, mut length: usize) -> std::io::Result<usize> {
+        loop {
+            let buffer = self.reader.fill_buf()?;
+            if buffer.is_empty() {
+                return Ok(length);
+            }
+            match buffer.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    self.reader.consume(end + 1);
+                    return Ok(length + end);
+                }
+                None => {
+                    let all = buffer.len();
+                    self.reader.consume(all);
+                    length += all;
+                }
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for BoundedLines<R> {
+    type Item = (u64, Result<String, String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        let read = (&mut self.reader)
+            .take(LINE_MAX as u64 + 1)
+            .read_until(b'\n', &mut bytes);
+        match read {
+            Ok(0) => {
+                self.done = true;
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.done = true;
+                self.line += 1;
+                return Some((self.line, Err(format!("unreadable: {e}"))));
+            }
+        }
+        self.line += 1;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        } else if bytes.len() > LINE_MAX {
+            let length = match self.skip_rest(bytes.len()) {
+                Ok(length) => length,
+                Err(e) => {
+                    self.done = true;
+                    return Some((self.line, Err(format!("unreadable: {e}"))));
+                }
+            };
+            return Some((
+                self.line,
+                Err(format!(
+                    "line is {length} bytes; at most {LINE_MAX} are allowed"
+                )),
+            ));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to() + 1));
+        Some((self.line, text))
+    }
 }
 
 fn csv_row(headers: &csv::StringRecord, record: &csv::StringRecord) -> RawRow {
@@ -232,12 +328,16 @@ pub fn validate(
     channels: &[Channel],
 ) -> anyhow::Result<Validation> {
     let mut validation = Validation::default();
-    // Requested tag → template locale: an audience has few distinct tags.
+    // Requested tag → template locale: an audience has few distinct tags (a file with more
+    // starts the memo over rather than grow it).
     let mut negotiated: HashMap<Option<String>, String> = HashMap::new();
     for row in rows(path)? {
         match row {
             Ok(Row { recipient, .. }) => {
                 validation.valid += 1;
+                if negotiated.len() >= NEGOTIATED_MAX {
+                    negotiated.clear();
+                }
                 let locale = negotiated
                     .entry(recipient.locale.clone())
                     .or_insert_with(|| {
@@ -325,8 +425,11 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
     let campaign = CampaignId::parse(&options.campaign_id)
         .map_err(|e| InvalidInput(format!("--campaign-id: {e}")))?;
     let template = TemplateName::parse(&options.template)?;
-    if options.batch_size == 0 {
-        return Err(InvalidInput("--batch-size must be at least 1".into()).into());
+    if !(1..=MAX_RECIPIENTS).contains(&options.batch_size) {
+        return Err(InvalidInput(format!(
+            "--batch-size must be at least 1 and at most {MAX_RECIPIENTS} (workers refuse larger batches)"
+        ))
+        .into());
     }
     let deadline = options
         .deadline
@@ -364,6 +467,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
             sample.vars.clone()
         }
     };
+    check_campaign_vars(&vars).map_err(|e| InvalidInput(format!("--vars: {e}")))?;
     let renderer = Renderer::load(dir, &template, default_locale)?;
     for locale in renderer.locales().iter() {
         let recipient = Recipient {

@@ -17,6 +17,7 @@ pub mod locale;
 pub mod logging;
 pub mod preview;
 pub mod render;
+pub mod secret;
 pub mod worker;
 
 pub use channel::Channel;

@@ -1,5 +1,6 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
 
+mod tls;
 pub mod topology;
 
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -12,12 +13,15 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    DefaultConnectionBuilder,
+};
 
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ConfigError};
 
 /// Header counting deliveries of a recipient set, 1-based; absent means 1.
 pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
@@ -47,6 +51,20 @@ pub enum BrokerError {
     /// The broker ended the consumer (queue deleted, or the channel closed).
     #[error("RabbitMQ ended the consumer")]
     ConsumerEnded,
+    /// `broker.ca_file` cannot be read or holds no certificate.
+    #[error("invalid broker configuration")]
+    Config(#[source] ConfigError),
+    /// RabbitMQ's TLS certificate is not one this host trusts (nor `broker.ca_file`).
+    #[error(
+        "RabbitMQ at {url} presented a TLS certificate this host does not trust ({reason}); \
+         if a private CA signed it, set broker.ca_file to that CA's PEM file"
+    )]
+    Untrusted {
+        /// The URL without credentials.
+        url: String,
+        /// rustls' verdict, e.g. `invalid peer certificate: UnknownIssuer`.
+        reason: String,
+    },
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
@@ -113,21 +131,27 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Broker {
-    /// Connects (giving up after a timeout), enables lapin's auto-recovery, opens a confirm-mode
-    /// channel and declares the topology.
+    /// Connects (giving up after a timeout; at once if an `amqps://` broker's certificate is
+    /// not trusted), enables lapin's auto-recovery, opens a confirm-mode channel and declares
+    /// the topology.
     pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(&config.url, properties),
-        )
-        .await
-        .map_err(|_| BrokerError::ConnectTimeout {
-            url: redact(&config.url),
-            seconds: CONNECT_TIMEOUT.as_secs(),
-        })??;
+        let tls = tls::config(config).map_err(BrokerError::Config)?;
+        // lapin retries a failed connect, a certificate it rejects included, for a long while:
+        // find out first, in one handshake of our own, whether retrying could ever help.
+        tls::check_certificate(&config.url, &tls).await?;
+        let connector = DefaultConnectionBuilder::new()?
+            .with_uri_str(config.url.clone())
+            .with_properties(properties)
+            .with_tls_config(tls);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
+            .await
+            .map_err(|_| BrokerError::ConnectTimeout {
+                url: redact(&config.url),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            })??;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())

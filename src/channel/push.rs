@@ -18,7 +18,7 @@ use crate::channel::http::{Answer, Origin};
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{PushConfig, PushTransport};
 
-/// The environment variable holding the gateway's bearer token.
+/// The environment variable holding the gateway's bearer token (`_FILE` appended: a file holding it).
 pub const TOKEN_ENV: &str = "SUNSET_PUSH_TOKEN";
 
 /// Bytes of a gateway's error body kept in an outcome's reason.
@@ -70,14 +70,10 @@ impl PushToken {
         PushToken(token.into())
     }
 
-    /// Reads [`TOKEN_ENV`]; unset or empty means no token. Fails if it is not UTF-8.
+    /// Reads [`TOKEN_ENV`], or the owner-only file `SUNSET_PUSH_TOKEN_FILE` names; unset or
+    /// empty means no token. A file others may read, or both set, is a configuration error.
     pub fn from_env() -> anyhow::Result<Option<PushToken>> {
-        match std::env::var(TOKEN_ENV) {
-            Ok(token) if token.trim().is_empty() => Ok(None),
-            Ok(token) => Ok(Some(PushToken(token.trim().to_string()))),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(error) => Err(error).with_context(|| format!("Failed to read {TOKEN_ENV}")),
-        }
+        Ok(crate::secret::read(TOKEN_ENV)?.map(PushToken))
     }
 
     /// The `Authorization` value, marked sensitive so `http` never prints it either.

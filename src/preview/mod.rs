@@ -143,9 +143,22 @@ fn print_notice(
     writeln!(out)
 }
 
-/// Writes a file whole or not at all: a temporary file beside it, renamed into place.
+/// Writes a file whole or not at all: a temporary file beside it, renamed into place. Neither
+/// name is followed if it is a symbolic link (the temporary file is created anew, the rename
+/// replaces a link rather than writing through it), so nothing lands outside the folder.
 fn write_whole(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("partial");
-    fs::write(&tmp, contents).with_context(|| format!("Failed to write {}", tmp.display()))?;
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("Failed to remove {}", tmp.display()));
+        }
+        _ => {}
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("Failed to write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("Failed to move {} into place", path.display()))
 }

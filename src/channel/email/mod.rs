@@ -19,7 +19,8 @@ use crate::batch::{CampaignId, UserId};
 use crate::config::{ConfigError, EmailConfig, EmailTransport};
 use smtp::Password;
 
-/// The environment variable the SMTP password is read from; it never comes from a file.
+/// The environment variable the SMTP password is read from (or, with `_FILE` appended, the
+/// owner-only file holding it); it never comes from the config file.
 pub const PASSWORD_ENV: &str = "SUNSET_SMTP_PASSWORD";
 
 /// Sends email by the transport `email.transport` names.
@@ -32,17 +33,14 @@ pub enum EmailSender {
 }
 
 impl EmailSender {
-    /// Builds the configured transport. Reads the SMTP password from [`PASSWORD_ENV`] when
-    /// `email.url` names a user. Errors name the config key (`email.from`, `email.url`, …).
+    /// Builds the configured transport. Reads the SMTP password from [`PASSWORD_ENV`] (or the
+    /// file `SUNSET_SMTP_PASSWORD_FILE` names) when `email.url` names a user. Errors name the config key (`email.from`, `email.url`, …).
     pub fn from_config(config: &EmailConfig) -> Result<EmailSender, ConfigError> {
         let from = parse_from(&config.from)?;
         match config.transport {
             EmailTransport::File => Ok(EmailSender::File(EmlOutbox::new(&config.outbox, from))),
             EmailTransport::Smtp => {
-                let password = std::env::var(PASSWORD_ENV)
-                    .ok()
-                    .filter(|p| !p.is_empty())
-                    .map(Password);
+                let password = crate::secret::read(PASSWORD_ENV)?.map(Password);
                 SmtpRelay::new(config, from, password)
                     .map(|relay| EmailSender::Smtp(Box::new(relay)))
             }

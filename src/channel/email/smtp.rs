@@ -17,6 +17,7 @@ use super::held::HeldWrites;
 use super::reply::classify;
 use super::tls::ImplicitTls;
 use super::{Email, PASSWORD_ENV, compose, invalid, mask};
+use crate::broker::redact;
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
 
@@ -59,10 +60,13 @@ struct SmtpUrl {
 
 impl SmtpUrl {
     /// Accepts `smtp://[user@]host[:port][/][?tls=required]` and `smtps://[user@]host[:port][/]`.
+    /// Errors quote the URL with any password masked: a password put in the URL by mistake
+    /// must not reach a terminal or a log.
     fn parse(url: &str) -> Result<SmtpUrl, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("`{url}` is not like smtp://host:port or smtps://host:port"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            "the URL is not like smtp://host:port or smtps://host:port".to_string()
+        })?;
+        let url = redact(url);
         let (mut security, default_port) = match scheme.to_ascii_lowercase().as_str() {
             "smtp" => (Security::Plain, 25),
             "smtps" => (Security::Implicit, 465),
@@ -209,7 +213,9 @@ impl SmtpRelay {
             (Some(user), None) => {
                 return Err(invalid(
                     "email.url",
-                    format!("names user `{user}` but {PASSWORD_ENV} is not set"),
+                    format!(
+                        "names user `{user}` but neither {PASSWORD_ENV} nor {PASSWORD_ENV}_FILE is set"
+                    ),
                 ));
             }
             (None, _) => None,
@@ -385,6 +391,20 @@ mod tests {
             "smtp://",
         ] {
             assert!(SmtpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn url_errors_never_quote_a_password() {
+        for bad in [
+            "smtp://user:hunter2@host/path",
+            "smtp://user:hunter2@",
+            "user:hunter2@host",
+            "smtp://user:hunter2@host?x=1",
+            "smtp://user:hunter2@host:99999",
+        ] {
+            let error = SmtpUrl::parse(bad).expect_err(bad);
+            assert!(!error.contains("hunter2"), "{bad}: {error}");
         }
     }
 
