@@ -30,8 +30,59 @@ pub enum Owed {
         reason: String,
         /// The attempt that failed last, for the `x-sunset-attempt` header.
         attempt: u32,
+        /// Why each of `batch.failures` failed, in the same order.
+        kinds: Vec<DeadLetterKind>,
     },
 }
+
+/// Why a recipient × channel was dead-lettered, as a small fixed set (the `reason` label of
+/// `sunset_dead_letters_total`; the text itself is in the dead letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterKind {
+    /// The provider refused it for good (SMTP 5xx, HTTP 4xx).
+    Rejected,
+    /// The notice did not render (template or variable error).
+    Unrenderable,
+    /// Transient failures until `worker.max_attempts`.
+    Exhausted,
+    /// The batch's deadline passed first.
+    Deadline,
+    /// Held back (paused, ledger away) with no delay queue to wait on.
+    HeldBack,
+    /// The message was not a batch at all.
+    Undecodable,
+}
+
+impl DeadLetterKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Unrenderable => "unrenderable",
+            DeadLetterKind::Exhausted => "exhausted",
+            DeadLetterKind::Deadline => "deadline",
+            DeadLetterKind::HeldBack => "held_back",
+            DeadLetterKind::Undecodable => "undecodable",
+        }
+    }
+
+    /// The kind of a permanent failure, from its reason: the worker words render failures
+    /// `render: …`/`template: …` and a passed deadline `deadline`; the rest are refusals.
+    fn of_permanent(reason: &str) -> DeadLetterKind {
+        if reason.starts_with(DEADLINE) {
+            DeadLetterKind::Deadline
+        } else if reason.starts_with(RENDER_PREFIX) || reason.starts_with(TEMPLATE_PREFIX) {
+            DeadLetterKind::Unrenderable
+        } else {
+            DeadLetterKind::Rejected
+        }
+    }
+}
+
+/// How the reason of a notice that did not render starts.
+pub(super) const RENDER_PREFIX: &str = "render: ";
+/// How the reason of a template that did not load starts.
+pub(super) const TEMPLATE_PREFIX: &str = "template: ";
 
 /// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.
 const HOLD: Duration = Duration::from_secs(5);
@@ -93,7 +144,8 @@ pub(super) fn held_back(
             "held back ({}) and worker.retry_delays_ms is empty",
             held[0].error
         );
-        return vec![dead_letter(batch, held, reason, attempt)];
+        let kinds = vec![DeadLetterKind::HeldBack; held.len()];
+        return vec![dead_letter(batch, held, kinds, reason, attempt)];
     }
     let queue = policy.queue(1, HOLD);
     batch
@@ -126,6 +178,7 @@ pub(super) fn owed(
 ) -> Vec<Owed> {
     let mut retry = Vec::new();
     let mut dead = Vec::new();
+    let mut kinds = Vec::new();
     let mut at_least = Duration::ZERO;
     for Failed {
         mut failure,
@@ -141,8 +194,12 @@ pub(super) fn owed(
             Some(_) => {
                 failure.error = format!("gave up after {attempt} attempts: {}", failure.error);
                 dead.push(failure);
+                kinds.push(DeadLetterKind::Exhausted);
             }
-            None => dead.push(failure),
+            None => {
+                kinds.push(DeadLetterKind::of_permanent(&failure.error));
+                dead.push(failure);
+            }
         }
     }
     let mut owed = Vec::new();
@@ -154,6 +211,7 @@ pub(super) fn owed(
             .deadline
             .is_some_and(|deadline| Utc::now() + delay >= deadline);
         if too_late {
+            kinds.extend(retry.iter().map(|_| DeadLetterKind::Deadline));
             dead.extend(retry.into_iter().map(|mut f| {
                 f.error = format!(
                     "{DEADLINE} (next try would be after it; last error: {})",
@@ -171,13 +229,19 @@ pub(super) fn owed(
     }
     if !dead.is_empty() {
         let reason = dead_letter_reason(&dead);
-        owed.push(dead_letter(batch, dead, reason, attempt));
+        owed.push(dead_letter(batch, dead, kinds, reason, attempt));
     }
     owed
 }
 
 /// The failed recipients of `batch`, with their `failures`, for the dead-letter queue.
-fn dead_letter(batch: &Batch, failures: Vec<Failure>, reason: String, attempt: u32) -> Owed {
+fn dead_letter(
+    batch: &Batch,
+    failures: Vec<Failure>,
+    kinds: Vec<DeadLetterKind>,
+    reason: String,
+    attempt: u32,
+) -> Owed {
     let recipients = batch
         .recipients
         .iter()
@@ -192,6 +256,7 @@ fn dead_letter(batch: &Batch, failures: Vec<Failure>, reason: String, attempt: u
         }),
         reason,
         attempt,
+        kinds,
     }
 }
 
