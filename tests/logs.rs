@@ -10,6 +10,7 @@ use common::push_sink::PushSink;
 use common::smtp_auth::SmtpAuthFront;
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
+use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, unique};
 
 /// A RabbitMQ user of its own, so the broker password is one no other text contains; deleted
@@ -107,11 +108,9 @@ async fn a_json_log_of_a_whole_run_masks_addresses_and_holds_no_secret() {
     // Act: the worker starts without the broker, gets it, sends everything, and is stopped.
     proxy.down();
     let log_path = env.path().join("worker.log");
-    let mut worker = env
-        .command(&["worker"], &secrets)
-        .stderr(std::fs::File::create(&log_path).expect("log file"))
-        .spawn()
-        .expect("start sunset worker");
+    let mut command = env.command(&["worker"], &secrets);
+    command.stderr(std::fs::File::create(&log_path).expect("log file"));
+    let worker = WorkerProcess::spawn(command);
     // lapin retries within its connect timeout (10 s) before the worker says it waits.
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(&log_path)
@@ -130,14 +129,7 @@ async fn a_json_log_of_a_whole_run_masks_addresses_and_holds_no_secret() {
     push.wait_for(recipients, Duration::from_secs(30)).await;
     // The last batch's dead letter and ack come just after its sends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .expect("kill");
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let status = worker.terminate().await;
     let log = std::fs::read_to_string(&log_path).expect("the worker's log");
     assert!(status.success(), "{log}");
 

@@ -4,36 +4,23 @@
 
 mod common;
 
-use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use common::push_sink::PushSink;
 use common::scrape::{self, free_address, until_status};
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
+use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, sinks_config, unique};
 
 const UNLIMITED: &str = "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\"qq.com\" = 20\n";
 
 /// Starts `sunset worker` with its metrics on `address`; stderr goes to `worker.log`.
-fn spawn_worker(env: &TestEnv, address: &str) -> Child {
+fn spawn_worker(env: &TestEnv, address: &str) -> WorkerProcess {
     let log = std::fs::File::create(env.path().join("worker.log")).expect("log file");
-    env.command(&["worker"], &[("SUNSET__METRICS__LISTEN", address)])
-        .stderr(log)
-        .spawn()
-        .expect("start sunset worker")
-}
-
-/// SIGTERM, then the exit status.
-async fn terminate(mut child: Child) -> ExitStatus {
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait")
+    let mut command = env.command(&["worker"], &[("SUNSET__METRICS__LISTEN", address)]);
+    command.stderr(log);
+    WorkerProcess::spawn(command)
 }
 
 async fn enqueue(env: &TestEnv, campaign: &str) {
@@ -179,7 +166,7 @@ async fn metrics_count_what_the_sinks_received_and_what_was_dead_lettered() {
     );
 
     // And the listener stops with the worker.
-    assert!(terminate(worker).await.success());
+    assert!(worker.terminate().await.success());
     assert!(
         scrape::get(&address, "/healthz").is_none(),
         "the listener is gone once the worker exits"
@@ -222,7 +209,7 @@ async fn readyz_is_503_until_the_broker_is_reachable_and_again_while_it_is_lost(
     proxy.up();
     until_status(&address, "/readyz", 200, Duration::from_secs(60)).await;
 
-    let status = terminate(worker).await;
+    let status = worker.terminate().await;
     let log = std::fs::read_to_string(env.path().join("worker.log")).unwrap_or_default();
     assert!(status.success(), "{log}");
 }

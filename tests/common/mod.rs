@@ -8,6 +8,7 @@ pub mod scrape;
 pub mod smtp_auth;
 pub mod smtp_sink;
 pub mod tcp_proxy;
+pub mod worker_process;
 
 use std::collections::HashMap;
 use std::fs;
