@@ -215,7 +215,7 @@ async fn readyz_is_503_until_the_broker_is_reachable_and_again_while_it_is_lost(
 }
 
 #[test]
-fn a_metrics_address_that_is_taken_or_malformed_stops_the_worker_naming_it() {
+fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
     let env = TestEnv::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = taken.local_addr().expect("address").to_string();
@@ -226,6 +226,23 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_worker_naming_it() {
         run.stderr()
             .contains(&format!("Failed to listen on {address} (metrics.listen)")),
         "{}",
+        run.stderr()
+    );
+    let send = [
+        "send",
+        "--campaign-id",
+        "taken",
+        "--template",
+        "xiami-shutdown",
+        "--audience",
+        "never-read.csv",
+    ];
+    let run = env
+        .sunset_with_env(&send, &[("SUNSET__METRICS__LISTEN", &address)])
+        .expect_code(1);
+    assert!(
+        run.stderr().contains("(metrics.listen)"),
+        "send binds first, before the audience is read: {}",
         run.stderr()
     );
     let run = env

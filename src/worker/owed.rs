@@ -270,3 +270,70 @@ fn dead_letter_reason(dead: &[Failure]) -> String {
         format!("{} sends failed; first: {}", dead.len(), dead[0].error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        Batch::decode(
+            br#"{"version":1,"campaign_id":"c","batch_id":"c:000001","template":"t",
+                "channels":["email","push"],
+                "recipients":[{"user_id":"a"},{"user_id":"b"},{"user_id":"c"},{"user_id":"d"}]}"#,
+        )
+        .expect("a batch")
+    }
+
+    fn failed(user: &str, error: &str, transient: bool) -> Failed {
+        Failed {
+            failure: Failure {
+                user_id: crate::batch::UserId::parse(user).expect("a user id"),
+                channel: Channel::Email,
+                error: error.into(),
+            },
+            retry_after: transient.then_some(None),
+            locale: "en".into(),
+        }
+    }
+
+    #[test]
+    fn each_dead_lettered_pair_has_the_kind_of_its_failure() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            delays: vec![Duration::from_secs(1)],
+        };
+        let failures = vec![
+            failed("a", "550 5.1.1 unknown user", false),
+            failed("b", &format!("{RENDER_PREFIX}missing variable"), false),
+            failed("c", DEADLINE, false),
+            failed("d", "451 try later", true),
+        ];
+        let owed = owed(&batch(), 2, failures, &policy);
+        let [Owed::DeadLetter { batch, kinds, .. }] = owed.as_slice() else {
+            panic!("one dead letter: {owed:?}");
+        };
+        assert_eq!(
+            kinds,
+            &[
+                DeadLetterKind::Rejected,
+                DeadLetterKind::Unrenderable,
+                DeadLetterKind::Deadline,
+                DeadLetterKind::Exhausted,
+            ]
+        );
+        assert_eq!(kinds.len(), batch.failures.len());
+    }
+
+    #[test]
+    fn pairs_held_back_with_no_delay_queue_are_dead_lettered_as_held_back() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            delays: Vec::new(),
+        };
+        let owed = hold(&batch(), 1, "campaign paused", &policy);
+        let [Owed::DeadLetter { kinds, .. }] = owed.as_slice() else {
+            panic!("one dead letter: {owed:?}");
+        };
+        assert_eq!(kinds, &vec![DeadLetterKind::HeldBack; 8]);
+    }
+}
