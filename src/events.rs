@@ -166,6 +166,13 @@ impl BatchVerdict {
 pub fn batch_settled(verdict: BatchVerdict, error: Option<&dyn fmt::Display>) {
     counter!(BATCHES, "verdict" => verdict.as_str()).increment(1);
     match error {
+        // Requeued: the batch could not be settled at all (a panic, no publisher confirm).
+        Some(error) if verdict == BatchVerdict::Requeued => tracing::error!(
+            event = "batch_settled",
+            verdict = verdict.as_str(),
+            error = %MaskedText(&error.to_string()),
+            "batch requeued; it will be redelivered"
+        ),
         Some(error) => tracing::warn!(
             event = "batch_settled",
             verdict = verdict.as_str(),
