@@ -12,6 +12,9 @@ use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, sinks_config, unique};
+use sunset::Channel;
+use sunset::config::RateConfig;
+use sunset::limit::Limits;
 
 const UNLIMITED: &str = "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\"qq.com\" = 20\n";
 
@@ -257,4 +260,48 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
         "{}",
         run.stderr()
     );
+}
+
+#[test]
+fn domain_rate_gauges_follow_back_off_for_configured_and_throttled_domains_only() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let mut rates = RateConfig {
+        email_per_sec: 200,
+        ..RateConfig::default()
+    };
+    rates.per_domain_per_sec.default = 50;
+    rates.per_domain_per_sec.domains = [("qq.com".to_string(), 20)].into();
+    let quiet = Duration::from_millis(20);
+    let rate = |domain: &str| {
+        scrape::sum(
+            &handle.render(),
+            "sunset_domain_rate",
+            &[("domain", domain)],
+        )
+    };
+
+    metrics::with_local_recorder(&recorder, || {
+        let limits = Limits::with_recovery(&rates, quiet);
+        assert_eq!((rate("qq.com"), rate("default")), (20.0, 50.0));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(limits.acquire(Channel::Email, Some("example.org")));
+        limits.throttled(Channel::Email, Some("qq.com"));
+        limits.throttled(Channel::Email, Some("gmail.com"));
+        assert_eq!((rate("qq.com"), rate("gmail.com")), (10.0, 25.0));
+        assert!(
+            !handle.render().contains("example.org"),
+            "a domain that was never slowed down has no series"
+        );
+        std::thread::sleep(quiet * 3);
+        limits.prune();
+        assert_eq!(
+            (rate("qq.com"), rate("gmail.com")),
+            (20.0, 50.0),
+            "back at the configured rates once recovered"
+        );
+    });
 }
