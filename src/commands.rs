@@ -13,8 +13,9 @@ use crate::channel::email::EmailSender;
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
-use crate::daemon::{self, Until};
+use crate::daemon::{self, Readiness, Until};
 use crate::enqueue::{self, Options, Plan};
+use crate::exporter::Exporter;
 use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
 use crate::preview;
@@ -195,11 +196,17 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
     }))
 }
 
-/// Runs the daemon with signals wired to shutdown.
-async fn work(config: &Config, until: Until) -> anyhow::Result<Report> {
+/// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
+/// the daemon has finished its in-flight batches.
+async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyhow::Result<Report> {
+    // After the exporter installed the recorder: the limits report their domains' rates.
     let deps = deps(config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let readiness = Readiness::default();
+    let stop_exporter = CancellationToken::new();
+    let exporter =
+        exporter.map(|exporter| exporter.spawn(readiness.clone(), stop_exporter.clone()));
     let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
     let ledger = deps.ledger().cloned();
     let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
@@ -209,9 +216,14 @@ async fn work(config: &Config, until: Until) -> anyhow::Result<Report> {
         deps,
         until,
         shutdown.clone(),
+        &readiness,
     )
     .await;
     shutdown.cancel();
+    stop_exporter.cancel();
+    if let Some(exporter) = exporter {
+        let _ = exporter.await;
+    }
     let _ = pruner.await;
     if let Some(heartbeat) = heartbeat {
         let _ = heartbeat.await;
@@ -254,7 +266,8 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     } else {
         Until::Shutdown
     };
-    let report = work(config, until).await?;
+    let exporter = Exporter::bind(&config.metrics).await?;
+    let report = work(config, until, exporter).await?;
     info!(batches = report.batches, "worker stopped");
     Ok(())
 }
@@ -262,6 +275,12 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
 /// `sunset send`.
 pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Bound before anything is published: a port in use stops the command with nothing sent.
+    let exporter = if args.dry_run {
+        None
+    } else {
+        Exporter::bind(&config.metrics).await?
+    };
     let Some(plan) = enqueue_plan(config, args).await? else {
         return Ok(());
     };
@@ -269,7 +288,7 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
         campaign: plan.campaign.clone(),
         batches: plan.batches(),
     };
-    let report = work(config, until).await?;
+    let report = work(config, until, exporter).await?;
     print!("{}", summary(&plan.campaign, &report, started.elapsed()));
     Ok(())
 }

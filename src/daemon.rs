@@ -5,7 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -19,7 +19,8 @@ use crate::batch::{Batch, CampaignId, UserId};
 use crate::broker::{Broker, BrokerError, QueueNames, attempt_of};
 use crate::channel::{Channel, Sender};
 use crate::config::BrokerConfig;
-use crate::worker::{Deps, Owed, Report, process_batch};
+use crate::events::{self, BatchVerdict};
+use crate::worker::{Deps, Owed, Report, Verdict, process_batch};
 
 /// When the loop ends (besides shutdown, which always ends it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +54,43 @@ struct Handled {
     acked: bool,
 }
 
-/// Runs the loop until `until` or `shutdown`; returns what was processed.
-/// Reconnects with back-off whenever the connection is lost and lapin's own recovery gave up.
+/// Whether the worker is consuming, for `/readyz`: ready while a session consumes from a
+/// connected broker; not ready before, while lapin recovers the connection, while the worker
+/// reconnects, and once it stops consuming (shutdown). Clones share the state.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<Mutex<Weak<Broker>>>);
+
+impl Readiness {
+    /// Whether the worker is consuming from a connected broker now.
+    pub fn is_ready(&self) -> bool {
+        self.lock()
+            .upgrade()
+            .is_some_and(|broker| broker.is_connected())
+    }
+
+    fn consuming(&self, broker: &Arc<Broker>) {
+        *self.lock() = Arc::downgrade(broker);
+    }
+
+    fn stopped(&self) {
+        *self.lock() = Weak::new();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Weak<Broker>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the loop until `until` or `shutdown`; returns what was processed. `readiness` says
+/// whether it is consuming. Reconnects with back-off whenever the connection is lost and
+/// lapin's own recovery gave up.
 pub async fn run<E, P>(
     config: &BrokerConfig,
     names: QueueNames,
     deps: Arc<Deps<E, P>>,
     until: Until,
     shutdown: CancellationToken,
+    readiness: &Readiness,
 ) -> anyhow::Result<Report>
 where
     E: Sender + 'static,
@@ -107,6 +137,7 @@ where
             &until,
             &shutdown,
             &mut progress,
+            readiness,
         )
         .await;
         broker.close().await;
@@ -179,6 +210,7 @@ impl Settled {
 }
 
 /// One connection's worth of consuming. `Ok` means the loop is finished; `Err` means reconnect.
+#[allow(clippy::too_many_arguments)] // the loop's state, passed down once per connection
 async fn session<E, P>(
     broker: &Arc<Broker>,
     prefetch: u16,
@@ -187,6 +219,7 @@ async fn session<E, P>(
     until: &Until,
     shutdown: &CancellationToken,
     progress: &mut Progress,
+    readiness: &Readiness,
 ) -> Result<(), BrokerError>
 where
     E: Sender + 'static,
@@ -194,6 +227,7 @@ where
 {
     let mut subscription = broker.subscribe(prefetch).await?;
     info!(queue = %broker.names().work, prefetch, "consuming");
+    readiness.consuming(broker);
     let mut tasks: JoinSet<Handled> = JoinSet::new();
     let mut idle_rounds = 0;
     let mut down_since = None;
@@ -242,6 +276,7 @@ where
             }
         }
     };
+    readiness.stopped();
     // Stop new deliveries, finish (and ack) what is in flight, then let the rest go back.
     if outcome.is_ok() {
         let _ = subscription.cancel().await;
@@ -343,9 +378,19 @@ async fn handle<E: Sender, P: Sender>(
     let batch = match Batch::decode(&delivery.data) {
         Ok(batch) => batch,
         Err(e) => {
-            warn!(error = %e, "undecodable message; dead-lettering it");
-            let owed = broker.dead_letter_raw(&delivery.data, &e.to_string()).await;
-            return settle(&delivery, owed, None, Report::default()).await;
+            let error = e.to_string();
+            let owed = broker.dead_letter_raw(&delivery.data, &error).await;
+            if owed.is_ok() {
+                events::undecodable(&error);
+            }
+            return settle(
+                &delivery,
+                owed,
+                BatchVerdict::Undecodable,
+                None,
+                Report::default(),
+            )
+            .await;
         }
     };
     let key = Settled::key(&delivery, attempt);
@@ -359,7 +404,15 @@ async fn handle<E: Sender, P: Sender>(
     let first = (attempt == 1).then(|| (batch.campaign_id.clone(), batch.batch_id.clone()));
     if earlier.owed_published {
         info!(parent: &span, "already processed before the connection dropped; acking");
-        return settle(&delivery, Ok(()), first, Report::default()).await;
+        return settle(
+            &delivery,
+            Ok(()),
+            BatchVerdict::Duplicate,
+            first,
+            Report::default(),
+        )
+        .instrument(span)
+        .await;
     }
     let processed = AssertUnwindSafe(
         process_batch(&batch, attempt, &earlier.delivered, &deps).instrument(span.clone()),
@@ -367,7 +420,12 @@ async fn handle<E: Sender, P: Sender>(
     .catch_unwind()
     .await;
     let Ok(verdict) = processed else {
-        error!(parent: &span, "processing panicked; requeueing the batch (the delivery limit dead-letters it if it keeps failing)");
+        span.in_scope(|| {
+            events::batch_settled(
+                BatchVerdict::Requeued,
+                Some(&"processing panicked (the delivery limit dead-letters a batch that keeps failing)"),
+            );
+        });
         let requeue = BasicNackOptions {
             requeue: true,
             ..BasicNackOptions::default()
@@ -382,11 +440,31 @@ async fn handle<E: Sender, P: Sender>(
         };
     };
     settled.record(key, &verdict.delivered, false);
-    let owed = publish_owed(&broker, &verdict.owed).instrument(span).await;
+    let owed = publish_owed(&broker, &verdict.owed)
+        .instrument(span.clone())
+        .await;
     if owed.is_ok() {
         settled.record(key, &[], true);
     }
-    settle(&delivery, owed, first, verdict.report).await
+    let label = verdict_of(&verdict, attempt);
+    settle(&delivery, owed, label, first, verdict.report)
+        .instrument(span)
+        .await
+}
+
+/// The `verdict` label of a processed batch, from what it owes: a dead letter outweighs a
+/// retry (next attempt), which outweighs a hold (same attempt).
+fn verdict_of(verdict: &Verdict, attempt: u32) -> BatchVerdict {
+    let mut label = BatchVerdict::Completed;
+    for owed in &verdict.owed {
+        match owed {
+            Owed::DeadLetter { .. } => return BatchVerdict::DeadLettered,
+            Owed::Retry { attempt: next, .. } if *next > attempt => label = BatchVerdict::Retried,
+            Owed::Retry { .. } if label == BatchVerdict::Completed => label = BatchVerdict::Held,
+            Owed::Retry { .. } => {}
+        }
+    }
+    label
 }
 
 /// Publishes every retry and dead letter a batch owes, each with its own confirm.
@@ -408,38 +486,46 @@ async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError>
                 batch,
                 reason,
                 attempt,
+                kinds,
             } => {
-                warn!(failed = batch.failures.len(), %reason, "dead-lettering failed recipients");
                 broker.dead_letter(batch, *attempt, reason).await?;
+                events::dead_lettered(batch, reason, kinds);
             }
         }
     }
     Ok(())
 }
 
+/// Acks the delivery once what it owes is published (`verdict` says how it went), or requeues
+/// it; one `batch_settled` event either way.
 async fn settle(
     delivery: &Delivery,
     owed: Result<(), BrokerError>,
+    verdict: BatchVerdict,
     first: Option<(CampaignId, String)>,
     report: Report,
 ) -> Handled {
     let acked = match owed {
         Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => true,
+            Ok(true) => {
+                events::batch_settled(verdict, None);
+                true
+            }
             // lapin refuses acks for deliveries from before a reconnect: the broker redelivers.
             Ok(false) => {
-                warn!(
-                    "delivery from before a reconnect cannot be acked; the broker will redeliver it"
+                events::batch_settled(
+                    BatchVerdict::Unacked,
+                    Some(&"delivery from before a reconnect cannot be acked"),
                 );
                 false
             }
             Err(e) => {
-                warn!(error = %e, "ack failed; the batch will be redelivered");
+                events::batch_settled(BatchVerdict::Unacked, Some(&e));
                 false
             }
         },
         Err(e) => {
-            error!(error = %e, "could not publish what the batch owes; requeueing it");
+            events::batch_settled(BatchVerdict::Requeued, Some(&e));
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()

@@ -8,6 +8,8 @@ pub mod commands;
 pub mod daemon;
 pub mod dlq;
 pub mod enqueue;
+pub mod events;
+pub mod exporter;
 pub mod ledger;
 pub mod limit;
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::Channel;
 use crate::config::RateConfig;
+use crate::events;
 
 /// How long a slowed-down domain (or push gateway) must go without a throttle signal before its
 /// rate doubles; each further quiet period doubles it again, up to the configured rate.
@@ -96,7 +97,7 @@ impl Limits {
     /// without a throttle signal instead of [`QUIET_PERIOD`]; for tests.
     pub fn with_recovery(rates: &RateConfig, quiet: Duration) -> Limits {
         let domains = &rates.per_domain_per_sec;
-        Limits {
+        let limits = Limits {
             email: quota(rates.email_per_sec).map(DefaultDirectRateLimiter::direct),
             push: quota(rates.push_per_sec).map(DefaultDirectRateLimiter::direct),
             listed: domains
@@ -111,7 +112,13 @@ impl Limits {
             overrides: RwLock::default(),
             quiet: quiet.max(Duration::from_millis(1)),
             rates: rates.clone(),
+        };
+        for domain in limits.listed.keys() {
+            events::domain_rate(domain, limits.configured_domain_rate(domain));
         }
+        // No listed domain is named "" (nor "default"): this is the rate of the unlisted ones.
+        events::domain_rate("default", limits.configured_domain_rate(""));
+        limits
     }
 
     /// Waits until one send by `channel` is within budget. For email, `domain` (the
@@ -217,7 +224,7 @@ impl Limits {
             }
         };
         drop(overrides);
-        log_change(target, lowered, Change::Lowered);
+        self.changed(target, lowered, Change::Lowered);
     }
 
     /// The current rates, in sends per second, of the domains slowed down by
@@ -278,11 +285,11 @@ impl Limits {
         if raised >= current.ceiling {
             let ceiling = current.ceiling;
             overrides.remove(target);
-            log_change(target, ceiling, Change::Recovered);
+            self.changed(target, ceiling, Change::Recovered);
         } else {
             current.set_rate(raised);
             current.quiet_since += self.quiet * steps;
-            log_change(target, raised, Change::Raised);
+            self.changed(target, raised, Change::Raised);
         }
     }
 
@@ -302,16 +309,8 @@ impl Limits {
     fn ceiling(&self, target: Target<'_>) -> f64 {
         let configured = match target {
             Target::Push => [self.rates.push_per_sec, 0],
-            Target::Domain(key) => {
-                let domains = &self.rates.per_domain_per_sec;
-                let own = domains
-                    .domains
-                    .iter()
-                    .find(|(domain, _)| normalize(domain) == key)
-                    .map_or(domains.default, |(_, &per_sec)| per_sec);
-                // A domain never went faster than the whole email channel.
-                [own, self.rates.email_per_sec]
-            }
+            // A domain never went faster than the whole email channel.
+            Target::Domain(key) => [self.own_rate(key), self.rates.email_per_sec],
         };
         let unlimited = match target {
             Target::Push => UNLIMITED_PUSH_START_PER_SEC,
@@ -322,6 +321,39 @@ impl Limits {
             .filter(|&per_sec| per_sec > 0)
             .min()
             .map_or(unlimited, f64::from)
+    }
+
+    /// A domain's configured rate, listed or `default`, in sends per second (0 = unlimited).
+    fn own_rate(&self, key: &str) -> u32 {
+        let domains = &self.rates.per_domain_per_sec;
+        domains
+            .domains
+            .iter()
+            .find(|(domain, _)| normalize(domain) == key)
+            .map_or(domains.default, |(_, &per_sec)| per_sec)
+    }
+
+    /// The rate a domain runs at when not slowed down: its own, capped by `rate.email_per_sec`,
+    /// in sends per second; 0 = unlimited.
+    fn configured_domain_rate(&self, key: &str) -> f64 {
+        [self.own_rate(key), self.rates.email_per_sec]
+            .into_iter()
+            .filter(|&per_sec| per_sec > 0)
+            .min()
+            .map_or(0.0, f64::from)
+    }
+
+    /// Logs a rate change and, for a domain, sets its `sunset_domain_rate` gauge (back to its
+    /// configured rate once recovered).
+    fn changed(&self, target: Target<'_>, per_sec: f64, change: Change) {
+        log_change(target, per_sec, change);
+        if let Target::Domain(domain) = target {
+            let now = match change {
+                Change::Recovered => self.configured_domain_rate(domain),
+                Change::Lowered | Change::Raised => per_sec,
+            };
+            events::domain_rate(domain, now);
+        }
     }
 
     fn read_overrides(&self) -> std::sync::RwLockReadGuard<'_, Overrides> {

@@ -15,7 +15,7 @@ use lapin::types::AMQPValue;
 use sunset::batch::Batch;
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{BrokerConfig, RateConfig};
-use sunset::daemon::{self, Until};
+use sunset::daemon::{self, Readiness, Until};
 use sunset::limit::Limits;
 use sunset::worker::{Deps, RetryPolicy};
 use tokio_util::sync::CancellationToken;
@@ -106,7 +106,7 @@ async fn a_451_twice_then_ok_is_delivered_once_on_the_third_attempt() {
         3,
         "push went out once each, on the first attempt"
     );
-    assert!(run.stderr().contains("attempt=3"), "{}", run.stderr());
+    assert!(run.stderr().contains("\"attempt\":3"), "{}", run.stderr());
     assert!(dead_letters(&env).await.is_empty());
 }
 
@@ -292,6 +292,7 @@ async fn a_poison_batch_ends_in_the_dead_letter_queue_and_the_worker_stays_up() 
         deps,
         Until::Idle,
         CancellationToken::new(),
+        &Readiness::default(),
     )
     .await
     .expect("the worker survives the poison batch");

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use chrono::{DateTime, FixedOffset, Utc};
 
@@ -11,14 +12,15 @@ use tokio::sync::Semaphore;
 
 use crate::batch::{Batch, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
+use crate::events;
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, Mark, Pair};
 use crate::limit::Limits;
 use crate::render::{Notice, Renderer, TemplateError, TemplateName};
 
 mod owed;
 
-use owed::{Failed, failure, held_back, hold, owed};
-pub use owed::{Owed, RetryPolicy};
+pub use owed::{DeadLetterKind, Owed, RetryPolicy};
+use owed::{Failed, RENDER_PREFIX, TEMPLATE_PREFIX, failure, held_back, hold, owed};
 
 /// Counts for one channel and locale.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -200,7 +202,9 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         deadline: Option<DateTime<FixedOffset>>,
     ) -> Sent {
         let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
+        let waiting = Instant::now();
         self.limits.acquire(channel, domain).await;
+        events::rate_limit_waited(channel, waiting.elapsed());
         let pair = || Pair {
             user_id: delivery.recipient.user_id.clone(),
             channel,
@@ -239,11 +243,14 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         let Ok(_permit) = self.sends.acquire().await else {
             return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
+        let _in_flight = events::InFlight::begin();
+        let sending = Instant::now();
         // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
         let outcome = match channel {
             Channel::Email => Box::pin(self.email.send(delivery)).await,
             Channel::Push => Box::pin(self.push.send(delivery)).await,
         };
+        events::send_took(channel, sending.elapsed());
         if let Outcome::Transient {
             throttled: true, ..
         } = outcome
@@ -332,8 +339,8 @@ pub async fn process_batch<E: Sender, P: Sender>(
             _ if late => Err(DEADLINE.to_string()),
             Ok(renderer) => renderer
                 .render(&batch.vars, recipient, &batch.channels)
-                .map_err(|e| format!("render: {e}")),
-            Err(e) => Err(format!("template: {e}")),
+                .map_err(|e| format!("{RENDER_PREFIX}{e}")),
+            Err(e) => Err(format!("{TEMPLATE_PREFIX}{e}")),
         })
         .collect();
 
@@ -451,6 +458,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
         verdict
             .report
             .count(channel, locale, outcome == Outcome::Delivered);
+        events::sent(&recipient.user_id, channel, locale, &outcome);
         match outcome {
             Outcome::Delivered => verdict.delivered.push((recipient.user_id.clone(), channel)),
             Outcome::Transient {
@@ -458,7 +466,6 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 retry_after,
                 ..
             } => {
-                tracing::warn!(user = %recipient.user_id, %channel, %reason, "send failed, will retry");
                 failed.push(Failed {
                     failure: failure(recipient, channel, reason),
                     retry_after: Some(retry_after),
@@ -466,7 +473,6 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 });
             }
             Outcome::Permanent { reason } => {
-                tracing::warn!(user = %recipient.user_id, %channel, %reason, "send failed for good");
                 failed.push(Failed {
                     failure: failure(recipient, channel, reason),
                     retry_after: None,

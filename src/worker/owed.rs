@@ -30,8 +30,59 @@ pub enum Owed {
         reason: String,
         /// The attempt that failed last, for the `x-sunset-attempt` header.
         attempt: u32,
+        /// Why each of `batch.failures` failed, in the same order.
+        kinds: Vec<DeadLetterKind>,
     },
 }
+
+/// Why a recipient × channel was dead-lettered, as a small fixed set (the `reason` label of
+/// `sunset_dead_letters_total`; the text itself is in the dead letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterKind {
+    /// The provider refused it for good (SMTP 5xx, HTTP 4xx).
+    Rejected,
+    /// The notice did not render (template or variable error).
+    Unrenderable,
+    /// Transient failures until `worker.max_attempts`.
+    Exhausted,
+    /// The batch's deadline passed first.
+    Deadline,
+    /// Held back (paused, ledger away) with no delay queue to wait on.
+    HeldBack,
+    /// The message was not a batch at all.
+    Undecodable,
+}
+
+impl DeadLetterKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Unrenderable => "unrenderable",
+            DeadLetterKind::Exhausted => "exhausted",
+            DeadLetterKind::Deadline => "deadline",
+            DeadLetterKind::HeldBack => "held_back",
+            DeadLetterKind::Undecodable => "undecodable",
+        }
+    }
+
+    /// The kind of a permanent failure, from its reason: the worker words render failures
+    /// `render: …`/`template: …` and a passed deadline `deadline`; the rest are refusals.
+    fn of_permanent(reason: &str) -> DeadLetterKind {
+        if reason.starts_with(DEADLINE) {
+            DeadLetterKind::Deadline
+        } else if reason.starts_with(RENDER_PREFIX) || reason.starts_with(TEMPLATE_PREFIX) {
+            DeadLetterKind::Unrenderable
+        } else {
+            DeadLetterKind::Rejected
+        }
+    }
+}
+
+/// How the reason of a notice that did not render starts.
+pub(super) const RENDER_PREFIX: &str = "render: ";
+/// How the reason of a template that did not load starts.
+pub(super) const TEMPLATE_PREFIX: &str = "template: ";
 
 /// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.
 const HOLD: Duration = Duration::from_secs(5);
@@ -93,7 +144,8 @@ pub(super) fn held_back(
             "held back ({}) and worker.retry_delays_ms is empty",
             held[0].error
         );
-        return vec![dead_letter(batch, held, reason, attempt)];
+        let kinds = vec![DeadLetterKind::HeldBack; held.len()];
+        return vec![dead_letter(batch, held, kinds, reason, attempt)];
     }
     let queue = policy.queue(1, HOLD);
     batch
@@ -126,6 +178,7 @@ pub(super) fn owed(
 ) -> Vec<Owed> {
     let mut retry = Vec::new();
     let mut dead = Vec::new();
+    let mut kinds = Vec::new();
     let mut at_least = Duration::ZERO;
     for Failed {
         mut failure,
@@ -141,8 +194,12 @@ pub(super) fn owed(
             Some(_) => {
                 failure.error = format!("gave up after {attempt} attempts: {}", failure.error);
                 dead.push(failure);
+                kinds.push(DeadLetterKind::Exhausted);
             }
-            None => dead.push(failure),
+            None => {
+                kinds.push(DeadLetterKind::of_permanent(&failure.error));
+                dead.push(failure);
+            }
         }
     }
     let mut owed = Vec::new();
@@ -154,6 +211,7 @@ pub(super) fn owed(
             .deadline
             .is_some_and(|deadline| Utc::now() + delay >= deadline);
         if too_late {
+            kinds.extend(retry.iter().map(|_| DeadLetterKind::Deadline));
             dead.extend(retry.into_iter().map(|mut f| {
                 f.error = format!(
                     "{DEADLINE} (next try would be after it; last error: {})",
@@ -171,13 +229,19 @@ pub(super) fn owed(
     }
     if !dead.is_empty() {
         let reason = dead_letter_reason(&dead);
-        owed.push(dead_letter(batch, dead, reason, attempt));
+        owed.push(dead_letter(batch, dead, kinds, reason, attempt));
     }
     owed
 }
 
 /// The failed recipients of `batch`, with their `failures`, for the dead-letter queue.
-fn dead_letter(batch: &Batch, failures: Vec<Failure>, reason: String, attempt: u32) -> Owed {
+fn dead_letter(
+    batch: &Batch,
+    failures: Vec<Failure>,
+    kinds: Vec<DeadLetterKind>,
+    reason: String,
+    attempt: u32,
+) -> Owed {
     let recipients = batch
         .recipients
         .iter()
@@ -192,6 +256,7 @@ fn dead_letter(batch: &Batch, failures: Vec<Failure>, reason: String, attempt: u
         }),
         reason,
         attempt,
+        kinds,
     }
 }
 
@@ -203,5 +268,72 @@ fn dead_letter_reason(dead: &[Failure]) -> String {
         only.error.clone()
     } else {
         format!("{} sends failed; first: {}", dead.len(), dead[0].error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        Batch::decode(
+            br#"{"version":1,"campaign_id":"c","batch_id":"c:000001","template":"t",
+                "channels":["email","push"],
+                "recipients":[{"user_id":"a"},{"user_id":"b"},{"user_id":"c"},{"user_id":"d"}]}"#,
+        )
+        .expect("a batch")
+    }
+
+    fn failed(user: &str, error: &str, transient: bool) -> Failed {
+        Failed {
+            failure: Failure {
+                user_id: crate::batch::UserId::parse(user).expect("a user id"),
+                channel: Channel::Email,
+                error: error.into(),
+            },
+            retry_after: transient.then_some(None),
+            locale: "en".into(),
+        }
+    }
+
+    #[test]
+    fn each_dead_lettered_pair_has_the_kind_of_its_failure() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            delays: vec![Duration::from_secs(1)],
+        };
+        let failures = vec![
+            failed("a", "550 5.1.1 unknown user", false),
+            failed("b", &format!("{RENDER_PREFIX}missing variable"), false),
+            failed("c", DEADLINE, false),
+            failed("d", "451 try later", true),
+        ];
+        let owed = owed(&batch(), 2, failures, &policy);
+        let [Owed::DeadLetter { batch, kinds, .. }] = owed.as_slice() else {
+            panic!("one dead letter: {owed:?}");
+        };
+        assert_eq!(
+            kinds,
+            &[
+                DeadLetterKind::Rejected,
+                DeadLetterKind::Unrenderable,
+                DeadLetterKind::Deadline,
+                DeadLetterKind::Exhausted,
+            ]
+        );
+        assert_eq!(kinds.len(), batch.failures.len());
+    }
+
+    #[test]
+    fn pairs_held_back_with_no_delay_queue_are_dead_lettered_as_held_back() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            delays: Vec::new(),
+        };
+        let owed = hold(&batch(), 1, "campaign paused", &policy);
+        let [Owed::DeadLetter { kinds, .. }] = owed.as_slice() else {
+            panic!("one dead letter: {owed:?}");
+        };
+        assert_eq!(kinds, &vec![DeadLetterKind::HeldBack; 8]);
     }
 }

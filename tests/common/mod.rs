@@ -4,8 +4,11 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 pub mod push_sink;
+pub mod scrape;
+pub mod smtp_auth;
 pub mod smtp_sink;
 pub mod tcp_proxy;
+pub mod worker_process;
 
 use std::collections::HashMap;
 use std::fs;
@@ -147,13 +150,16 @@ impl TestEnv {
             .expect("join")
     }
 
-    /// The `sunset ARGS` command in the folder, with no `SUNSET*` variables from the outside.
+    /// The `sunset ARGS` command in the folder, with no `SUNSET*` variables from the outside,
+    /// and metrics off unless `env` turns them on (tests run in parallel: they would all want
+    /// the default port).
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sunset"));
         command.args(args).current_dir(self.path());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SUNSET")) {
             command.env_remove(key);
         }
+        command.env("SUNSET__METRICS__LISTEN", "");
         command.envs(env.iter().copied());
         command
     }

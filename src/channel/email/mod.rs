@@ -144,17 +144,6 @@ fn dot_atom(raw: &str) -> String {
     out
 }
 
-/// Masks an address for logs: `layla@example.com` → `l***@example.com`.
-pub fn mask(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((local, domain)) => match local.chars().next() {
-            Some(first) => format!("{first}***@{domain}"),
-            None => format!("***@{domain}"),
-        },
-        None => "***".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,12 +169,5 @@ mod tests {
             "<xiami%3A2021%2Ea.%E5%90%8D%20%3Cx%3E@xiami.example>"
         );
         assert_eq!(id("名 <x>"), id("名 <x>"));
-    }
-
-    #[test]
-    fn masks_keep_the_first_letter_and_the_domain() {
-        assert_eq!(mask("layla@example.com"), "l***@example.com");
-        assert_eq!(mask("@example.com"), "***@example.com");
-        assert_eq!(mask("nonsense"), "***");
     }
 }

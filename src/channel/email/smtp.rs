@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 use super::held::HeldWrites;
 use super::reply::classify;
 use super::tls::ImplicitTls;
-use super::{Email, PASSWORD_ENV, compose, invalid, mask};
+use super::{Email, PASSWORD_ENV, compose, invalid};
 use crate::broker::redact;
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
+use crate::logging::{MaskedEmail, MaskedText};
 
 /// An idle connection older than this is checked with `NOOP` before reuse: relays close idle
 /// sessions (Postfix after 300 s), and a dead socket would otherwise fail a recipient.
@@ -352,8 +353,8 @@ impl Sender for SmtpRelay {
                 let outcome = classify(&failure);
                 tracing::debug!(
                     event = "email_not_delivered",
-                    recipient = %delivery.recipient.email.as_ref().map_or_else(|| "-".to_string(), |a| mask(a.as_str())),
-                    error = %failure,
+                    recipient = %delivery.recipient.email.as_ref().map_or(MaskedEmail("-"), |a| MaskedEmail(a.as_str())),
+                    error = %MaskedText(&failure.to_string()),
                     "SMTP send failed"
                 );
                 outcome

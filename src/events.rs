@@ -1,0 +1,219 @@
+//! Named events of the worker: each writes its log line and counts its Prometheus metric from
+//! the same place (STYLE.md item 8). Without an exporter (`metrics.listen = ""`) the metric
+//! half does nothing.
+
+use std::fmt;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+use crate::batch::{Batch, UserId};
+use crate::channel::{Channel, Outcome};
+use crate::logging::MaskedText;
+use crate::worker::DeadLetterKind;
+
+/// Counter: sends tried, by `channel`, `locale` (the template locale) and `outcome`.
+pub const SENDS: &str = "sunset_sends_total";
+/// Histogram: time one send took (SMTP transaction or HTTP request), by `channel`.
+pub const SEND_SECONDS: &str = "sunset_send_seconds";
+/// Histogram: time a send waited for the rate limits (channel and domain), by `channel`.
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "sunset_rate_limit_wait_seconds";
+/// Counter: batches settled, by `verdict`.
+pub const BATCHES: &str = "sunset_batches_total";
+/// Gauge: sends in flight now (at most `worker.concurrency`).
+pub const INFLIGHT_SENDS: &str = "sunset_inflight_sends";
+/// Gauge: the send rate of a configured or slowed-down email domain, per second (0 = unlimited).
+pub const DOMAIN_RATE: &str = "sunset_domain_rate";
+/// Counter: recipient × channel pairs dead-lettered, by `reason` kind.
+pub const DEAD_LETTERS: &str = "sunset_dead_letters_total";
+
+/// Upper bounds of the [`SEND_SECONDS`] buckets: an SMTP or HTTP round trip on a LAN, up to
+/// the default timeouts (5 s push, 10 s email).
+pub const SEND_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Upper bounds of the [`RATE_LIMIT_WAIT_SECONDS`] buckets: from no wait to a domain slowed
+/// down to its floor of one send a minute (several sends queued behind each other).
+pub const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        SENDS,
+        "Sends tried, by channel, template locale and outcome (delivered, transient, permanent)."
+    );
+    describe_histogram!(
+        SEND_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one send took, by channel."
+    );
+    describe_histogram!(
+        RATE_LIMIT_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time a send waited for the channel and domain rate limits, by channel."
+    );
+    describe_counter!(BATCHES, "Batches settled, by verdict.");
+    describe_gauge!(INFLIGHT_SENDS, "Sends in flight now.");
+    describe_gauge!(
+        DOMAIN_RATE,
+        "Email send rate per second of each configured or slowed-down domain (0 = unlimited)."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Recipient x channel pairs dead-lettered, by reason kind."
+    );
+}
+
+/// A send was tried and came to `outcome`: counted; a failure is logged (the reason masked,
+/// since server replies often quote the address).
+pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
+    let label = match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Transient { .. } => "transient",
+        Outcome::Permanent { .. } => "permanent",
+    };
+    counter!(SENDS, "channel" => channel.as_str(), "locale" => locale.to_string(), "outcome" => label)
+        .increment(1);
+    match outcome {
+        Outcome::Delivered => {}
+        Outcome::Transient { reason, .. } => tracing::warn!(
+            event = "send_failed",
+            %user,
+            %channel,
+            outcome = label,
+            reason = %MaskedText(reason),
+            "send failed, will retry"
+        ),
+        Outcome::Permanent { reason } => tracing::warn!(
+            event = "send_failed",
+            %user,
+            %channel,
+            outcome = label,
+            reason = %MaskedText(reason),
+            "send failed for good"
+        ),
+    }
+}
+
+/// How long one send took.
+pub fn send_took(channel: Channel, took: Duration) {
+    histogram!(SEND_SECONDS, "channel" => channel.as_str()).record(took.as_secs_f64());
+}
+
+/// How long one send waited for the rate limits.
+pub fn rate_limit_waited(channel: Channel, waited: Duration) {
+    histogram!(RATE_LIMIT_WAIT_SECONDS, "channel" => channel.as_str()).record(waited.as_secs_f64());
+}
+
+/// One send in flight, from its slot being taken until it is dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// Counts a send in flight until the value is dropped.
+    pub fn begin() -> InFlight {
+        gauge!(INFLIGHT_SENDS).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(INFLIGHT_SENDS).decrement(1.0);
+    }
+}
+
+/// How a batch delivery was settled with the broker: the `verdict` label of [`BATCHES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchVerdict {
+    /// Everything delivered (or skipped as delivered before); acked.
+    Completed,
+    /// Some pairs failed transiently and went to a delay queue; acked.
+    Retried,
+    /// Some pairs were held back (campaign paused, ledger away) on a delay queue; acked.
+    Held,
+    /// Some pairs went to the dead-letter queue; acked.
+    DeadLettered,
+    /// Not a batch: dead-lettered as it came; acked.
+    Undecodable,
+    /// A redelivery of a batch already settled before a reconnect: acked only.
+    Duplicate,
+    /// What it owes could not be published, or processing panicked: requeued for redelivery.
+    Requeued,
+    /// The ack did not reach the broker (connection lost): it will be redelivered.
+    Unacked,
+}
+
+impl BatchVerdict {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchVerdict::Completed => "completed",
+            BatchVerdict::Retried => "retried",
+            BatchVerdict::Held => "held",
+            BatchVerdict::DeadLettered => "dead_lettered",
+            BatchVerdict::Undecodable => "undecodable",
+            BatchVerdict::Duplicate => "duplicate",
+            BatchVerdict::Requeued => "requeued",
+            BatchVerdict::Unacked => "unacked",
+        }
+    }
+}
+
+/// A batch delivery was settled: counted and logged (inside the batch's span); `error` says
+/// why one was not acked.
+pub fn batch_settled(verdict: BatchVerdict, error: Option<&dyn fmt::Display>) {
+    counter!(BATCHES, "verdict" => verdict.as_str()).increment(1);
+    match error {
+        // Requeued: the batch could not be settled at all (a panic, no publisher confirm).
+        Some(error) if verdict == BatchVerdict::Requeued => tracing::error!(
+            event = "batch_settled",
+            verdict = verdict.as_str(),
+            error = %MaskedText(&error.to_string()),
+            "batch requeued; it will be redelivered"
+        ),
+        Some(error) => tracing::warn!(
+            event = "batch_settled",
+            verdict = verdict.as_str(),
+            error = %MaskedText(&error.to_string()),
+            "batch not acked; it will be redelivered"
+        ),
+        None => tracing::info!(
+            event = "batch_settled",
+            verdict = verdict.as_str(),
+            "batch settled"
+        ),
+    }
+}
+
+/// The failed pairs of `batch` were published to the dead-letter queue (confirmed); `kinds[i]`
+/// is why `batch.failures[i]` failed.
+pub fn dead_lettered(batch: &Batch, reason: &str, kinds: &[DeadLetterKind]) {
+    for kind in kinds {
+        counter!(DEAD_LETTERS, "reason" => kind.as_str()).increment(1);
+    }
+    tracing::warn!(
+        event = "dead_lettered",
+        failed = batch.failures.len(),
+        reason = %MaskedText(reason),
+        "dead-lettered failed recipients"
+    );
+}
+
+/// A message that is not a batch was published to the dead-letter queue as it came.
+pub fn undecodable(error: &str) {
+    counter!(DEAD_LETTERS, "reason" => DeadLetterKind::Undecodable.as_str()).increment(1);
+    tracing::warn!(
+        event = "undecodable",
+        error = %MaskedText(error),
+        "undecodable message dead-lettered"
+    );
+}
+
+/// An email domain's send rate is now `per_sec` (0 = unlimited): its configured rate at start,
+/// then each change back-off makes. Only configured and slowed-down domains get here, so the
+/// `domain` label stays bounded.
+pub fn domain_rate(domain: &str, per_sec: f64) {
+    gauge!(DOMAIN_RATE, "domain" => domain.to_string()).set(per_sec);
+}

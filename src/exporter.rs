@@ -1,0 +1,159 @@
+//! The operations listener on `metrics.listen`: `/metrics` (Prometheus text format), `/healthz`
+//! (the process is up) and `/readyz` (the worker is consuming), served beside the worker.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::InvalidInput;
+use crate::config::MetricsConfig;
+use crate::daemon::Readiness;
+use crate::events;
+
+/// How often histogram samples are folded into their buckets between scrapes, so memory stays
+/// flat when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The Prometheus exposition format version the text follows.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A bound listener and the process's metrics recorder, ready to serve.
+pub struct Exporter {
+    listener: TcpListener,
+    handle: PrometheusHandle,
+}
+
+impl Exporter {
+    /// Binds `metrics.listen` and installs the metrics recorder for the whole process; `None`
+    /// when the address is empty (metrics off: the counting macros then do nothing).
+    ///
+    /// An address that is not `host:port` is a usage error ([`InvalidInput`], exit 2); one that
+    /// cannot be bound (in use, not ours) is a runtime error naming it (exit 1).
+    pub async fn bind(config: &MetricsConfig) -> anyhow::Result<Option<Exporter>> {
+        let listen = config.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        check_host_port(listen)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("Failed to listen on {listen} (metrics.listen)"))?;
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(events::SEND_SECONDS.into()),
+                events::SEND_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(events::RATE_LIMIT_WAIT_SECONDS.into()),
+                events::WAIT_BUCKETS,
+            )?
+            .install_recorder()
+            .context("Failed to install the metrics recorder")?;
+        events::describe();
+        Ok(Some(Exporter { listener, handle }))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` is cancelled; `/readyz` answers from `readiness`.
+    pub fn spawn(self, readiness: Readiness, stop: CancellationToken) -> JoinHandle<()> {
+        if let Ok(address) = self.local_addr() {
+            tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+        }
+        let app = Router::new()
+            .route("/metrics", get(metrics).with_state(self.handle.clone()))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz).with_state(readiness));
+        let handle = self.handle;
+        let upkeep = async move {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                ticks.tick().await;
+                handle.run_upkeep();
+            }
+        };
+        let serve = axum::serve(self.listener, app).into_future();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                served = serve => if let Err(error) = served {
+                    tracing::error!(%error, "the metrics listener failed");
+                },
+                _ = upkeep => {}
+            }
+        })
+    }
+}
+
+/// `host:port` with a port number, before any attempt to bind it.
+fn check_host_port(listen: &str) -> Result<(), InvalidInput> {
+    let valid = listen
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidInput(format!(
+            "metrics.listen `{listen}` is not host:port (e.g. 127.0.0.1:9185, or 0.0.0.0:9185 for every interface; empty turns metrics off)"
+        )))
+    }
+}
+
+async fn metrics(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {
+    if readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not consuming from RabbitMQ\n",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_need_a_host_and_a_port() {
+        for good in [
+            "127.0.0.1:9185",
+            "0.0.0.0:0",
+            "[::1]:9185",
+            "localhost:9185",
+        ] {
+            assert!(check_host_port(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "9185",
+            ":9185",
+            "127.0.0.1",
+            "127.0.0.1:http",
+            "127.0.0.1:70000",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! A `sunset` process running in the background of a test: stopped with SIGTERM by the test,
+//! or killed when the test ends without stopping it (a failed assertion), so none outlives it.
+
+use std::process::{Child, Command, ExitStatus};
+
+/// The running process; killed on drop unless [`WorkerProcess::terminate`] was awaited.
+pub struct WorkerProcess(Option<Child>);
+
+impl WorkerProcess {
+    /// Starts `command`.
+    pub fn spawn(mut command: Command) -> WorkerProcess {
+        WorkerProcess(Some(command.spawn().expect("start sunset")))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let mut child = self.0.take().expect("still running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
