@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{Batch, CampaignId, UserId};
-use crate::broker::{Broker, BrokerError, QueueNames, attempt_of};
+use crate::broker::{Broker, BrokerError, QueueNames, attempt_of, within};
 use crate::channel::{Channel, Sender};
 use crate::config::BrokerConfig;
 use crate::events::{self, BatchVerdict};
@@ -255,7 +255,15 @@ where
                 });
                 progress.record(until, done);
             }
-            _ = poll.tick(), if tasks.is_empty() && *until != Until::Shutdown => {
+            _ = poll.tick() => {
+                // A recovery lapin cannot finish (the broker went away again while it was
+                // reconnecting) would leave this worker attached to nothing, for good.
+                if !recovering(broker, &mut down_since) && broker.is_recovering() {
+                    break Err(BrokerError::RecoveryStalled(RECOVERY_GRACE));
+                }
+                if !tasks.is_empty() || *until == Until::Shutdown {
+                    continue;
+                }
                 if !may_stop(until, &progress.campaign_batches) && !campaign_settled(until, deps).await {
                     idle_rounds = 0;
                     continue;
@@ -430,7 +438,7 @@ async fn handle<E: Sender, P: Sender>(
             requeue: true,
             ..BasicNackOptions::default()
         };
-        if let Err(e) = delivery.acker.nack(requeue).await {
+        if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
             warn!(parent: &span, error = %e, "nack failed; the batch will be redelivered");
         }
         return Handled {
@@ -506,7 +514,7 @@ async fn settle(
     report: Report,
 ) -> Handled {
     let acked = match owed {
-        Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(()) => match within("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await {
             Ok(true) => {
                 events::batch_settled(verdict, None);
                 true
@@ -530,7 +538,7 @@ async fn settle(
                 requeue: true,
                 ..BasicNackOptions::default()
             };
-            if let Err(e) = delivery.acker.nack(requeue).await {
+            if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
                 warn!(error = %e, "nack failed; the batch will be redelivered");
             }
             false

@@ -30,6 +30,10 @@ const WORKERS: usize = 3;
 /// not recorded, which another worker then sends again.
 const CONCURRENCY: usize = 16;
 
+/// How long workers may take to finish after SIGTERM: in-flight sends, acks and the broker
+/// close (which waits up to 20 s for a connection lapin is recovering).
+const STOP_LIMIT: Duration = Duration::from_secs(90);
+
 /// What happens, in order, each once the SMTP sink has seen that share of the recipients.
 const SCHEDULE: [(f64, Fault); 7] = [
     (0.05, Fault::KillWorker),
@@ -93,7 +97,8 @@ impl<'a> Fleet<'a> {
         self.workers.push(replacement);
     }
 
-    /// SIGTERM every worker and waits for each to finish its in-flight batches and exit 0.
+    /// SIGTERM every worker and waits for each to finish its in-flight batches and exit 0
+    /// (within `STOP_LIMIT`: a worker that hangs fails the run rather than stalling it).
     fn stop(&mut self) {
         for worker in &mut self.workers {
             let status = Command::new("kill")
@@ -102,8 +107,19 @@ impl<'a> Fleet<'a> {
                 .expect("kill -TERM");
             assert!(status.success());
         }
+        let asked = Instant::now();
         for worker in &mut self.workers {
-            let status = worker.wait().expect("wait for a worker");
+            let status = loop {
+                if let Some(status) = worker.try_wait().expect("poll a worker") {
+                    break status;
+                }
+                assert!(
+                    asked.elapsed() < STOP_LIMIT,
+                    "worker {} still running {STOP_LIMIT:?} after SIGTERM",
+                    worker.id()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
             assert!(status.success(), "a worker exited with {status}");
         }
         self.workers.clear();

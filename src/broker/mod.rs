@@ -68,6 +68,30 @@ pub enum BrokerError {
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
+    /// An operation got no answer: the connection is gone or stuck while lapin recovers it.
+    #[error("RabbitMQ did not answer {0} within {REPLY_TIMEOUT:?}")]
+    NoReply(&'static str),
+    /// lapin has been recovering the connection for longer than its grace; start anew.
+    #[error("RabbitMQ connection still not recovered after {0:?}")]
+    RecoveryStalled(Duration),
+}
+
+/// The longest any single broker operation (a publish and its confirm, a cancel, a close, an
+/// ack) may take: a connection that breaks while lapin recovers it can leave them unanswered.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `operation`, or [`BrokerError::NoReply`] after [`REPLY_TIMEOUT`].
+pub async fn within<T, E>(
+    what: &'static str,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, BrokerError>
+where
+    BrokerError: From<E>,
+{
+    match tokio::time::timeout(REPLY_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(BrokerError::from),
+        Err(_) => Err(BrokerError::NoReply(what)),
+    }
 }
 
 /// Where a message goes.
@@ -104,16 +128,18 @@ pub struct Subscription {
 impl Subscription {
     /// Stops new deliveries; those already received can still be acked.
     pub async fn cancel(&self) -> Result<(), BrokerError> {
-        self.channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await?;
-        Ok(())
+        within(
+            "basic.cancel",
+            self.channel
+                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await
     }
 
     /// Closes the channel: unacked deliveries go back to the queue.
     pub async fn close(&self) {
         if self.channel.status().connected() {
-            let _ = self.channel.close(200, "done".into()).await;
+            let _ = within("channel.close", self.channel.close(200, "done".into())).await;
         }
     }
 }
@@ -206,20 +232,22 @@ impl Broker {
             .with_timestamp(now)
             .with_message_id(message_id().into())
             .with_headers(headers);
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let confirm = within("basic.publish", async {
+            self.publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BrokerError::Returned(routing_key.to_string())),
@@ -303,17 +331,18 @@ impl Broker {
 
     /// Ready messages in a queue (not those delivered and unacked).
     pub async fn ready_count(&self, queue: &str) -> Result<u32, BrokerError> {
-        let queue = self
-            .publisher
-            .queue_declare(
+        let queue = within(
+            "queue.declare",
+            self.publisher.queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(queue.message_count())
     }
 
@@ -338,7 +367,7 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if self.connection.status().connected() {
-            let _ = self.connection.close(200, "bye".into()).await;
+            let _ = within("connection.close", self.connection.close(200, "bye".into())).await;
         } else if self.is_recovering() {
             tracing::warn!("RabbitMQ connection still recovering after {CLOSE_WAIT:?}; leaving it");
         }

@@ -1,11 +1,12 @@
 //! `sunset enqueue`: an audience file (CSV or JSONL), validated whole, then published as batches.
 
+mod repeats;
+
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -26,6 +27,9 @@ use crate::config::Config;
 use crate::lint;
 use crate::locale::Locales;
 use crate::render::{self, Renderer, Sample, TemplateName, Vars};
+
+pub use repeats::Repeats;
+use repeats::{Suspects, TooManySuspects};
 
 /// Bad rows printed before the rest are only counted.
 const SHOWN_REJECTS: usize = 20;
@@ -123,9 +127,66 @@ impl RawRow {
     }
 }
 
-/// Reads an audience file row by row without loading it whole; also rejects a user id seen
-/// on an earlier line. The same file always gives the same rows.
-pub fn rows(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Result<Row, Rejected>> + Send>> {
+/// An audience file's rows as read, each with its line: the recipient, or why it is not one.
+type Parsed = Box<dyn Iterator<Item = (u64, Result<Recipient, String>)> + Send>;
+
+/// The rows of an audience file, audience validation and all.
+pub type Rows = Box<dyn Iterator<Item = Result<Row, Rejected>> + Send>;
+
+/// Reads an audience file row by row without loading it whole, rejecting a user id seen on an
+/// earlier valid row. The same file always gives the same rows. Reads the file two or three
+/// times (see [`Repeats`]); [`validate`] and [`publish`] share that work through the plan.
+pub fn rows(path: &Path) -> anyhow::Result<Rows> {
+    let mut suspects = Suspects::for_file(file_size(path));
+    for (_, recipient) in parsed(path)? {
+        if let Ok(recipient) = recipient {
+            suspects.see(recipient.user_id.as_str()).map_err(too_many)?;
+        }
+    }
+    let repeats = confirm(path, suspects)?;
+    rows_with(path, Arc::new(repeats))
+}
+
+/// The rows of an audience file, rejecting every valid row whose user id `repeats` has on an
+/// earlier line.
+pub fn rows_with(path: &Path, repeats: Arc<Repeats>) -> anyhow::Result<Rows> {
+    Ok(Box::new(parsed(path)?.map(move |(line, recipient)| {
+        let recipient = recipient.map_err(|reason| Rejected { line, reason })?;
+        match repeats.first_line(recipient.user_id.as_str()) {
+            Some(first) if first != line => Err(Rejected {
+                line,
+                reason: format!(
+                    "duplicate user_id `{}` (first on line {first})",
+                    recipient.user_id
+                ),
+            }),
+            _ => Ok(Row { line, recipient }),
+        }
+    })))
+}
+
+/// The ids `suspects` flagged, counted exactly over another pass (only when it flagged any).
+fn confirm(path: &Path, suspects: Suspects) -> anyhow::Result<Repeats> {
+    if suspects.is_empty() {
+        return Ok(Repeats::default());
+    }
+    let valid_ids = parsed(path)?
+        .filter_map(|(line, recipient)| Some((line, recipient.ok()?.user_id)))
+        .map(|(line, id)| (line, id.as_str().to_string()));
+    Ok(suspects.confirm(valid_ids))
+}
+
+/// The audience file's size, for sizing the duplicate check (0 if unknown: the smallest).
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn too_many(error: TooManySuspects) -> anyhow::Error {
+    InvalidInput(error.to_string()).into()
+}
+
+/// Parses an audience file's rows, CSV or JSONL by its extension.
+fn parsed(path: &Path) -> anyhow::Result<Parsed> {
     let format = Format::of(path)?;
     let file = File::open(path).with_context(|| format!("Failed to open {}", path.display()))?;
     let raw: Box<dyn Iterator<Item = (u64, Result<RawRow, String>)> + Send> = match format {
@@ -182,25 +243,9 @@ pub fn rows(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Result<Row, R
                 }),
         ),
     };
-    // Hashes of user ids seen, with their line: 16 bytes per recipient however long the ids.
-    let mut seen: HashMap<u64, u64> = HashMap::new();
-    Ok(Box::new(raw.map(move |(line, raw)| {
-        let recipient = raw
-            .and_then(RawRow::parse)
-            .map_err(|reason| Rejected { line, reason })?;
-        let mut hasher = DefaultHasher::new();
-        recipient.user_id.hash(&mut hasher);
-        if let Some(first) = seen.insert(hasher.finish(), line) {
-            return Err(Rejected {
-                line,
-                reason: format!(
-                    "duplicate user_id `{}` (first on line {first})",
-                    recipient.user_id
-                ),
-            });
-        }
-        Ok(Row { line, recipient })
-    })))
+    Ok(Box::new(
+        raw.map(|(line, raw)| (line, raw.and_then(RawRow::parse))),
+    ))
 }
 
 /// Longest JSONL line read; a longer one is rejected without being held in memory. A row at
@@ -318,22 +363,55 @@ pub struct Validation {
     pub shown: Vec<Rejected>,
     /// All rejected rows.
     pub rejected: u64,
+    /// The user ids on more than one valid row (the first row of each is kept).
+    pub repeats: Arc<Repeats>,
 }
 
-/// Reads the whole audience once, keeping only counts (per channel and the template locale
-/// each recipient negotiates to) and the first rejects.
+/// Reads the whole audience, keeping only counts (per channel and the template locale each
+/// recipient negotiates to), the first rejects and the repeated user ids. A file whose ids the
+/// filter flags is read a second time to count them exactly, and one that repeats ids a third
+/// time to count again without the repeats.
 pub fn validate(
     path: &Path,
     locales: &Locales,
     channels: &[Channel],
 ) -> anyhow::Result<Validation> {
+    let mut suspects = Suspects::for_file(file_size(path));
+    let first = count(rows_with(path, Arc::default())?, locales, channels, |id| {
+        suspects.see(id).map_err(too_many)
+    })?;
+    let repeats = Arc::new(confirm(path, suspects)?);
+    if repeats.is_empty() {
+        return Ok(Validation { repeats, ..first });
+    }
+    let recounted = count(
+        rows_with(path, Arc::clone(&repeats))?,
+        locales,
+        channels,
+        |_| Ok(()),
+    )?;
+    Ok(Validation {
+        repeats,
+        ..recounted
+    })
+}
+
+/// One pass of [`validate`]: counts the rows, showing `SHOWN_REJECTS` of the rejects, and
+/// hands each valid row's user id to `see`.
+fn count(
+    rows: Rows,
+    locales: &Locales,
+    channels: &[Channel],
+    mut see: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<Validation> {
     let mut validation = Validation::default();
     // Requested tag → template locale: an audience has few distinct tags (a file with more
     // starts the memo over rather than grow it).
     let mut negotiated: HashMap<Option<String>, String> = HashMap::new();
-    for row in rows(path)? {
+    for row in rows {
         match row {
             Ok(Row { recipient, .. }) => {
+                see(recipient.user_id.as_str())?;
                 validation.valid += 1;
                 if negotiated.len() >= NEGOTIATED_MAX {
                     negotiated.clear();
@@ -389,6 +467,8 @@ pub struct Plan {
     pub rejected: u64,
     /// Sends planned per channel and template locale.
     pub totals: HashMap<(Channel, String), u64>,
+    /// The user ids on more than one valid row, from validation.
+    pub repeats: Arc<Repeats>,
 }
 
 impl Plan {
@@ -516,6 +596,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
         recipients: validation.valid,
         rejected: validation.rejected,
         totals: validation.totals,
+        repeats: validation.repeats,
     })
 }
 
@@ -562,7 +643,9 @@ pub async fn publish(broker: &Broker, plan: &Plan) -> anyhow::Result<Summary> {
     let mut in_flight = FuturesOrdered::new();
     let mut batches = 0u64;
     let mut recipients = Vec::with_capacity(plan.batch_size);
-    let mut rows = rows(&plan.audience)?.filter_map(Result::ok).peekable();
+    let mut rows = rows_with(&plan.audience, Arc::clone(&plan.repeats))?
+        .filter_map(Result::ok)
+        .peekable();
     while rows.peek().is_some() {
         recipients.extend(rows.by_ref().take(plan.batch_size).map(|row| row.recipient));
         batches += 1;
