@@ -193,6 +193,8 @@ impl Run {
 
 impl Drop for TestEnv {
     /// Deletes the test's queues, from a thread of its own so it works inside a tokio test too.
+    /// Gives up after 15 s (lapin has been seen to hang on a close): a test that passed must
+    /// not stall the suite over its clean-up; the queues then stay behind.
     fn drop(&mut self) {
         if self.queue.is_none() {
             return;
@@ -200,7 +202,7 @@ impl Drop for TestEnv {
         let names = self.names();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
-            runtime.block_on(async {
+            let cleanup = async {
                 let url = BrokerConfig::default().url;
                 let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await
                 else {
@@ -212,7 +214,12 @@ impl Drop for TestEnv {
                     }
                 }
                 let _ = connection.close(200, "bye".into()).await;
+            };
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(15), cleanup).await;
             });
+            // Threads lapin left waiting on a hung connection must not hold the test up.
+            runtime.shutdown_background();
         })
         .join();
     }
