@@ -254,12 +254,13 @@ impl Sample {
     /// Reads `<template dir>/sample.json`.
     pub fn load(template_dir: &Path) -> Result<Sample, TemplateError> {
         let path = template_dir.join(SAMPLE_FILE);
-        let text = fs::read_to_string(&path).map_err(|source| TemplateError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| TemplateError::Sample {
-            path,
+        Sample::parse(&path, &read_source(&path)?)
+    }
+
+    /// Parses the text of the sample file at `path` (named in the error).
+    pub fn parse(path: &Path, text: &str) -> Result<Sample, TemplateError> {
+        serde_json::from_str(text).map_err(|e| TemplateError::Sample {
+            path: path.to_owned(),
             reason: e.to_string(),
         })
     }

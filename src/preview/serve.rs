@@ -162,9 +162,16 @@ async fn grid_page(State(site): State<Arc<Site>>, UrlPath(template): UrlPath<Str
     blocking(move || {
         let name = TemplateName::parse(&template).map_err(refused)?;
         let root = render::template_dir(&site.dir, &name).map_err(refused)?;
-        let sample_path = root.join(render::SAMPLE_FILE);
-        let sample_json = std::fs::read_to_string(&sample_path).unwrap_or_default();
-        let grid = match Sample::load(&root) {
+        let path = root.join(render::SAMPLE_FILE);
+        // Read once: the box shows the text even when it does not parse.
+        let (sample_json, sample) = match render::read_source(&path) {
+            Ok(text) => {
+                let sample = Sample::parse(&path, &text);
+                (text, sample)
+            }
+            Err(e) => (String::new(), Err(e)),
+        };
+        let grid = match sample {
             Ok(sample) => rendered_grid(&site, &name, &sample)?,
             Err(e) => format!(
                 "<p class=\"error\" role=\"alert\">{}</p>",
