@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::{
-    POSTGRES, TestEnv, close_connections_named, emails_per_address, pushes_per_user, sinks_config,
-    unique,
+    POSTGRES, TestEnv, campaign_args, close_connections_named, emails_per_address, exit_by,
+    pushes_per_user, sinks_config, unique,
 };
 use serde_json::Value;
 use sunset::batch::Batch;
@@ -109,17 +109,10 @@ impl<'a> Fleet<'a> {
         }
         let asked = Instant::now();
         for worker in &mut self.workers {
-            let status = loop {
-                if let Some(status) = worker.try_wait().expect("poll a worker") {
-                    break status;
-                }
-                assert!(
-                    asked.elapsed() < STOP_LIMIT,
-                    "worker {} still running {STOP_LIMIT:?} after SIGTERM",
-                    worker.id()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            };
+            let id = worker.id();
+            let status = exit_by(worker, asked, STOP_LIMIT).unwrap_or_else(|| {
+                panic!("worker {id} still running {STOP_LIMIT:?} after SIGTERM")
+            });
             assert!(status.success(), "a worker exited with {status}");
         }
         self.workers.clear();
@@ -265,17 +258,11 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
         ),
     ));
     env.write("audience.csv", &csv);
-    env.sunset_async(&[
+    env.sunset_async(&campaign_args(
         "enqueue",
-        "--campaign-id",
         &campaign,
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "100",
-    ])
+        &["--batch-size", "100"],
+    ))
     .await
     .expect_code(0);
 

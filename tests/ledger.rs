@@ -12,8 +12,9 @@ use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::{
-    POSTGRES, TestEnv, assert_everyone_told_once, audience_csv, close_connections_named,
-    emails_per_address, pushes_per_user, sinks_config, unique, until_emails,
+    POSTGRES, TestEnv, assert_everyone_told_once, audience_csv, campaign_args,
+    close_connections_named, emails_per_address, exit_by, pushes_per_user, sinks_config, unique,
+    until_emails,
 };
 use serde_json::Value;
 use sunset::batch::Batch;
@@ -55,17 +56,9 @@ fn config(smtp: &SmtpSink, push: &PushSink, db: Db, rate: &str, worker: &str) ->
 }
 
 async fn enqueue(env: &TestEnv, campaign: &str, extra: &[&str]) {
-    let mut args = vec![
-        "enqueue",
-        "--campaign-id",
-        campaign,
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ];
-    args.extend_from_slice(extra);
-    env.sunset_async(&args).await.expect_code(0);
+    env.sunset_async(&campaign_args("enqueue", campaign, extra))
+        .await
+        .expect_code(0);
 }
 
 /// The campaign variables of the template's `sample.json`.
@@ -655,17 +648,7 @@ async fn send_finishes_when_a_running_worker_takes_most_of_the_batches() {
 
     let mut send = env
         .command(
-            &[
-                "send",
-                "--campaign-id",
-                &campaign,
-                "--template",
-                "xiami-shutdown",
-                "--audience",
-                "audience.csv",
-                "--batch-size",
-                "20",
-            ],
+            &campaign_args("send", &campaign, &["--batch-size", "20"]),
             &[],
         )
         .stdout(Stdio::null())
@@ -673,20 +656,13 @@ async fn send_finishes_when_a_running_worker_takes_most_of_the_batches() {
         .spawn()
         .expect("start send");
     let started = Instant::now();
-    let status = loop {
-        if let Some(status) = send.try_wait().expect("poll send") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = send.kill();
-            let _ = worker.kill();
-            panic!("send did not finish beside a running worker");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status =
+        tokio::task::block_in_place(|| exit_by(&mut send, started, Duration::from_secs(60)));
+    let _ = send.kill();
     let _ = worker.kill();
     let _ = worker.wait();
 
+    let status = status.expect("send did not finish beside a running worker");
     assert!(status.success(), "{status}");
     assert_everyone_told_once(&smtp, &push, 200);
 }

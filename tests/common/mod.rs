@@ -317,6 +317,40 @@ pub async fn until_emails(smtp: &SmtpSink, n: usize) {
     }
 }
 
+/// `VERB --campaign-id CAMPAIGN --template xiami-shutdown --audience audience.csv EXTRA…`: the
+/// arguments of `enqueue` or `send` for a test's `audience.csv`.
+pub fn campaign_args<'a>(verb: &'a str, campaign: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        verb,
+        "--campaign-id",
+        campaign,
+        "--template",
+        "xiami-shutdown",
+        "--audience",
+        "audience.csv",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Waits for `child` to exit, at most until `limit` has passed since `since`; `None` if it
+/// is still running then. Blocks: call it from `block_in_place` in an async test.
+pub fn exit_by(
+    child: &mut std::process::Child,
+    since: std::time::Instant,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().expect("poll a child process") {
+            return Some(status);
+        }
+        if since.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The PostgreSQL ledger every developer and CI machine has (tests keep apart by campaign id).
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
