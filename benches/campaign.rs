@@ -1224,7 +1224,7 @@ impl Bench {
             self.runtime.handle(),
             self.options.keep,
             &format!("concurrency = {concurrency}\n"),
-            &format!("[push]\ntransport = \"http\"\nurl = \"{url}\"\n{UNLIMITED}"),
+            &format!("[push]\ntransport = \"http\"\nurl = \"{url}\"\n{UNLIMITED}{NO_LEDGER}"),
         )
     }
 

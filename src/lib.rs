@@ -20,6 +20,7 @@ pub mod logging;
 pub mod preview;
 pub mod render;
 pub mod secret;
+pub mod variables;
 pub mod worker;
 
 pub use channel::Channel;

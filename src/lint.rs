@@ -4,15 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
-use handlebars::{Path as VarPath, Template};
-
 use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::render::{
-    self, HELPERS, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample,
-    TemplateName,
+    self, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample, TemplateName,
 };
+use crate::variables::{Usage, usage_of};
 
 /// One thing wrong, at one place (`xiami-shutdown/ar/email.html.hbs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +32,6 @@ impl fmt::Display for Problem {
 pub struct CheckFailed {
     /// How many.
     pub count: usize,
-}
-
-/// Variables a file uses, and those it tests with `#if`/`#unless`.
-#[derive(Debug, Default)]
-struct Usage {
-    used: BTreeSet<String>,
-    tested: BTreeSet<String>,
 }
 
 /// Every template folder under `dir`, checked; an unreadable `dir` is itself a problem.
@@ -251,124 +241,5 @@ fn error_text(e: &render::TemplateError) -> String {
     match e {
         render::TemplateError::Syntax { at, reason, .. } => format!("{at}{reason}"),
         other => other.to_string(),
-    }
-}
-
-fn usage_of(template: &Template) -> Usage {
-    let mut usage = Usage::default();
-    collect(template, false, &mut usage);
-    usage
-}
-
-/// Walks the template; `scoped` is true inside blocks that change the context (`each`, `with`),
-/// where names are relative to an item rather than campaign variables.
-fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
-    for element in &template.elements {
-        match element {
-            TemplateElement::Expression(helper) | TemplateElement::HtmlExpression(helper) => {
-                if helper.params.is_empty() && helper.hash.is_empty() {
-                    if let Some(var) = name_var(&helper.name) {
-                        usage.used.insert(var);
-                    }
-                } else {
-                    params(helper, usage);
-                }
-            }
-            TemplateElement::HelperBlock(helper) => {
-                params(helper, usage);
-                let block = helper.name.as_name().unwrap_or_default();
-                if !scoped && matches!(block, "if" | "unless") {
-                    usage
-                        .tested
-                        .extend(helper.params.iter().filter_map(param_var));
-                }
-                let inner_scoped = scoped || matches!(block, "each" | "with");
-                for inner in [&helper.template, &helper.inverse].into_iter().flatten() {
-                    collect(inner, inner_scoped, usage);
-                }
-            }
-            TemplateElement::PartialExpression(partial)
-            | TemplateElement::PartialBlock(partial) => {
-                usage.used.extend(
-                    partial
-                        .params
-                        .iter()
-                        .chain(partial.hash.values())
-                        .filter_map(param_var),
-                );
-                if let Some(inner) = &partial.template {
-                    collect(inner, scoped, usage);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-fn params(helper: &HelperTemplate, usage: &mut Usage) {
-    for param in helper.params.iter().chain(helper.hash.values()) {
-        match param {
-            Parameter::Subexpression(sub) => {
-                if let TemplateElement::Expression(inner) = sub.as_element() {
-                    params(inner, usage);
-                }
-            }
-            other => usage.used.extend(param_var(other)),
-        }
-    }
-}
-
-/// `{{name}}`: a variable unless it names one of sunset's helpers.
-fn name_var(name: &Parameter) -> Option<String> {
-    param_var(name).filter(|var| !HELPERS.contains(&var.as_str()))
-}
-
-fn param_var(param: &Parameter) -> Option<String> {
-    match param {
-        Parameter::Path(VarPath::Relative((_, raw))) => top_level(raw),
-        Parameter::Name(n) => top_level(n),
-        _ => None,
-    }
-}
-
-/// The campaign or recipient variable a path starts from (`user.name` → `user`); none for
-/// `this`, `../x` and `@` paths, which are not top-level variables.
-fn top_level(raw: &str) -> Option<String> {
-    let raw = raw.strip_prefix("this.").unwrap_or(raw);
-    let raw = raw.strip_prefix("./").unwrap_or(raw);
-    if raw.starts_with("..") || raw.starts_with('@') || raw == "this" || raw.is_empty() {
-        return None;
-    }
-    raw.split(['.', '/', '['])
-        .next()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn usage(source: &str) -> Usage {
-        usage_of(&Template::compile(source).expect("valid handlebars"))
-    }
-
-    #[test]
-    fn variables_are_found_in_expressions_helpers_and_blocks() {
-        let u = usage(
-            "{{a}} {{{b}}} {{date c}} {{dir}} {{lang}} {{#if d}}{{e.f}}{{else}}{{g}}{{/if}}\
-             {{#unless h}}x{{/unless}} {{#> layout title=i}}{{j}}{{/layout}}",
-        );
-        let used: Vec<&str> = u.used.iter().map(String::as_str).collect();
-        assert_eq!(used, ["a", "b", "c", "d", "e", "g", "h", "i", "j"]);
-        let tested: Vec<&str> = u.tested.iter().map(String::as_str).collect();
-        assert_eq!(tested, ["d", "h"]);
-    }
-
-    #[test]
-    fn names_inside_each_are_not_taken_for_tested_campaign_variables() {
-        let u = usage("{{#each songs}}{{#if explicit}}{{title}}{{/if}}{{/each}}");
-        assert!(u.used.contains("songs"));
-        assert!(u.tested.is_empty(), "{:?}", u.tested);
     }
 }

@@ -1,5 +1,6 @@
 //! Rendering a notice: one template's handlebars files per locale, CLDR dates, and the `Notice` they make.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::batch::{EmailAddress, Recipient};
 use crate::channel::Channel;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
+use crate::variables::usage_of;
 
 /// Campaign variables (`vars` of a batch): names to JSON values.
 pub type Vars = Map<String, Value>;
@@ -403,6 +405,10 @@ pub struct Renderer {
     locales: Locales,
     /// Registry keys per locale (in `locales` order) and part (in `Part::ALL` order).
     names: Vec<[String; 5]>,
+    /// Per locale and part (same order): the variables the part reads, when those are all it
+    /// reads (see [`crate::variables::Usage::open`]). Such a part renders alike for every recipient of a batch
+    /// that sets none of them, so a [`BatchCache`] renders it once.
+    reads: Vec<[Option<BTreeSet<String>>; 5]>,
     /// For `email.html.hbs`: values HTML-escaped.
     html: Handlebars<'static>,
     /// For every other part: values as they are.
@@ -416,6 +422,23 @@ impl fmt::Debug for Renderer {
             .field("locales", &self.locales)
             .finish_non_exhaustive()
     }
+}
+
+/// What a batch's notices share, worked out once: the locale negotiated for each requested tag,
+/// and the parts that read no recipient variable, by locale (index in the renderer's locales)
+/// and part. Used with one renderer and one batch's vars only.
+#[derive(Debug, Default)]
+pub struct BatchCache {
+    negotiated: HashMap<String, usize>,
+    parts: HashMap<(usize, Part), String>,
+}
+
+/// The position of `part` in [`Part::ALL`].
+fn part_index(part: Part) -> usize {
+    Part::ALL
+        .iter()
+        .position(|p| *p == part)
+        .unwrap_or_default()
 }
 
 /// The template folder's locale folder names, sorted.
@@ -573,10 +596,16 @@ impl Renderer {
             .iter()
             .map(|locale| Part::ALL.map(|part| format!("{}/{}", locale.tag(), part.file_name())))
             .collect();
+        let mut reads = Vec::with_capacity(names.len());
         for (locale, names) in locales.iter().zip(&names) {
-            for (part, registered) in Part::ALL.into_iter().zip(names) {
+            let mut locale_reads: [Option<BTreeSet<String>>; 5] = Default::default();
+            for ((part, registered), part_reads) in
+                Part::ALL.into_iter().zip(names).zip(&mut locale_reads)
+            {
                 let path = root.join(locale.tag()).join(part.file_name());
                 let mut template = compile(&path, &read_source(&path)?)?;
+                let usage = usage_of(&template);
+                *part_reads = (!usage.open).then_some(usage.used);
                 // Helpers find the locale from the root template's name.
                 template.name = Some(registered.clone());
                 let registry = if part == Part::Html {
@@ -586,11 +615,13 @@ impl Renderer {
                 };
                 registry.register_template(registered, template);
             }
+            reads.push(locale_reads);
         }
         Ok(Renderer {
             name: name.clone(),
             locales,
             names,
+            reads,
             html,
             text,
         })
@@ -613,9 +644,48 @@ impl Renderer {
         recipient: &Recipient,
         channels: &[Channel],
     ) -> Result<Notice, RenderError> {
-        let locale = self.locales.negotiate(recipient.locale.as_deref());
-        let context = context(vars, recipient);
-        let part = |part: Part| self.render_part(locale, part, &context);
+        self.render_cached(vars, recipient, channels, &mut BatchCache::default())
+    }
+
+    /// [`Renderer::render`], taking the parts that render alike for every recipient from
+    /// `cache` (and putting them there the first time). One cache per batch: its entries hold
+    /// for these `vars` only.
+    pub fn render_cached(
+        &self,
+        vars: &Vars,
+        recipient: &Recipient,
+        channels: &[Channel],
+        cache: &mut BatchCache,
+    ) -> Result<Notice, RenderError> {
+        let index = match recipient.locale.as_deref() {
+            Some(tag) => match cache.negotiated.get(tag) {
+                Some(&index) => index,
+                None => {
+                    let index = self.index_of(self.locales.negotiate(Some(tag)));
+                    cache.negotiated.insert(tag.to_string(), index);
+                    index
+                }
+            },
+            None => self.index_of(self.locales.negotiate(None)),
+        };
+        let locale = self
+            .locales
+            .iter()
+            .nth(index)
+            .unwrap_or_else(|| self.locales.negotiate(None));
+        let mut context = None;
+        let mut part = |part: Part| -> Result<String, RenderError> {
+            let shared = self.renders_alike(index, part, recipient);
+            if shared && let Some(text) = cache.parts.get(&(index, part)) {
+                return Ok(text.clone());
+            }
+            let context = context.get_or_insert_with(|| self::context(vars, recipient));
+            let text = self.render_part(locale, part, context)?;
+            if shared {
+                cache.parts.insert((index, part), text.clone());
+            }
+            Ok(text)
+        };
         let email = if channels.contains(&Channel::Email) {
             Some(EmailNotice {
                 subject: one_line(&part(Part::Subject)?),
@@ -641,17 +711,33 @@ impl Renderer {
         })
     }
 
-    /// The registry key of a locale's part, `<locale>/<file>`; helpers read the locale back from it.
-    fn registered_name(&self, locale: &TemplateLocale, part: Part) -> &str {
-        let index = self
-            .locales
+    /// Whether a part of the locale at `index` reads nothing `recipient` sets: no recipient
+    /// field, none of the recipient's own vars, nothing it cannot name.
+    fn renders_alike(&self, index: usize, part: Part, recipient: &Recipient) -> bool {
+        let reads = self
+            .reads
+            .get(index)
+            .and_then(|parts| parts[part_index(part)].as_ref());
+        reads.is_some_and(|reads| {
+            !reads.iter().any(|var| {
+                RECIPIENT_FIELDS.contains(&var.as_str()) || recipient.vars.contains_key(var)
+            })
+        })
+    }
+
+    /// The position of a negotiated locale in `locales`.
+    fn index_of(&self, locale: &TemplateLocale) -> usize {
+        self.locales
             .iter()
             .position(|l| l.tag() == locale.tag())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The registry key of a locale's part, `<locale>/<file>`; helpers read the locale back from it.
+    fn registered_name(&self, locale: &TemplateLocale, part: Part) -> &str {
         self.names
-            .get(index)
-            .and_then(|names| Part::ALL.iter().position(|p| *p == part).map(|i| &names[i]))
-            .map_or("", String::as_str)
+            .get(self.index_of(locale))
+            .map_or("", |names| names[part_index(part)].as_str())
     }
 
     /// Renders one part in a given locale with a context from [`context`].
@@ -733,6 +819,41 @@ pub fn one_line(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_that_read_only_campaign_variables_are_rendered_once_per_locale() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let name = TemplateName::parse("xiami-shutdown").expect("name");
+        let renderer = Renderer::load(&dir, &name, "en").expect("shipped templates");
+        let sample = Sample::load(&dir.join("xiami-shutdown")).expect("sample");
+        let mut cache = BatchCache::default();
+        for (user, locale) in [("a", "en"), ("b", "en-US"), ("c", "zh-TW")] {
+            let recipient = Recipient {
+                user_id: crate::batch::UserId::parse(user).expect("id"),
+                email: None,
+                locale: Some(locale.into()),
+                name: Some(user.into()),
+                vars: Vars::new(),
+            };
+            renderer
+                .render_cached(&sample.vars, &recipient, &Channel::ALL, &mut cache)
+                .expect("renders");
+        }
+        // The shipped push parts read only `shutdown_date`; the email text greets by name.
+        let mut cached: Vec<(usize, Part)> = cache.parts.keys().copied().collect();
+        cached.sort();
+        let (en, zh_hant) = (
+            renderer.index_of(renderer.locales.negotiate(Some("en"))),
+            renderer.index_of(renderer.locales.negotiate(Some("zh-TW"))),
+        );
+        assert!(cached.contains(&(en, Part::PushTitle)), "{cached:?}");
+        assert!(cached.contains(&(zh_hant, Part::PushBody)), "{cached:?}");
+        assert!(
+            !cached.iter().any(|(_, part)| *part == Part::Text),
+            "{cached:?}"
+        );
+        assert_eq!(cache.negotiated.len(), 3);
+    }
 
     #[test]
     fn template_names_are_folder_names_only() {

@@ -9,7 +9,7 @@ use common::{TestEnv, shipped_templates};
 use serde_json::json;
 use sunset::Channel;
 use sunset::batch::{EmailAddress, Recipient, UserId};
-use sunset::render::{Renderer, Sample, TemplateName, Vars, template_dir};
+use sunset::render::{BatchCache, Renderer, Sample, TemplateName, Vars, template_dir};
 
 fn xiami() -> TemplateName {
     TemplateName::parse("xiami-shutdown").expect("valid name")
@@ -225,4 +225,66 @@ fn one_renderer_is_shared_across_threads() {
 fn a_default_locale_without_a_folder_is_refused_at_load() {
     let err = Renderer::load(&shipped_templates(), &xiami(), "fr").expect_err("no fr folder");
     assert!(err.to_string().contains("`fr`"), "{err}");
+}
+
+/// Renders every recipient with one [`BatchCache`], as the worker does a batch, and each on its
+/// own: the notices must be the same.
+fn assert_cache_changes_nothing(renderer: &Renderer, vars: &Vars, recipients: &[Recipient]) {
+    let mut cache = BatchCache::default();
+    for r in recipients {
+        let cached = renderer
+            .render_cached(vars, r, &Channel::ALL, &mut cache)
+            .expect("renders");
+        let alone = renderer.render(vars, r, &Channel::ALL).expect("renders");
+        assert_eq!(cached, alone, "{r:?}");
+    }
+}
+
+#[test]
+fn a_batch_cache_shares_only_what_every_recipient_would_get_anyway() {
+    let (renderer, sample) = shipped();
+    let mut overriding = recipient("en-GB", "Cy");
+    overriding
+        .vars
+        .insert("shutdown_date".into(), json!("2030-12-31"));
+    let recipients = [
+        recipient("en", "Ann"),
+        recipient("zh-TW", "陳"),
+        recipient("en-US", "Bo"),
+        overriding,
+        recipient("ar", "ليلى"),
+        recipient("zh-Hant", "林"),
+        recipient("fr", "Zoé"),
+    ];
+    assert_cache_changes_nothing(&renderer, &sample.vars, &recipients);
+    // The push title reads only a campaign date: the same for Ann and Bo, not for Cy, who
+    // sets that date herself.
+    let mut cache = BatchCache::default();
+    let title = |r: &Recipient, cache: &mut BatchCache| {
+        renderer
+            .render_cached(&sample.vars, r, &[Channel::Push], cache)
+            .expect("renders")
+            .push
+            .expect("push")
+            .title
+    };
+    let ann = title(&recipients[0], &mut cache);
+    assert_eq!(ann, title(&recipients[2], &mut cache));
+    assert_ne!(ann, title(&recipients[3], &mut cache));
+}
+
+#[test]
+fn a_part_with_a_partial_or_a_recipient_field_is_rendered_for_each_recipient() {
+    let env = TestEnv::new();
+    env.write(
+        "templates/xiami-shutdown/partials/greeting.hbs",
+        "Hi {{name}}",
+    );
+    fs::write(env.template_file("en/push_body.hbs"), "{{> greeting}}").expect("write");
+    fs::write(env.template_file("en/push_title.hbs"), "For {{user_id}}").expect("write");
+    let renderer = Renderer::load(&env.templates(), &xiami(), "en").expect("loads");
+    let sample = Sample::load(&env.template_file("")).expect("sample");
+    let mut bo = recipient("en", "Bo");
+    bo.user_id = UserId::parse("u-2").expect("valid id");
+    assert_cache_changes_nothing(&renderer, &sample.vars, &[recipient("en", "Ann"), bo]);
 }

@@ -1,31 +1,35 @@
 //! A small HTTP/1.1 client for one origin (the push gateway): keep-alive connections opened on
-//! demand with `TCP_NODELAY`, reused one request at a time, TLS by rustls for `https`.
+//! demand with `TCP_NODELAY`, one request at a time each, the request written in one write and
+//! the answer read by `httparse` in the caller's task; TLS by rustls for `https`.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, RootCertStore, pki_types::ServerName};
 
-/// What the server answered: the status, the headers and the start of the body.
+/// Headers an answer may have at most.
+const MAX_HEADERS: usize = 64;
+/// An answer's status line and headers may take at most this many bytes.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What the server answered: the status, its `Retry-After` and the start of the body.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
+    /// The `Retry-After` header's value, if it had one that is text.
+    pub(crate) retry_after: Option<String>,
     /// The body's first bytes: everything up to the limit given to [`Origin::post`], and
-    /// possibly a little more (one more chunk) when the body is longer.
+    /// possibly a little more (the rest of the last read) when the body is longer.
     pub(crate) body: Vec<u8>,
-    /// The whole body was read (its end seen), and so the connection could be reused.
-    pub(crate) complete: bool,
 }
 
 /// Why no answer came.
@@ -38,30 +42,38 @@ pub(crate) enum HttpFailure {
         #[source]
         source: io::Error,
     },
-    /// The connection broke before the answer was complete, or the answer was not HTTP.
+    /// The connection broke before the answer was complete, or the answer was not HTTP/1.1.
     #[error("request to {origin} failed")]
     Exchange {
         origin: String,
         #[source]
-        source: hyper::Error,
+        source: io::Error,
     },
+}
+
+/// A byte stream to the origin: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
+/// A kept-alive connection and the bytes read from it but not yet used.
+struct Connection {
+    stream: Box<dyn Stream>,
+    buffer: Vec<u8>,
 }
 
 /// One origin (`scheme://host:port`) and its idle connections.
 pub(crate) struct Origin {
-    /// Host as in the URL (IPv6 in brackets), for messages and the `Host` header.
+    /// Host as in the URL (IPv6 in brackets), for messages.
     host: String,
     /// Host to connect to and to check the certificate for (IPv6 without brackets).
     dial: String,
     port: u16,
-    /// `Host: host[:port]`.
-    host_header: HeaderValue,
-    /// The request target: the URL's path and query.
-    target: Uri,
+    /// `POST <path> HTTP/1.1\r\nHost: <host[:port]>\r\n`: the start of every request.
+    request_line: Vec<u8>,
     /// Set for `https`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Connections between requests, most recently used last.
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Connection>>,
 }
 
 impl Origin {
@@ -86,11 +98,11 @@ impl Origin {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let host_header = HeaderValue::from_str(&authority)
+        HeaderValue::from_str(&authority)
             .map_err(|_| format!("host `{authority}` cannot be sent in a Host header"))?;
-        let target = url
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let target = url.path_and_query().map_or("/", |pq| pq.as_str());
+        let target = if target.is_empty() { "/" } else { target };
+        let request_line = format!("POST {target} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
         let tls = if https {
             let name = ServerName::try_from(dial.clone())
                 .map_err(|e| format!("`{dial}` is not a TLS server name: {e}"))?;
@@ -102,49 +114,39 @@ impl Origin {
             host: host.to_string(),
             dial,
             port,
-            host_header,
-            target,
+            request_line,
             tls,
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// `POST`s `body` with the headers `headers` makes (`Host` and `Content-Length` are set
-    /// here) and reads at most about `read_at_most` bytes of the answer's body. A reused
-    /// connection that fails before any answer (the server closed it while idle) is replaced
-    /// by a new one and the request sent once more: callers' requests must be idempotent.
-    /// No timeout here: the caller bounds the whole exchange.
-    pub(crate) async fn post(
+    /// `POST`s `body` with `headers` (`Host` and `Content-Length` are added here) and reads at
+    /// most about `read_at_most` bytes of the answer's body. A reused connection that fails
+    /// before any answer (the server closed it while idle) is replaced by a new one and the
+    /// request sent once more: callers' requests must be idempotent. No timeout here: the
+    /// caller bounds the whole exchange (and a connection dropped mid-exchange is not reused).
+    pub(crate) async fn post<'h>(
         &self,
-        headers: impl Fn() -> HeaderMap,
-        body: Bytes,
+        headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        body: &[u8],
         read_at_most: usize,
     ) -> Result<Answer, HttpFailure> {
-        let request = || {
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = Method::POST;
-            *request.uri_mut() = self.target.clone();
-            *request.headers_mut() = headers();
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host_header.clone());
-            request
-        };
-        let mut reused = self.checkout().await;
+        let request = self.request(headers, body);
+        let mut reused = self.lock_idle().pop();
         loop {
-            let (mut sender, fresh) = match reused.take() {
-                Some(sender) => (sender, false),
+            let (mut connection, fresh) = match reused.take() {
+                Some(connection) => (connection, false),
                 None => (self.connect().await?, true),
             };
-            match sender.send_request(request()).await {
-                Ok(response) => {
-                    let answer = read(response, read_at_most).await;
-                    if answer.complete {
-                        self.lock_idle().push(sender);
+            let mut answered = false;
+            match exchange(&mut connection, &request, read_at_most, &mut answered).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.lock_idle().push(connection);
                     }
                     return Ok(answer);
                 }
-                Err(error) if !fresh => {
+                Err(error) if !fresh && !answered => {
                     tracing::debug!(event = "http_connection_stale", host = %self.host, %error);
                 }
                 Err(source) => {
@@ -157,23 +159,32 @@ impl Origin {
         }
     }
 
-    /// An idle connection ready for a request, if any (closed ones are dropped).
-    async fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
-        loop {
-            let mut sender = self.lock_idle().pop()?;
-            // Ready at once, or as soon as the connection task has seen the last answer end.
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Some(sender);
-            }
+    /// The whole request, head and body, for one write.
+    fn request<'h>(
+        &self,
+        headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut request = Vec::with_capacity(self.request_line.len() + 256 + body.len());
+        request.extend_from_slice(&self.request_line);
+        for (name, value) in headers {
+            request.extend_from_slice(name.as_str().as_bytes());
+            request.extend_from_slice(b": ");
+            request.extend_from_slice(value.as_bytes());
+            request.extend_from_slice(b"\r\n");
         }
+        // Writing to a Vec cannot fail.
+        let _ = write!(request, "Content-Length: {}\r\n\r\n", body.len());
+        request.extend_from_slice(body);
+        request
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Full<Bytes>>>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new connection, its I/O driven by a task of its own until either side closes it.
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, HttpFailure> {
+    /// A new connection.
+    async fn connect(&self) -> Result<Connection, HttpFailure> {
         let failed = |source: io::Error| HttpFailure::Connect {
             origin: self.to_string(),
             source,
@@ -183,33 +194,16 @@ impl Origin {
             .map_err(failed)?;
         // Requests are written whole; Nagle would only hold them back.
         tcp.set_nodelay(true).map_err(failed)?;
-        match &self.tls {
-            None => self.handshake(tcp).await,
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
             Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await.map_err(failed)?;
-                self.handshake(tls).await
+                Box::new(connector.connect(name.clone(), tcp).await.map_err(failed)?)
             }
-        }
-    }
-
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, HttpFailure>
-    where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| HttpFailure::Exchange {
-                    origin: self.to_string(),
-                    source,
-                })?;
-        let host = self.host.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(event = "http_connection_failed", %host, %error);
-            }
-        });
-        Ok(sender)
+        };
+        Ok(Connection {
+            stream,
+            buffer: Vec::with_capacity(READ_CHUNK),
+        })
     }
 }
 
@@ -224,36 +218,217 @@ impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Origin")
             .field("origin", &self.to_string())
-            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
 
-/// Status, headers and up to about `read_at_most` bytes of the body. A body that breaks off
-/// adds nothing more (and leaves the connection unusable).
-async fn read(response: hyper::Response<hyper::body::Incoming>, read_at_most: usize) -> Answer {
-    let (parts, mut body) = response.into_parts();
-    let mut bytes = Vec::new();
-    let mut complete = false;
-    while bytes.len() <= read_at_most {
-        match body.frame().await {
-            None => {
-                complete = true;
-                break;
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// The status line and the headers the client acts on.
+struct Head {
+    status: StatusCode,
+    retry_after: Option<String>,
+    length: Option<usize>,
+    chunked: bool,
+    close: bool,
+    /// Bytes of the buffer the head took.
+    size: usize,
+}
+
+/// Writes `request` and reads its answer; sets `answered` once a byte of the answer came.
+/// Returns the answer and whether the connection may carry another request.
+async fn exchange(
+    connection: &mut Connection,
+    request: &[u8],
+    read_at_most: usize,
+    answered: &mut bool,
+) -> io::Result<(Answer, bool)> {
+    connection.buffer.clear();
+    connection.stream.write_all(request).await?;
+    connection.stream.flush().await?;
+    let head = loop {
+        if let Some(head) = parse_head(&connection.buffer)? {
+            connection.buffer.drain(..head.size);
+            // 1xx: an interim answer; the real one follows.
+            if head.status.is_informational() {
+                continue;
             }
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    bytes.extend_from_slice(data);
-                }
+            break head;
+        }
+        if connection.buffer.len() > MAX_HEAD {
+            return Err(invalid("answer head longer than 64 KiB"));
+        }
+        if fill(connection).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        *answered = true;
+    };
+    let (body, complete) =
+        if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
+            (Vec::new(), true)
+        } else if head.chunked {
+            read_chunked(connection, read_at_most).await?
+        } else if let Some(length) = head.length {
+            read_length(connection, length, read_at_most).await?
+        } else {
+            // Delimited by the end of the connection.
+            while connection.buffer.len() <= read_at_most && fill(connection).await? > 0 {}
+            (std::mem::take(&mut connection.buffer), false)
+        };
+    let reusable = complete && !head.close && connection.buffer.is_empty();
+    let answer = Answer {
+        status: head.status,
+        retry_after: head.retry_after,
+        body,
+    };
+    Ok((answer, reusable))
+}
+
+/// Reads more into the connection's buffer; 0 at the end of the stream.
+async fn fill(connection: &mut Connection) -> io::Result<usize> {
+    let buffer = &mut connection.buffer;
+    if buffer.capacity() - buffer.len() < READ_CHUNK / 2 {
+        buffer.reserve(READ_CHUNK);
+    }
+    connection.stream.read_buf(buffer).await
+}
+
+/// The answer's head, once the buffer holds all of it.
+fn parse_head(buffer: &[u8]) -> io::Result<Option<Head>> {
+    // Uninitialised: zeroing room for every header on each parse cost more than the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let size = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buffer,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(size)) => size,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(invalid(format!("not an HTTP/1.1 answer: {error}"))),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| invalid("answer without a valid status"))?;
+    let mut head = Head {
+        status,
+        retry_after: None,
+        length: None,
+        chunked: false,
+        close: response.version == Some(0),
+        size,
+    };
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).ok().map(str::trim);
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let length = value
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| invalid("invalid Content-Length"))?;
+            if head.length.is_some_and(|l| l != length) {
+                return Err(invalid("conflicting Content-Length headers"));
             }
-            Some(Err(_)) => break,
+            head.length = Some(length);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.is_some_and(|v| {
+                v.rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+            });
+            if !head.chunked {
+                // Another coding ends where the connection ends.
+                head.close = true;
+            }
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            head.close |= value.is_some_and(|v| {
+                v.split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case("close"))
+            });
+        } else if header.name.eq_ignore_ascii_case("retry-after") {
+            head.retry_after = value.map(str::to_string);
         }
     }
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: bytes,
-        complete,
+    Ok(Some(head))
+}
+
+/// A body of `length` bytes: its first bytes (about `read_at_most`), and whether all of it was
+/// read (a longer body is left unread, and with it the connection).
+async fn read_length(
+    connection: &mut Connection,
+    length: usize,
+    read_at_most: usize,
+) -> io::Result<(Vec<u8>, bool)> {
+    while connection.buffer.len() < length && connection.buffer.len() <= read_at_most {
+        if fill(connection).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    if connection.buffer.len() >= length {
+        let body = connection.buffer.drain(..length).collect();
+        Ok((body, true))
+    } else {
+        Ok((std::mem::take(&mut connection.buffer), false))
+    }
+}
+
+/// A chunked body: its first bytes (about `read_at_most`), and whether its end was read.
+async fn read_chunked(
+    connection: &mut Connection,
+    read_at_most: usize,
+) -> io::Result<(Vec<u8>, bool)> {
+    let mut body = Vec::new();
+    loop {
+        let (start, size) = loop {
+            match httparse::parse_chunk_size(&connection.buffer) {
+                Ok(httparse::Status::Complete((start, size))) => break (start, size),
+                Ok(httparse::Status::Partial) if connection.buffer.len() < MAX_HEAD => {
+                    if fill(connection).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                _ => return Err(invalid("invalid chunk size in a chunked body")),
+            }
+        };
+        connection.buffer.drain(..start);
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                match connection.buffer.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        connection.buffer.drain(..2);
+                        return Ok((body, true));
+                    }
+                    Some(end) => {
+                        connection.buffer.drain(..end + 2);
+                    }
+                    None if connection.buffer.len() < MAX_HEAD => {
+                        if fill(connection).await? == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                    None => return Err(invalid("chunked body trailer too long")),
+                }
+            }
+        }
+        let size = usize::try_from(size).map_err(|_| invalid("chunk too large"))?;
+        if body.len() + size > read_at_most {
+            // Enough for an excerpt: the rest is left unread, and with it the connection.
+            let take = size.min(connection.buffer.len());
+            body.extend_from_slice(&connection.buffer[..take]);
+            return Ok((body, false));
+        }
+        while connection.buffer.len() < size + 2 {
+            if fill(connection).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        if &connection.buffer[size..size + 2] != b"\r\n" {
+            return Err(invalid("chunk not followed by CRLF"));
+        }
+        body.extend_from_slice(&connection.buffer[..size]);
+        connection.buffer.drain(..size + 2);
     }
 }
 
@@ -273,4 +448,134 @@ fn tls_connector() -> Result<TlsConnector, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A server on a free loopback port that answers each request with the next canned answer
+    /// and closes a connection after an answer when `close_after` says so; counts connections.
+    async fn server(answers: &[(&'static str, bool)]) -> (Origin, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url: Uri = format!("http://{}/push", listener.local_addr().expect("addr"))
+            .parse()
+            .expect("url");
+        let answers = Arc::new(Mutex::new(answers.iter().copied().collect::<VecDeque<_>>()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answers = Arc::clone(&answers);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: its head, then Content-Length bytes.
+                        let complete = |seen: &[u8]| {
+                            let end = seen.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                            let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse().ok())?;
+                            (seen.len() >= end + length).then_some(end + length)
+                        };
+                        let used = loop {
+                            if let Some(used) = complete(&seen) {
+                                break used;
+                            }
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        seen.drain(..used);
+                        let Some((answer, close)) = answers.lock().expect("lock").pop_front()
+                        else {
+                            return;
+                        };
+                        if socket.write_all(answer.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (Origin::new(&url).expect("origin"), accepted)
+    }
+
+    async fn post(origin: &Origin) -> Result<Answer, HttpFailure> {
+        let key = HeaderValue::from_static("c:u:push");
+        let name = HeaderName::from_static("idempotency-key");
+        origin.post([(&name, &key)], b"{}", 16).await
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_decoded_and_its_connection_reused() {
+        let chunked = "HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n5\r\nbusy \r\n3;x=y\r\nnow\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let (origin, accepted) = server(&[(chunked, false), (OK, false)]).await;
+        let answer = post(&origin).await.expect("answer");
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.body, b"busy now");
+        assert_eq!(answer.retry_after.as_deref(), Some("7"));
+        assert_eq!(post(&origin).await.expect("answer").status, StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped() {
+        let answer =
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n";
+        let (origin, _) = server(&[(answer, false)]).await;
+        assert_eq!(
+            post(&origin).await.expect("answer").status,
+            StatusCode::ACCEPTED
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_long_bodies_are_not_reused() {
+        let close = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+        let long = "HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\n0123456789012345678901234567890123456789";
+        let (origin, accepted) = server(&[(close, true), (long, false), (OK, false)]).await;
+        assert_eq!(post(&origin).await.expect("answer").status, StatusCode::OK);
+        let answer = post(&origin).await.expect("answer");
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(answer.body.starts_with(b"0123456789012345"), "{answer:?}");
+        assert_eq!(post(&origin).await.expect("answer").status, StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced_and_the_request_resent() {
+        // The server closes after its answer without saying so: the pooled connection is dead.
+        let (origin, accepted) = server(&[(OK, true), (OK, false)]).await;
+        assert_eq!(post(&origin).await.expect("answer").status, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(post(&origin).await.expect("answer").status, StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_http_is_an_exchange_failure() {
+        let (origin, _) = server(&[("SSH-2.0-OpenSSH_9.2\r\n\r\n", true)]).await;
+        let failure = post(&origin).await.expect_err("not HTTP");
+        assert!(
+            matches!(failure, HttpFailure::Exchange { .. }),
+            "{failure:?}"
+        );
+        let (origin, _) = server(&[("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", true)]).await;
+        let failure = post(&origin).await.expect_err("cut short");
+        assert!(
+            matches!(failure, HttpFailure::Exchange { .. }),
+            "{failure:?}"
+        );
+    }
 }

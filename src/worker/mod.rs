@@ -15,7 +15,7 @@ use crate::channel::{Channel, Delivery, Outcome, Sender};
 use crate::events;
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, Mark, Pair};
 use crate::limit::Limits;
-use crate::render::{Notice, Renderer, TemplateError, TemplateName};
+use crate::render::{BatchCache, Notice, Renderer, TemplateError, TemplateName};
 
 mod owed;
 
@@ -332,13 +332,14 @@ pub async fn process_batch<E: Sender, P: Sender>(
 ) -> Verdict {
     let renderer = deps.renderer(&batch.template);
     let late = passed(batch.deadline);
+    let mut alike = BatchCache::default();
     let notices: Vec<Rendered> = batch
         .recipients
         .iter()
         .map(|recipient| match &renderer {
             _ if late => Err(DEADLINE.to_string()),
             Ok(renderer) => renderer
-                .render(&batch.vars, recipient, &batch.channels)
+                .render_cached(&batch.vars, recipient, &batch.channels, &mut alike)
                 .map_err(|e| format!("{RENDER_PREFIX}{e}")),
             Err(e) => Err(format!("{TEMPLATE_PREFIX}{e}")),
         })
