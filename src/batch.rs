@@ -161,11 +161,16 @@ impl EmailAddress {
             return Err(FieldError::Email(quoted(raw)));
         }
         let address: lettre::Address = raw.parse().map_err(|_| FieldError::Email(quoted(raw)))?;
-        Ok(EmailAddress(format!(
-            "{}@{}",
-            address.user(),
-            address.domain().to_ascii_lowercase()
-        )))
+        let domain = address.domain();
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(EmailAddress(format!(
+                "{}@{}",
+                address.user(),
+                domain.to_ascii_lowercase()
+            )))
+        } else {
+            Ok(EmailAddress(AsRef::<str>::as_ref(&address).to_string()))
+        }
     }
 
     /// The whole address.

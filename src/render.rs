@@ -105,6 +105,17 @@ impl Part {
         Part::PushBody,
     ];
 
+    /// A rendered part as a notice holds it: titles on one line, the push body trimmed.
+    fn tidy(self, rendered: String) -> String {
+        match self {
+            Part::Subject | Part::PushTitle => one_line(&rendered),
+            Part::PushBody if rendered.trim().len() != rendered.len() => {
+                rendered.trim().to_string()
+            }
+            Part::Text | Part::Html | Part::PushBody => rendered,
+        }
+    }
+
     /// The file name inside a locale folder.
     pub fn file_name(self) -> &'static str {
         match self {
@@ -680,7 +691,7 @@ impl Renderer {
                 return Ok(text.clone());
             }
             let context = context.get_or_insert_with(|| self::context(vars, recipient));
-            let text = self.render_part(locale, part, context)?;
+            let text = part.tidy(self.render_part(locale, part, context)?);
             if shared {
                 cache.parts.insert((index, part), text.clone());
             }
@@ -688,7 +699,7 @@ impl Renderer {
         };
         let email = if channels.contains(&Channel::Email) {
             Some(EmailNotice {
-                subject: one_line(&part(Part::Subject)?),
+                subject: part(Part::Subject)?,
                 text: part(Part::Text)?,
                 html: part(Part::Html)?,
             })
@@ -697,8 +708,8 @@ impl Renderer {
         };
         let push = if channels.contains(&Channel::Push) {
             Some(PushNotice {
-                title: one_line(&part(Part::PushTitle)?),
-                body: part(Part::PushBody)?.trim().to_string(),
+                title: part(Part::PushTitle)?,
+                body: part(Part::PushBody)?,
             })
         } else {
             None

@@ -322,8 +322,13 @@ fn parse_head(buffer: &[u8]) -> io::Result<Option<Head>> {
         size,
     };
     for header in response.headers.iter() {
+        let is = |name: &str| header.name.eq_ignore_ascii_case(name);
+        // Most headers are none of these: skip them before looking at their value.
+        if !matches!(header.name.len(), 10 | 11 | 14 | 17) {
+            continue;
+        }
         let value = std::str::from_utf8(header.value).ok().map(str::trim);
-        if header.name.eq_ignore_ascii_case("content-length") {
+        if is("content-length") {
             let length = value
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| invalid("invalid Content-Length"))?;
@@ -331,7 +336,7 @@ fn parse_head(buffer: &[u8]) -> io::Result<Option<Head>> {
                 return Err(invalid("conflicting Content-Length headers"));
             }
             head.length = Some(length);
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is("transfer-encoding") {
             head.chunked = value.is_some_and(|v| {
                 v.rsplit(',')
                     .next()
@@ -341,12 +346,12 @@ fn parse_head(buffer: &[u8]) -> io::Result<Option<Head>> {
                 // Another coding ends where the connection ends.
                 head.close = true;
             }
-        } else if header.name.eq_ignore_ascii_case("connection") {
+        } else if is("connection") {
             head.close |= value.is_some_and(|v| {
                 v.split(',')
                     .any(|token| token.trim().eq_ignore_ascii_case("close"))
             });
-        } else if header.name.eq_ignore_ascii_case("retry-after") {
+        } else if is("retry-after") {
             head.retry_after = value.map(str::to_string);
         }
     }

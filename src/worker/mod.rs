@@ -353,8 +353,10 @@ pub async fn process_batch<E: Sender, P: Sender>(
         ..Verdict::default()
     };
     // The pairs still to send, with their notice and the ledger's view of them.
-    let mut todo = Vec::new();
-    let mut pairs = Vec::new();
+    // Sized up front: `sends` holds a future per pair, and growing it moved them all each time.
+    let most = batch.recipients.len() * batch.channels.len();
+    let mut todo = Vec::with_capacity(most);
+    let mut pairs = Vec::with_capacity(most);
     for (recipient, notice) in batch.recipients.iter().zip(&notices) {
         for &channel in &batch.channels {
             if channel == Channel::Email && recipient.email.is_none() {
@@ -362,17 +364,20 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 continue;
             }
             let locale = notice.as_ref().map_or("-", |n| n.locale.as_str());
-            if already.contains(&(recipient.user_id.clone(), channel)) {
+            if !already.is_empty() && already.contains(&(recipient.user_id.clone(), channel)) {
                 verdict.report.count(channel, locale, true);
                 verdict.delivered.push((recipient.user_id.clone(), channel));
                 continue;
             }
             todo.push((recipient, channel, notice));
-            pairs.push(Pair {
-                user_id: recipient.user_id.clone(),
-                channel,
-                locale: locale.to_string(),
-            });
+            // Only the ledger reads them.
+            if deps.ledger.is_some() {
+                pairs.push(Pair {
+                    user_id: recipient.user_id.clone(),
+                    channel,
+                    locale: locale.to_string(),
+                });
+            }
         }
     }
     let claims = match deps.admit(batch, &pairs).await {
@@ -402,49 +407,55 @@ pub async fn process_batch<E: Sender, P: Sender>(
         ledger: deps.ledger.as_deref(),
         token: claims.token,
     };
-    let mut sends = Vec::new();
+    let mut sends = Vec::with_capacity(todo.len());
     let mut held = Vec::new();
+    let contested = !claims.all_ours();
     for (recipient, channel, notice) in todo {
-        let key = (recipient.user_id.clone(), channel);
         let locale = notice.as_ref().map_or("-", |n| n.locale.as_str());
-        if claims.delivered.contains(&key) {
-            verdict.report.count(channel, locale, true);
-            verdict.delivered.push(key);
-        } else if claims.held.contains(&key) {
-            held.push(failure(
-                recipient,
-                channel,
-                "being sent by another worker".into(),
-            ));
-        } else if !claims.cancelled.contains(&key) {
-            sends.push(async move {
-                let sent = match notice {
-                    Ok(notice) => {
-                        let delivery = Delivery {
-                            campaign_id: &batch.campaign_id,
-                            recipient,
-                            notice,
-                        };
-                        deps.send(channel, delivery, batch.deadline).await
-                    }
-                    Err(reason) => {
-                        deps.note(vec![Entry {
-                            campaign: batch.campaign_id.clone(),
-                            pair: Pair {
-                                user_id: recipient.user_id.clone(),
-                                channel,
-                                locale: "-".into(),
-                            },
-                            mark: Mark::Dead,
-                            error: Some(reason.clone()),
-                        }])
-                        .await;
-                        Sent::Outcome(Outcome::permanent(reason.clone()))
-                    }
-                };
-                (recipient, channel, locale, sent)
-            });
+        if contested {
+            let key = (recipient.user_id.clone(), channel);
+            if claims.delivered.contains(&key) {
+                verdict.report.count(channel, locale, true);
+                verdict.delivered.push(key);
+                continue;
+            } else if claims.held.contains(&key) {
+                held.push(failure(
+                    recipient,
+                    channel,
+                    "being sent by another worker".into(),
+                ));
+                continue;
+            } else if claims.cancelled.contains(&key) {
+                continue;
+            }
         }
+        sends.push(async move {
+            let sent = match notice {
+                Ok(notice) => {
+                    let delivery = Delivery {
+                        campaign_id: &batch.campaign_id,
+                        recipient,
+                        notice,
+                    };
+                    deps.send(channel, delivery, batch.deadline).await
+                }
+                Err(reason) => {
+                    deps.note(vec![Entry {
+                        campaign: batch.campaign_id.clone(),
+                        pair: Pair {
+                            user_id: recipient.user_id.clone(),
+                            channel,
+                            locale: "-".into(),
+                        },
+                        mark: Mark::Dead,
+                        error: Some(reason.clone()),
+                    }])
+                    .await;
+                    Sent::Outcome(Outcome::permanent(reason.clone()))
+                }
+            };
+            (recipient, channel, locale, sent)
+        });
     }
     let mut failed = Vec::new();
     for (recipient, channel, locale, sent) in join_all(sends).await {
