@@ -4,7 +4,7 @@
 //! 1. **email**: N notices → RabbitMQ → `sunset worker` (no ledger) → SMTP (8 pooled connections) into
 //!    postfix's `smtp-sink`, against `smtp-source -d -s 8 -m N -l <sunset's average size>`
 //!    into the same sink.
-//! 2. **push**: N notices → `sunset worker` → HTTP into a small axum sink in this process,
+//! 2. **push**: N notices → `sunset worker` (no ledger) → HTTP into a small axum sink in this process,
 //!    against `wrk` posting a body sunset sent, with as many connections as sunset opened.
 //! 3. **enqueue**: 200,000 CSV rows → `sunset enqueue` → confirmed batches of 500.
 //! 4. **worker RSS**: `/usr/bin/time -v` peak RSS of `sunset worker` for 10k and 200k emails.
@@ -20,12 +20,13 @@
 //! `smtp-sink`/`smtp-source`; the daemon need not run), `wrk` and `time`. Run:
 //!
 //! ```sh
-//! cargo bench --bench campaign                 # full: N = 20,000, enqueue 200,000
+//! cargo bench --bench campaign                 # full: 20,000 emails, 100,000 pushes, enqueue 200,000
 //! cargo bench --bench campaign -- --quick      # smoke check with small N (or SUNSET_BENCH_QUICK=1)
 //! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger
 //! ```
 //!
-//! Knobs (environment): `SUNSET_BENCH_N` (email and push notices), `SUNSET_BENCH_ENQUEUE_N`,
+//! Knobs (environment): `SUNSET_BENCH_N` (emails), `SUNSET_BENCH_PUSH_N` (pushes, default
+//! 100,000: 20,000 take a quarter second at the sink), `SUNSET_BENCH_ENQUEUE_N`,
 //! `SUNSET_BENCH_RSS_N` (comma list, default `10000,200000`), `SUNSET_BENCH_CONCURRENCY`
 //! (comma list of `worker.concurrency` values for push, default `16,64,256`),
 //! `SUNSET_BENCH_REPEAT` (sunset runs per measurement, interleaved with reference runs; default 3),
@@ -73,6 +74,8 @@ struct Options {
     quick: bool,
     only: Vec<String>,
     n: usize,
+    /// Push notices: more than emails, since 20,000 pushes take a quarter second.
+    push_n: usize,
     enqueue_n: usize,
     rss_n: Vec<usize>,
     concurrencies: Vec<usize>,
@@ -126,11 +129,12 @@ impl Options {
                 "unknown measurement `{name}` (email, push, enqueue, rss, ledger)"
             );
         }
-        let (n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
-            (2_000, 20_000, vec![1_000, 5_000], vec![64], 1, 2)
+        let (n, push_n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
+            (2_000, 2_000, 20_000, vec![1_000, 5_000], vec![64], 1, 2)
         } else {
             (
                 20_000,
+                100_000,
                 200_000,
                 vec![10_000, 200_000],
                 vec![16, 64, 256],
@@ -142,6 +146,7 @@ impl Options {
             quick,
             only,
             n: env_usize("SUNSET_BENCH_N")?.unwrap_or(n),
+            push_n: env_usize("SUNSET_BENCH_PUSH_N")?.unwrap_or(push_n),
             enqueue_n: env_usize("SUNSET_BENCH_ENQUEUE_N")?.unwrap_or(enqueue_n),
             rss_n: env_list("SUNSET_BENCH_RSS_N")?.unwrap_or(rss_n),
             concurrencies: env_list("SUNSET_BENCH_CONCURRENCY")?.unwrap_or(concurrencies),
@@ -1139,7 +1144,7 @@ impl Bench {
     }
 
     fn push(&mut self) -> anyhow::Result<()> {
-        let n = self.options.n;
+        let n = self.options.push_n;
         let wrk = tool("wrk")?;
         eprintln!("== push: {n} notices into an axum sink, against wrk");
         let (url, stats) = self.runtime.block_on(start_push_sink())?;
