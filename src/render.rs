@@ -417,8 +417,8 @@ pub struct Renderer {
     /// Registry keys per locale (in `locales` order) and part (in `Part::ALL` order).
     names: Vec<[String; 5]>,
     /// Per locale and part (same order): the variables the part reads, when those are all it
-    /// reads (see [`crate::variables::Usage::open`]). Such a part renders alike for every recipient of a batch
-    /// that sets none of them, so a [`BatchCache`] renders it once.
+    /// reads (see [`crate::variables::Usage::open`]). Such a part renders alike for every
+    /// recipient of a batch that sets none of them, so a [`BatchCache`] renders it once.
     reads: Vec<[Option<BTreeSet<String>>; 5]>,
     /// For `email.html.hbs`: values HTML-escaped.
     html: Handlebars<'static>,

@@ -27,7 +27,7 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 // Multi-row statements. PostgreSQL takes the rows as one JSON array parameter, so each has one
 // text, prepared once per connection, whatever the number of rows (a statement per row count
 // was parsed and planned anew for almost every group). SQLite takes them as bound `VALUES`
-// rows padded with NULL rows to a multiple of 16 (see `padded_rows`): a handful of texts, and
+// rows padded with NULL rows to a multiple of 16 (see `padded_rows`): under a hundred texts, and
 // no JSON to parse — SQLite's JSON functions took most of its time per row.
 
 /// Claims rows (SQLite): campaign, owner, token, now, then `{rows}` of (user, channel, locale),
@@ -104,13 +104,17 @@ impl Markers {
     }
 }
 
-/// `(?, …), (?, …)`: `rows` rows of `width` markers, padded up to a multiple of [`PAD_TO`];
-/// returns the text and how many padding rows to bind with NULLs (the statements skip rows
-/// whose first column is NULL). At most `ROWS_PER_STATEMENT / PAD_TO` texts per statement, each
-/// prepared once per connection, and never more than `PAD_TO - 1` rows of NULLs.
+/// `(?, …), (?, …)`: `rows` rows of `width` markers, exact below [`PAD_TO`] rows and padded up to
+/// a multiple of it above; returns the text and how many padding rows to bind with NULLs (the
+/// statements skip rows whose first column is NULL). So a statement has at most
+/// `PAD_TO - 1 + ROWS_PER_STATEMENT / PAD_TO` texts (79), each prepared once per connection,
+/// and never more than `PAD_TO - 1` rows of NULLs.
 fn padded_rows(width: usize, rows: usize) -> (String, usize) {
-    let size = rows.div_ceil(PAD_TO).max(1) * PAD_TO;
-    let size = if rows < PAD_TO { rows.max(1) } else { size };
+    let size = if rows < PAD_TO {
+        rows.max(1)
+    } else {
+        rows.next_multiple_of(PAD_TO)
+    };
     let row = format!("({})", vec!["?"; width].join(", "));
     (vec![row; size].join(", "), size - rows)
 }
