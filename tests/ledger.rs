@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
+use common::worker_process::signal;
 use common::{
     POSTGRES, TestEnv, assert_everyone_told_once, audience_csv, campaign_args,
     close_connections_named, emails_per_address, exit_by, pushes_per_user, sinks_config, unique,
@@ -82,18 +83,6 @@ fn number(value: &Value, path: &[&str]) -> u64 {
     }
     v.as_u64()
         .unwrap_or_else(|| panic!("{path:?} is not a number in {value}"))
-}
-
-/// Sends `signal` (`-KILL`, `-TERM`) to a child and waits for it.
-async fn signal(mut child: std::process::Child, signal: &str) -> std::process::ExitStatus {
-    std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait")
 }
 
 /// Waits until the sink's email count has not moved for `quiet`, then returns it.

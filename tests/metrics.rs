@@ -11,7 +11,7 @@ use common::scrape::{self, free_address, until_status};
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::WorkerProcess;
-use common::{TestEnv, audience_csv, sinks_config, unique};
+use common::{TestEnv, audience_csv, campaign_args, sinks_config, unique};
 use sunset::Channel;
 use sunset::config::RateConfig;
 use sunset::limit::Limits;
@@ -27,19 +27,9 @@ fn spawn_worker(env: &TestEnv, address: &str) -> WorkerProcess {
 }
 
 async fn enqueue(env: &TestEnv, campaign: &str) {
-    env.sunset_async(&[
-        "enqueue",
-        "--campaign-id",
-        campaign,
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "5",
-    ])
-    .await
-    .expect_code(0);
+    env.sunset_async(&campaign_args("enqueue", campaign, &["--batch-size", "5"]))
+        .await
+        .expect_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

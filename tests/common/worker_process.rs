@@ -14,16 +14,20 @@ impl WorkerProcess {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> ExitStatus {
-        let mut child = self.0.take().expect("still running");
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("join")
-            .expect("wait")
+        signal(self.0.take().expect("still running"), "-TERM").await
     }
+}
+
+/// Sends `signal` (`-KILL`, `-TERM`) to a child and waits for it.
+pub async fn signal(mut child: Child, signal: &str) -> ExitStatus {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait")
 }
 
 impl Drop for WorkerProcess {
