@@ -45,6 +45,8 @@ const REASON_WIDTH: usize = 60;
 const BODY_PREVIEW: usize = 200;
 /// Consumer tag of the holding consumer, to recognise it in the management UI.
 const CONSUMER_TAG: &str = "sunset-dlq";
+/// How long a new consumer waits for the dead letters that were ready when it came.
+const FIRST_DELIVERIES: Duration = Duration::from_secs(10);
 
 /// Runs `sunset dlq <action>`.
 pub async fn run(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
@@ -637,6 +639,7 @@ impl Hold {
     /// Takes every dead letter ready now (and any that arrive meanwhile), up to [`MAX_HELD`].
     async fn take(broker: &Broker) -> Result<Hold, BrokerError> {
         let queue = broker.names().dlq.clone();
+        let ready = broker.ready_count(&queue).await? as usize;
         let channel = broker.open_channel().await?;
         channel
             .basic_qos(MAX_HELD as u16, BasicQosOptions::default())
@@ -657,6 +660,17 @@ impl Hold {
             unsynced: 0,
             truncated: false,
         };
+        // The queue hands a new consumer its messages at its own pace (slowly on a busy broker):
+        // a barrier before they are all out would take one itself, and give it back out of
+        // order. So first wait for those ready before the consumer came.
+        let waited = tokio::time::Instant::now() + FIRST_DELIVERIES;
+        while hold.letters.len() < ready.min(MAX_HELD) {
+            match tokio::time::timeout_at(waited, consumer.next()).await {
+                Ok(Some(delivery)) => hold.keep(delivery?),
+                Ok(None) => return Err(BrokerError::ConsumerEnded),
+                Err(_) => break,
+            }
+        }
         // While this consumer has credit, the queue hands it every message as soon as it is
         // ready, so a barrier finds the queue empty; the deliveries it made before are on the
         // wire ahead of the barrier's reply. Done when a barrier brings nothing new.
@@ -678,8 +692,7 @@ impl Hold {
                 Some(delivery) => delivery?,
                 None => return Err(BrokerError::ConsumerEnded),
             };
-            let letter = DeadLetter::read(&delivery.data, &delivery.properties);
-            self.letters.push((delivery.delivery_tag, letter));
+            self.keep(delivery);
             fresh += 1;
             if self.letters.len() >= MAX_HELD {
                 self.truncated = true;
@@ -687,6 +700,12 @@ impl Hold {
             }
         }
         Ok(fresh)
+    }
+
+    /// Holds a delivered dead letter.
+    fn keep(&mut self, delivery: lapin::message::Delivery) {
+        let letter = DeadLetter::read(&delivery.data, &delivery.properties);
+        self.letters.push((delivery.delivery_tag, letter));
     }
 
     /// A `basic.get` round trip: the queue answers it after applying everything this channel

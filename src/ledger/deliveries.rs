@@ -16,6 +16,10 @@ use crate::channel::Channel;
 
 /// Outcomes written in one group at most.
 const MAX_GROUP: usize = 512;
+/// How long the writer waits for more outcomes after the first of a group. Each write is a
+/// statement and a commit whose fixed cost outweighs its rows': writing whatever was waiting
+/// made groups of 2.4 outcomes on SQLite (5.7 on PostgreSQL); waiting this long, 20 to 30.
+const GATHER: Duration = Duration::from_millis(2);
 /// Rows per statement (a batch's claim is one or a few statements).
 const ROWS_PER_STATEMENT: usize = 1024;
 /// SQLite statements are written for an exact row count below this and for a multiple of it
@@ -319,8 +323,8 @@ impl Ledger {
     }
 }
 
-/// The outcome writer: takes whatever outcomes are waiting (up to `MAX_GROUP`), writes them in
-/// one statement, answers each; what arrives meanwhile is the next group. One write at a time:
+/// The outcome writer: takes the outcomes waiting and those arriving within `GATHER` (up to
+/// `MAX_GROUP`), writes them in one statement, answers each. One write at a time:
 /// more at once made smaller groups and cost the database more per outcome (measured on
 /// PostgreSQL: 4 writers, 2.8 outcomes per write; 1 writer, 11, and 12 % faster end to end).
 /// A failed write is retried for `RECORD_PATIENCE`.
@@ -331,10 +335,18 @@ pub(super) async fn write_outcomes(
 ) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
+        let until = tokio::time::Instant::now() + GATHER;
         while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(waiting) => group.push(waiting),
-                Err(_) => break,
+            let next = match queue.try_recv() {
+                Ok(waiting) => Some(waiting),
+                Err(_) => tokio::time::timeout_at(until, queue.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            match next {
+                Some(waiting) => group.push(waiting),
+                None => break,
             }
         }
         let entries: Vec<Entry> = group.iter().map(|w| w.entry.clone()).collect();
