@@ -336,17 +336,11 @@ pub(super) async fn write_outcomes(
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         let until = tokio::time::Instant::now() + GATHER;
+        // `timeout_at` looks at the queue before the clock: what waits is taken even late.
         while group.len() < MAX_GROUP {
-            let next = match queue.try_recv() {
-                Ok(waiting) => Some(waiting),
-                Err(_) => tokio::time::timeout_at(until, queue.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
-            match next {
-                Some(waiting) => group.push(waiting),
-                None => break,
+            match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(waiting)) => group.push(waiting),
+                Ok(None) | Err(_) => break,
             }
         }
         let entries: Vec<Entry> = group.iter().map(|w| w.entry.clone()).collect();
