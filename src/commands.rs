@@ -209,6 +209,12 @@ async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyh
         exporter.map(|exporter| exporter.spawn(readiness.clone(), stop_exporter.clone()));
     let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
     let ledger = deps.ledger().cloned();
+    if let Some(ledger) = &ledger {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = ledger.warm_up() => {}
+        }
+    }
     let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
     let report = daemon::run(
         &config.broker,

@@ -594,6 +594,32 @@ fn status_and_campaign_commands_exit_2_on_what_the_user_must_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_worker_readies_its_ledger_before_it_consumes_and_starts_anyway_when_it_is_away() {
+    // Nothing to consume: only the warm-up can have created the ledger file.
+    let env = TestEnv::with_broker(&Db::Sqlite.section());
+    let run = env
+        .sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
+    assert!(run.stderr().contains("ledger ready"), "{}", run.stderr());
+    assert!(
+        env.path().join("sunset-ledger.db").exists(),
+        "the schema was not created before the first batch"
+    );
+
+    let env = TestEnv::with_broker("[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n");
+    let run = env
+        .sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
+    assert!(
+        run.stderr().contains("ledger not ready"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn enqueue_with_the_ledger_unreachable_fails_and_publishes_nothing() {
     let env = TestEnv::with_broker("[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n");
     env.write("audience.csv", &audience_csv(10, |_| "example.com".into()));

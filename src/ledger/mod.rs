@@ -37,6 +37,11 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 pub const CLAIM_EXPIRES: Duration = Duration::from_secs(15);
 /// How long a campaign's state is trusted before it is read again.
 const STATE_TTL: Duration = Duration::from_secs(2);
+/// Connections a worker opens at start (at most the pool's size): one per batch in flight
+/// claiming, and the outcome writer's.
+const WARM_CONNECTIONS: u32 = 4;
+/// How long a worker waits for its ledger before it starts consuming.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(3);
 /// How long a query waits for a connection before the ledger counts as unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -377,6 +382,30 @@ impl Ledger {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Connects, creates or updates the schema, registers this worker and opens
+    /// `WARM_CONNECTIONS`, waiting at most `WARM_UP_LIMIT`: a worker calls it before it
+    /// consumes, so its first batches do not wait for all that (on PostgreSQL the first four
+    /// claims of a fresh worker took 170–330 ms instead of 7). A ledger not ready is only
+    /// logged: the worker consumes anyway, and each batch holds back while the ledger is away.
+    pub async fn warm_up(&self) {
+        let ready = async {
+            let pool = self.pool().await?;
+            let wanted = pool.options().get_max_connections().min(WARM_CONNECTIONS);
+            let connections =
+                futures::future::try_join_all((0..wanted).map(|_| pool.acquire())).await?;
+            drop(connections);
+            Ok::<_, LedgerError>(())
+        };
+        match tokio::time::timeout(WARM_UP_LIMIT, ready).await {
+            Ok(Ok(())) => info!(ledger = %self.url, "ledger ready"),
+            Ok(Err(e)) => warn!(error = %e, "ledger not ready; batches hold back while it is away"),
+            Err(_) => warn!(
+                limit = ?WARM_UP_LIMIT,
+                "ledger not ready in time; batches hold back while it is away"
+            ),
+        }
     }
 
     /// Tells the ledger every `HEARTBEAT` that this worker is alive, until `shutdown`; then
