@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::pipelining_smtp::PipeliningSmtp;
 use common::smtp_sink::SmtpSink;
 use mail_parser::MimeHeaders;
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
@@ -607,4 +608,100 @@ async fn sequential_sends_do_not_stall_on_nagle() {
     eprintln!("100 sequential messages on one connection: {elapsed:?}");
     assert!(elapsed < Duration::from_millis(2_500), "{elapsed:?}");
     assert_eq!(sink.sessions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_offers_pipelining_gets_mail_rcpt_and_data_in_one_write() {
+    // Arrange
+    let server = PipeliningSmtp::start().await;
+    let sender = relay(&server.url());
+    let recipients: Vec<Recipient> = (0..30)
+        .map(|i| recipient(&format!("u-{i}"), &format!("user{i}@example.com"), None))
+        .collect();
+    let notice = arabic();
+
+    // Act
+    let outcomes =
+        futures::future::join_all(recipients.iter().map(|r| send(&sender, r, &notice))).await;
+
+    // Assert
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{outcomes:?}"
+    );
+    let delivered = server.wait_for(30, Duration::from_secs(5)).await;
+    assert_eq!(delivered.len(), 30);
+    for (i, transaction) in delivered.iter().enumerate() {
+        assert_eq!(
+            transaction.reads_to_data, 1,
+            "transaction {i} was not pipelined"
+        );
+    }
+    let mut ids: Vec<String> = delivered
+        .iter()
+        .map(|t| {
+            let message = mail_parser::MessageParser::default()
+                .parse(t.data.as_bytes())
+                .expect("a parsable message");
+            assert_eq!(
+                message.subject(),
+                Some("سيتوقف شيامي عن العمل"),
+                "the message arrived whole"
+            );
+            message.message_id().expect("Message-ID").to_string()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "each message once");
+    assert!(
+        (1..=4).contains(&server.sessions()),
+        "{}",
+        server.sessions()
+    );
+    sender.close().await;
+}
+
+#[tokio::test]
+async fn a_refused_recipient_on_a_pipelined_session_is_permanent_for_that_one_only() {
+    let server = PipeliningSmtp::start().await;
+    server.refuse("gone@example.com");
+    let sender = relay(&server.url());
+
+    let before = send(
+        &sender,
+        &recipient("u-1", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+    let refused = send(
+        &sender,
+        &recipient("u-2", "gone@example.com", None),
+        &arabic(),
+    )
+    .await;
+    let after = send(
+        &sender,
+        &recipient("u-3", "wang@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    assert_eq!(before, Outcome::Delivered);
+    match refused {
+        Outcome::Permanent { reason } => assert!(reason.contains("550"), "{reason}"),
+        other => panic!("expected permanent, got {other:?}"),
+    }
+    assert_eq!(after, Outcome::Delivered);
+    let delivered = server.wait_for(2, Duration::from_secs(5)).await;
+    let to: Vec<&str> = delivered.iter().map(|t| t.to[0].as_str()).collect();
+    assert_eq!(to, ["li@example.com", "wang@example.com"]);
+    // The refused transaction's `DATA` was answered 554 and never sent a message.
+    assert_eq!(server.transactions().len(), 3);
+    assert_eq!(
+        server.sessions(),
+        2,
+        "the session that saw a refusal was not reused"
+    );
+    sender.close().await;
 }

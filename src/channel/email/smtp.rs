@@ -1,19 +1,22 @@
-//! The SMTP transport: `email.url` parsing and a bounded pool of connections we open ourselves;
-//! a failed send's reply is classified in `reply`, implicit TLS is adapted in `tls`.
+//! The SMTP transport: `email.url` parsing and a bounded pool of connections we open ourselves,
+//! pipelining `MAIL`/`RCPT`/`DATA` where the relay offers it on plain TCP; a failed send's reply
+//! is classified in `reply`, implicit TLS is adapted in `tls`.
 
 use std::fmt;
 use std::io;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lettre::address::Envelope;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::held::HeldWrites;
+use super::held::{Beneath, HeldWrites};
 use super::reply::classify;
 use super::tls::ImplicitTls;
 use super::{Email, PASSWORD_ENV, compose, invalid};
@@ -170,8 +173,65 @@ pub struct SmtpRelay {
 }
 
 struct IdleConnection {
-    connection: AsyncSmtpConnection,
+    session: Session,
     since: Instant,
+}
+
+/// A connection, and the way to pipeline on it when it may (plain TCP, the relay offers
+/// `PIPELINING`).
+struct Session {
+    connection: AsyncSmtpConnection,
+    pipelining: Option<Beneath>,
+}
+
+impl Session {
+    /// Sends one message: `MAIL`, `RCPT` and `DATA` in one write when pipelining, else one
+    /// command per round trip as lettre does. A negative reply leaves the session unusable.
+    async fn send(&mut self, email: &Email) -> Result<(), lettre::transport::smtp::Error> {
+        let Some(early) = self
+            .pipelining
+            .as_ref()
+            .filter(|_| email.bytes.is_ascii() && ascii_addresses(&email.envelope))
+        else {
+            return self
+                .connection
+                .send(&email.envelope, &email.bytes)
+                .await
+                .map(drop);
+        };
+        let mut commands = Mail::new(email.envelope.from().cloned(), vec![]).to_string();
+        for to in email.envelope.to() {
+            commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        early.push(commands.as_bytes());
+        // lettre writes `DATA` behind them and reads the first reply: `MAIL`'s.
+        self.connection.command(Data).await?;
+        for _ in email.envelope.to() {
+            self.connection.read_response().await?;
+        }
+        self.connection.read_response().await?;
+        self.connection.message(&email.bytes).await.map(drop)
+    }
+}
+
+/// Whether an `EHLO` reply (after the greeting) offers `PIPELINING`.
+fn offers_pipelining(replies: &[u8]) -> bool {
+    String::from_utf8_lossy(replies).lines().any(|line| {
+        line.starts_with("250")
+            && line
+                .get(4..)
+                .and_then(|keywords| keywords.split_ascii_whitespace().next())
+                .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+    })
+}
+
+/// Whether no address needs `SMTPUTF8` (lettre's own check is private).
+fn ascii_addresses(envelope: &Envelope) -> bool {
+    envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .all(|address| AsRef::<str>::as_ref(address).is_ascii())
 }
 
 impl fmt::Debug for SmtpRelay {
@@ -259,7 +319,7 @@ impl SmtpRelay {
     pub async fn close(&self) {
         let idle = std::mem::take(&mut *self.lock_idle());
         for mut idle in idle {
-            let _ = tokio::time::timeout(self.timeout, idle.connection.quit()).await;
+            let _ = tokio::time::timeout(self.timeout, idle.session.connection.quit()).await;
         }
     }
 
@@ -270,15 +330,15 @@ impl SmtpRelay {
             return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
         };
         let attempt = async {
-            let mut connection = self.checkout().await?;
-            connection
-                .send(&email.envelope, &email.bytes)
+            let mut session = self.checkout().await?;
+            session
+                .send(email)
                 .await
                 .map_err(SmtpFailure::Transaction)?;
-            // Only a connection that just succeeded goes back; lettre has already aborted
-            // the session after any negative reply.
+            // Only a connection that just succeeded goes back: after a negative reply lettre
+            // has aborted the session, or a pipelined one still owes replies.
             self.lock_idle().push(IdleConnection {
-                connection,
+                session,
                 since: Instant::now(),
             });
             Ok(())
@@ -289,14 +349,15 @@ impl SmtpRelay {
     }
 
     /// An idle connection that still answers, or a new one.
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
+    async fn checkout(&self) -> Result<Session, SmtpFailure> {
         loop {
             let Some(idle) = self.lock_idle().pop() else {
                 break;
             };
-            let mut connection = idle.connection;
-            if idle.since.elapsed() < CHECK_IDLE_AFTER || connection.test_connected().await {
-                return Ok(connection);
+            let mut session = idle.session;
+            if idle.since.elapsed() < CHECK_IDLE_AFTER || session.connection.test_connected().await
+            {
+                return Ok(session);
             }
             tracing::debug!(event = "smtp_connection_stale", host = %self.url.host);
         }
@@ -310,12 +371,13 @@ impl SmtpRelay {
     /// Opens a socket with `TCP_NODELAY` (lettre 0.11 never sets it, and Nagle plus delayed
     /// ACKs cost ~40 ms per message) whose writes are held until the next read (one write per
     /// message, not two), then greets, upgrades to TLS and authenticates as the URL says.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
+    async fn connect(&self) -> Result<Session, SmtpFailure> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
             .map_err(SmtpFailure::Connect)?;
         tcp.set_nodelay(true).map_err(SmtpFailure::Connect)?;
-        let tcp = HeldWrites::new(tcp);
+        let beneath = Beneath::listening();
+        let tcp = HeldWrites::new(tcp, beneath.clone());
         let stream: Box<dyn AsyncTokioStream> = match (&self.tls, self.url.security) {
             (Some(tls), Security::Implicit) => Box::new(ImplicitTls::wrap(tcp, tls.clone()).await?),
             _ => Box::new(tcp),
@@ -323,6 +385,8 @@ impl SmtpRelay {
         let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(SmtpFailure::Session)?;
+        // The greeting and the `EHLO` reply, read below lettre (plaintext unless implicit TLS).
+        let offered = offers_pipelining(&beneath.heard());
         if let (Some(tls), Security::StartTls) = (&self.tls, self.url.security) {
             connection
                 .starttls(tls.clone(), &self.hello)
@@ -337,7 +401,12 @@ impl SmtpRelay {
                 .map_err(SmtpFailure::Session)?;
         }
         tracing::debug!(event = "smtp_connection_opened", host = %self.url.host, port = self.url.port);
-        Ok(connection)
+        // Pipelining writes below lettre, so only where nothing (TLS) sits between.
+        let pipelining = (self.tls.is_none() && offered).then_some(beneath);
+        Ok(Session {
+            connection,
+            pipelining,
+        })
     }
 }
 
@@ -406,6 +475,23 @@ mod tests {
         ] {
             let error = SmtpUrl::parse(bad).expect_err(bad);
             assert!(!error.contains("hunter2"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn pipelining_is_offered_only_by_an_ehlo_keyword_line() {
+        let reply = |keywords: &str| format!("220 relay ESMTP\r\n250-relay\r\n{keywords}\r\n");
+        assert!(offers_pipelining(
+            reply("250-PIPELINING\r\n250 8BITMIME").as_bytes()
+        ));
+        assert!(offers_pipelining(reply("250 pipelining").as_bytes()));
+        for not in [
+            "250 8BITMIME",
+            "250-XPIPELINING\r\n250 SIZE",
+            "250-SIZE PIPELINING",
+            "220 PIPELINING",
+        ] {
+            assert!(!offers_pipelining(reply(not).as_bytes()), "{not}");
         }
     }
 
