@@ -3,7 +3,7 @@
 //! Before a batch is sent its recipient × channel pairs are *claimed* in one statement: a pair
 //! already delivered is skipped, a pair another live worker is sending is left to it, and every
 //! other pair is marked `sending` by this worker. Each send's outcome is written right after the
-//! send, grouped with the outcomes that arrive within a couple of milliseconds into one
+//! send, grouped with the outcomes that arrive within half a millisecond into one
 //! statement; the send's slot (`worker.concurrency`) is held until its row is written, so a
 //! worker killed at any moment leaves at most `worker.concurrency` sends done but not recorded.
 //! A claim of a worker that stopped beating (killed) expires after `CLAIM_EXPIRES`.
