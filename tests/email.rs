@@ -74,6 +74,20 @@ async fn send(sender: &EmailSender, recipient: &Recipient, notice: &Notice) -> O
         .await
 }
 
+/// Sends the Arabic notice to `n` recipients at once; asserts every one was delivered.
+async fn send_all_delivered(sender: &EmailSender, n: usize) {
+    let recipients: Vec<Recipient> = (0..n)
+        .map(|i| recipient(&format!("u-{i}"), &format!("user{i}@example.com"), None))
+        .collect();
+    let notice = arabic();
+    let outcomes =
+        futures::future::join_all(recipients.iter().map(|r| send(sender, r, &notice))).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{outcomes:?}"
+    );
+}
+
 /// A 127.0.0.1 port nothing listens on (bound, then released).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -406,20 +420,11 @@ async fn the_pool_never_opens_more_connections_than_its_size() {
     let sink = SmtpSink::start();
     let config = smtp_config(&sink.url(), 4, 10_000);
     let sender = EmailSender::from_config(&config).expect("valid config");
-    let recipients: Vec<Recipient> = (0..50)
-        .map(|i| recipient(&format!("u-{i}"), &format!("user{i}@example.com"), None))
-        .collect();
-    let notice = arabic();
 
-    // Act
-    let outcomes =
-        futures::future::join_all(recipients.iter().map(|r| send(&sender, r, &notice))).await;
+    // Act, and assert every send was delivered
+    send_all_delivered(&sender, 50).await;
 
     // Assert
-    assert!(
-        outcomes.iter().all(|o| *o == Outcome::Delivered),
-        "{outcomes:?}"
-    );
     assert_eq!(
         sink.wait_for_async(50, Duration::from_secs(5)).await.len(),
         50
@@ -615,20 +620,11 @@ async fn a_relay_that_offers_pipelining_gets_mail_rcpt_and_data_in_one_write() {
     // Arrange
     let server = PipeliningSmtp::start().await;
     let sender = relay(&server.url());
-    let recipients: Vec<Recipient> = (0..30)
-        .map(|i| recipient(&format!("u-{i}"), &format!("user{i}@example.com"), None))
-        .collect();
-    let notice = arabic();
 
-    // Act
-    let outcomes =
-        futures::future::join_all(recipients.iter().map(|r| send(&sender, r, &notice))).await;
+    // Act, and assert every send was delivered
+    send_all_delivered(&sender, 30).await;
 
     // Assert
-    assert!(
-        outcomes.iter().all(|o| *o == Outcome::Delivered),
-        "{outcomes:?}"
-    );
     let delivered = server.wait_for(30, Duration::from_secs(5)).await;
     assert_eq!(delivered.len(), 30);
     for (i, transaction) in delivered.iter().enumerate() {
