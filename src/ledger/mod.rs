@@ -37,8 +37,8 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 pub const CLAIM_EXPIRES: Duration = Duration::from_secs(15);
 /// How long a campaign's state is trusted before it is read again.
 const STATE_TTL: Duration = Duration::from_secs(2);
-/// Connections a worker opens at start (at most the pool's size): one per batch in flight
-/// claiming, and the outcome writer's.
+/// Connections a worker opens at start (at most the pool's size), enough for the claims of its
+/// first batches and the outcome writer; more open on demand.
 const WARM_CONNECTIONS: u32 = 4;
 /// How long a worker waits for its ledger before it starts consuming.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(3);

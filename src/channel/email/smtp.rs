@@ -188,7 +188,7 @@ impl Session {
     /// Sends one message: `MAIL`, `RCPT` and `DATA` in one write when pipelining, else one
     /// command per round trip as lettre does. A negative reply leaves the session unusable.
     async fn send(&mut self, email: &Email) -> Result<(), lettre::transport::smtp::Error> {
-        let Some(early) = self
+        let Some(beneath) = self
             .pipelining
             .as_ref()
             .filter(|_| email.bytes.is_ascii() && ascii_addresses(&email.envelope))
@@ -203,7 +203,7 @@ impl Session {
         for to in email.envelope.to() {
             commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
         }
-        early.push(commands.as_bytes());
+        beneath.push(commands.as_bytes());
         // lettre writes `DATA` behind them and reads the first reply: `MAIL`'s.
         self.connection.command(Data).await?;
         for _ in email.envelope.to() {
