@@ -27,6 +27,9 @@ fn email_rate(email: u32) -> String {
     )
 }
 
+/// A `[ledger]` on a port nothing listens on.
+const UNREACHABLE_LEDGER: &str = "[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n";
+
 /// Which ledger a test runs on.
 #[derive(Clone, Copy, Debug)]
 enum Db {
@@ -607,7 +610,7 @@ async fn a_worker_readies_its_ledger_before_it_consumes_and_starts_anyway_when_i
         "the schema was not created before the first batch"
     );
 
-    let env = TestEnv::with_broker("[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n");
+    let env = TestEnv::with_broker(UNREACHABLE_LEDGER);
     let run = env
         .sunset_async(&["worker", "--exit-when-idle"])
         .await
@@ -621,7 +624,7 @@ async fn a_worker_readies_its_ledger_before_it_consumes_and_starts_anyway_when_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enqueue_with_the_ledger_unreachable_fails_and_publishes_nothing() {
-    let env = TestEnv::with_broker("[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n");
+    let env = TestEnv::with_broker(UNREACHABLE_LEDGER);
     env.write("audience.csv", &audience_csv(10, |_| "example.com".into()));
     let run = env
         .sunset_async(&[
