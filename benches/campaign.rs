@@ -1151,7 +1151,7 @@ impl Bench {
     }
 
     /// Deletes the campaigns this bench wrote to [`POSTGRES_LEDGER`] (20,000 rows a run: a day
-    /// of benchmarks had left 1.48 M rows, 463 MB, in the shared `test` database).
+    /// of benchmarks had left 1.6 M rows, 463 MB, in the shared `test` database).
     fn forget_postgres_campaigns(&mut self) -> anyhow::Result<()> {
         let campaigns = std::mem::take(&mut self.postgres_campaigns);
         self.runtime
