@@ -369,6 +369,9 @@ pub enum DecodeError {
     /// More recipients than [`MAX_RECIPIENTS`].
     #[error("batch has {0} recipients; at most {MAX_RECIPIENTS} are allowed")]
     TooManyRecipients(usize),
+    /// `channels` is present but empty: nothing could ever be sent.
+    #[error("batch has an empty `channels` list")]
+    NoChannels,
     /// A recipient fails [`Recipient::check`].
     #[error("recipient {index} (user_id `{user_id}`): {error}")]
     Recipient {
@@ -384,12 +387,21 @@ pub enum DecodeError {
 impl Batch {
     /// Parses a message body; unknown versions, malformed bodies (serde_json stops nesting at
     /// 128 levels), campaign vars over [`CAMPAIGN_VARS_MAX`], more than [`MAX_RECIPIENTS`] and
-    /// recipients failing [`Recipient::check`] are errors.
+    /// recipients failing [`Recipient::check`] are errors, and so is an empty `channels` list.
+    /// A user listed twice (ids equal once trimmed, as `enqueue` compares them) keeps its first
+    /// entry, and a channel listed twice counts once: each user is told once per channel.
     pub fn decode(body: &[u8]) -> Result<Batch, DecodeError> {
-        let batch: Batch = serde_json::from_slice(body)?;
+        let mut batch: Batch = serde_json::from_slice(body)?;
         if batch.version != VERSION {
             return Err(DecodeError::Version(batch.version));
         }
+        if batch.channels.is_empty() {
+            return Err(DecodeError::NoChannels);
+        }
+        let mut channels = std::collections::HashSet::new();
+        batch.channels.retain(|c| channels.insert(*c));
+        let mut users = std::collections::HashSet::new();
+        batch.recipients.retain(|r| users.insert(r.user_id.clone()));
         check_campaign_vars(&batch.vars).map_err(DecodeError::Campaign)?;
         if batch.recipients.len() > MAX_RECIPIENTS {
             return Err(DecodeError::TooManyRecipients(batch.recipients.len()));
@@ -454,6 +466,29 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_user_or_channel_listed_twice_is_kept_once_and_no_channels_is_an_error() {
+        let body = br#"{"version": 1, "campaign_id": "c", "template": "t",
+            "channels": ["push", "push", "email"],
+            "recipients": [{"user_id": "u1", "email": "a@x.example"}, {"user_id": " u1 "},
+                           {"user_id": "u2"}]}"#;
+        let batch = Batch::decode(body).expect("decodes");
+        assert_eq!(batch.channels, [Channel::Push, Channel::Email]);
+        let users: Vec<&str> = batch
+            .recipients
+            .iter()
+            .map(|r| r.user_id.as_str())
+            .collect();
+        assert_eq!(users, ["u1", "u2"]);
+        assert!(
+            batch.recipients[0].email.is_some(),
+            "the first entry is kept"
+        );
+        let none = br#"{"version": 1, "campaign_id": "c", "template": "t", "channels": [],
+            "recipients": [{"user_id": "u1"}]}"#;
+        assert!(matches!(Batch::decode(none), Err(DecodeError::NoChannels)));
     }
 
     #[test]

@@ -490,8 +490,8 @@ async fn a_paused_campaign_holds_the_whole_batch_and_a_cancelled_one_sends_nothi
         .set_state(&batch.campaign_id, CampaignState::Cancelled)
         .await
         .expect("cancel");
-    // The state is cached for 2 s.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The state is cached for a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let cancelled = process(&batch, 1, &deps).await;
     assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
     assert!(cancelled.owed.is_empty());

@@ -92,6 +92,12 @@ pub enum Outcome {
         /// Short reason, for logs and dead letters.
         reason: String,
     },
+    /// Handed over with no answer (timeout or connection loss after SMTP's final `.`; an HTTP
+    /// request written with no status back): it may or may not have arrived.
+    Unknown {
+        /// Short reason, for logs and dead letters.
+        reason: String,
+    },
 }
 
 impl Outcome {

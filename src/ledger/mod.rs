@@ -1,56 +1,60 @@
 //! The delivery ledger: who was told, on which channel, and when — in SQLite or PostgreSQL.
 //!
-//! Before a batch is sent its recipient × channel pairs are *claimed* in one statement: a pair
-//! already delivered is skipped, a pair another live worker is sending is left to it, and every
-//! other pair is marked `sending` by this worker. Each send's outcome is written right after the
-//! send, grouped with the outcomes that arrive within half a millisecond into one
-//! statement; the send's slot (`worker.concurrency`) is held until its row is written, so a
-//! worker killed at any moment leaves at most `worker.concurrency` sends done but not recorded.
-//! A claim of a worker that stopped beating (killed) expires after `CLAIM_EXPIRES`.
+//! Before a batch is sent its recipient × channel pairs are *claimed*: a pair already delivered
+//! is skipped, a pair another live worker holds is left to it, and every other pair is marked
+//! `sending` under this worker's name and the claim's token. A send starts only while the
+//! worker's lease holds (see [`claim`]); its outcome is written only where the row still carries
+//! the claim's name and token, and before the send's slot (`worker.concurrency`) is given back,
+//! so a worker killed or stalled at any moment duplicates at most the sends it had in flight.
+//! Outcomes that cannot be written are kept and written when the database is back; meanwhile
+//! no send starts. `status` reads counters kept beside the rows, never the rows themselves.
 
-mod deliveries;
+mod claim;
+mod postgres;
+mod rows;
+mod sqlite;
 mod status;
+mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, FixedOffset};
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::batch::{CampaignId, UserId};
+use crate::batch::CampaignId;
 use crate::broker::redact;
-use crate::channel::Channel;
+use claim::{Active, Lease, Watch};
+use rows::Fenced;
+use store::{ClaimJob, Store};
 
+pub use claim::{CLAIM_EXPIRES, HEARTBEAT, LEASE};
+pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
 pub use status::{Counts, Status};
 
-/// How often a worker tells the ledger it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(3);
-/// A claim whose worker has not beaten for this long is free to take (the worker died).
-pub const CLAIM_EXPIRES: Duration = Duration::from_secs(15);
 /// How long a campaign's state is trusted before it is read again.
-const STATE_TTL: Duration = Duration::from_secs(2);
-/// Connections a worker opens at start (at most the pool's size), enough for the claims of its
-/// first batches and the outcome writer; more open on demand.
-const WARM_CONNECTIONS: u32 = 4;
+const STATE_TTL: Duration = Duration::from_secs(1);
 /// How long a worker waits for its ledger before it starts consuming.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(3);
-/// How long a query waits for a connection before the ledger counts as unreachable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Outcomes written in one statement group at most.
+const MAX_GROUP: usize = 1024;
+/// The longest pause between two tries to write outcomes the database refused.
+const RECORD_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What can go wrong with the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// The database refused or could not be reached.
+    /// PostgreSQL refused or could not be reached.
     #[error("ledger database: {0}")]
     Database(#[from] sqlx::Error),
+    /// SQLite refused or could not be opened.
+    #[error("ledger database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The schema could not be created or updated.
     #[error("ledger schema migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -59,15 +63,21 @@ pub enum LedgerError {
     Url(String),
     /// No such campaign in the ledger.
     #[error(
-        "campaign `{0}` is not in the ledger (it is recorded by `sunset enqueue` or `sunset send`)"
+        "campaign `{0}` is not in the ledger (it is recorded by `sunset enqueue`, `sunset send` or a worker's first batch of it)"
     )]
     UnknownCampaign(CampaignId),
     /// A cancelled campaign stays cancelled.
     #[error("campaign `{0}` is cancelled; it cannot be paused or resumed")]
     Cancelled(CampaignId),
-    /// An outcome could not be written even after retrying.
+    /// This worker's lease is not renewed: it may not claim or send.
+    #[error("this worker's lease on the ledger is not current (heartbeat failing)")]
+    NoLease,
+    /// An outcome the database refused for a reason waiting does not fix.
     #[error("could not record the outcome: {0}")]
-    Record(String),
+    Record(Arc<LedgerError>),
+    /// The thread that talks to SQLite has stopped.
+    #[error("the ledger's SQLite thread has stopped")]
+    Stopped,
     /// A value in the database is not one sunset writes.
     #[error("unexpected value in the ledger: {0}")]
     Corrupt(String),
@@ -81,166 +91,66 @@ impl LedgerError {
             LedgerError::Url(_) | LedgerError::UnknownCampaign(_) | LedgerError::Cancelled(_)
         )
     }
-}
 
-/// Whether a campaign's batches are sent, held back or dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CampaignState {
-    /// Sending.
-    Running,
-    /// Batches go back to a delay queue until resumed.
-    Paused,
-    /// Batches are acked and their recipients recorded as cancelled; nothing more is sent.
-    Cancelled,
-}
-
-impl CampaignState {
-    /// The word stored in the database.
-    pub fn as_str(self) -> &'static str {
+    /// Whether waiting may help: the database is away, busy or locked, or this worker's lease
+    /// lapsed. Anything else (a constraint, bad data, a statement refused) repeats as it is.
+    pub fn is_unavailable(&self) -> bool {
         match self {
-            CampaignState::Running => "running",
-            CampaignState::Paused => "paused",
-            CampaignState::Cancelled => "cancelled",
+            LedgerError::Database(e) => match e {
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    ["08", "53", "57", "40", "55"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }),
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                _ => false,
+            },
+            LedgerError::Sqlite(e) => e.sqlite_error_code().is_some_and(|code| {
+                use rusqlite::ErrorCode::*;
+                matches!(
+                    code,
+                    DatabaseBusy
+                        | DatabaseLocked
+                        | SystemIoFailure
+                        | CannotOpen
+                        | DiskFull
+                        | OutOfMemory
+                        | FileLockingProtocolFailed
+                )
+            }),
+            LedgerError::Migrate(_) | LedgerError::NoLease | LedgerError::Stopped => true,
+            LedgerError::Record(e) => e.is_unavailable(),
+            LedgerError::Url(_)
+            | LedgerError::UnknownCampaign(_)
+            | LedgerError::Cancelled(_)
+            | LedgerError::Corrupt(_) => false,
         }
     }
-}
-
-impl FromStr for CampaignState {
-    type Err = LedgerError;
-
-    fn from_str(s: &str) -> Result<CampaignState, LedgerError> {
-        match s {
-            "running" => Ok(CampaignState::Running),
-            "paused" => Ok(CampaignState::Paused),
-            "cancelled" => Ok(CampaignState::Cancelled),
-            other => Err(LedgerError::Corrupt(format!("campaign state `{other}`"))),
-        }
-    }
-}
-
-/// Where a recipient × channel stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Mark {
-    /// Claimed by a worker that is sending it now.
-    Sending,
-    /// Accepted by the relay or gateway.
-    Delivered,
-    /// Failed for now; a retry is scheduled.
-    Failed,
-    /// Dead-lettered: permanent failure, attempts exhausted or deadline.
-    Dead,
-    /// Not sent because the campaign was cancelled.
-    Cancelled,
-}
-
-impl Mark {
-    /// The word stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mark::Sending => "sending",
-            Mark::Delivered => "delivered",
-            Mark::Failed => "failed",
-            Mark::Dead => "dead",
-            Mark::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl FromStr for Mark {
-    type Err = LedgerError;
-
-    fn from_str(s: &str) -> Result<Mark, LedgerError> {
-        match s {
-            "sending" => Ok(Mark::Sending),
-            "delivered" => Ok(Mark::Delivered),
-            "failed" => Ok(Mark::Failed),
-            "dead" => Ok(Mark::Dead),
-            "cancelled" => Ok(Mark::Cancelled),
-            other => Err(LedgerError::Corrupt(format!("delivery status `{other}`"))),
-        }
-    }
-}
-
-/// One recipient × channel of a batch, with the template locale it is (to be) sent in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
-    /// The recipient.
-    pub user_id: UserId,
-    /// The channel.
-    pub channel: Channel,
-    /// The negotiated template locale (`-` when the notice could not be rendered).
-    pub locale: String,
-}
-
-/// One outcome to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The campaign.
-    pub campaign: CampaignId,
-    /// Recipient, channel and locale.
-    pub pair: Pair,
-    /// The new status (never `Sending`).
-    pub mark: Mark,
-    /// Why it failed, if it did.
-    pub error: Option<String>,
-}
-
-/// What a claim found: the pairs it did not get. Every other pair is now this worker's to send.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    /// Delivered before: skip, count as delivered.
-    pub delivered: HashSet<(UserId, Channel)>,
-    /// Being sent by another live worker (or by another copy of the batch here): try later.
-    pub held: HashSet<(UserId, Channel)>,
-    /// Recorded as cancelled: skip.
-    pub cancelled: HashSet<(UserId, Channel)>,
-    /// Which claim this was; `Ledger::finished` when the batch is done with it.
-    pub token: i64,
-}
-
-impl Claims {
-    /// Whether every pair is this worker's to send.
-    pub fn all_ours(&self) -> bool {
-        self.delivered.is_empty() && self.held.is_empty() && self.cancelled.is_empty()
-    }
-}
-
-/// A campaign as `enqueue` records it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Campaign {
-    /// Its id.
-    pub id: CampaignId,
-    /// The template it uses.
-    pub template: String,
-    /// Recipients enqueued.
-    pub recipients: u64,
-    /// Nothing is sent after it.
-    pub deadline: Option<DateTime<FixedOffset>>,
-    /// Sends planned per channel and template locale.
-    pub totals: HashMap<(Channel, String), u64>,
 }
 
 struct Waiting {
-    entry: Entry,
-    done: oneshot::Sender<Result<(), String>>,
+    outcome: Fenced,
+    done: oneshot::Sender<Result<Recorded, Arc<LedgerError>>>,
 }
 
-/// The ledger of one process: a pool, this worker's identity and the outcome writer.
+/// The ledger of one process: its database, this worker's lease and the outcome writer.
 pub struct Ledger {
-    pool: AnyPool,
-    /// SQLite (else PostgreSQL).
-    sqlite: bool,
+    store: Arc<Store>,
     url: String,
-    schema: OnceCell<()>,
-    /// This process's id in `workers`, which its claims name.
-    owner: String,
-    /// Numbers this process's claims.
+    ready: OnceCell<()>,
+    lease: Lease,
+    watch: Arc<Watch>,
+    active: Active,
     tokens: AtomicI64,
-    /// Claims of batches still being processed here. A `sending` row of this worker under any
-    /// other token was left behind (its outcome could not be written): a new claim takes it.
-    active: Mutex<HashSet<i64>>,
     states: Mutex<HashMap<CampaignId, (CampaignState, Instant)>>,
     writes: mpsc::UnboundedSender<Waiting>,
+    /// Outcomes wait for a database that refuses them: no send starts meanwhile.
+    backlog: Arc<AtomicBool>,
 }
 
 fn now_ms() -> i64 {
@@ -249,96 +159,36 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// `sqlite://FILE` gains `mode=rwc` so the file is created on first use.
-fn connect_url(url: &str) -> Result<String, LedgerError> {
-    if url.starts_with("sqlite:") {
-        if url.contains("mode=") {
-            Ok(url.to_string())
-        } else if url.contains('?') {
-            Ok(format!("{url}&mode=rwc"))
-        } else {
-            Ok(format!("{url}?mode=rwc"))
-        }
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(url.to_string())
-    } else {
-        Err(LedgerError::Url(redact(url)))
-    }
-}
-
-fn migrator() -> Migrator {
-    let migration = |version, description: &'static str, sql: &'static str| {
-        Migration::new(
-            version,
-            description.into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    };
-    Migrator::with_migrations(vec![
-        migration(
-            1,
-            "ledger",
-            include_str!("../../migrations/0001_ledger.sql"),
-        ),
-        migration(
-            2,
-            "no status index",
-            include_str!("../../migrations/0002_no_status_index.sql"),
-        ),
-        migration(
-            3,
-            "claim token",
-            include_str!("../../migrations/0003_claim_token.sql"),
-        ),
-    ])
-}
-
 impl Ledger {
     /// A ledger on `url`. Nothing is connected yet: the first query connects and creates or
     /// updates the schema, so a worker starts even while its database is away.
     pub fn open(url: &str) -> Result<Arc<Ledger>, LedgerError> {
-        install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            // One SQLite connection: writes are serialised by SQLite anyway, and its page cache
-            // stays warm (each connection's cache is dropped whenever another one writes).
-            .max_connections(if sqlite { 1 } else { 8 })
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL: readers (`status`) never block the writers; NORMAL survives a
-                        // killed process (only a power cut can lose the last commits).
-                        sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
-                        )
-                        .execute(conn)
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy(&connect_url(url)?)?;
-        let owner = format!(
-            "{}-{}-{:x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "sunset".into()),
-            std::process::id(),
-            now_ms()
-        );
+        let store = if let Some(path) = url.strip_prefix("sqlite:") {
+            Store::Sqlite(sqlite::Store::open(path)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(Box::new(postgres::Store::open(url)?))
+        } else {
+            return Err(LedgerError::Url(redact(url)));
+        };
+        let store = Arc::new(store);
+        let backlog = Arc::new(AtomicBool::new(false));
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(deliveries::write_outcomes(pool.clone(), sqlite, queue));
+        tokio::spawn(write_outcomes(
+            Arc::clone(&store),
+            Arc::clone(&backlog),
+            queue,
+        ));
         Ok(Arc::new(Ledger {
-            pool,
-            sqlite,
+            store,
             url: redact(url),
-            schema: OnceCell::new(),
-            owner,
+            ready: OnceCell::new(),
+            lease: Lease::new(),
+            watch: Arc::default(),
+            active: Active::default(),
             tokens: AtomicI64::new(1),
-            active: Mutex::default(),
             states: Mutex::default(),
             writes,
+            backlog,
         }))
     }
 
@@ -347,56 +197,41 @@ impl Ledger {
         &self.url
     }
 
-    /// The pool, once the schema is in place and this worker is in `workers`.
-    async fn pool(&self) -> Result<&AnyPool, LedgerError> {
-        self.schema
+    /// The schema in place and this worker registered with a fresh lease.
+    async fn ready(&self) -> Result<(), LedgerError> {
+        self.ready
             .get_or_try_init(|| async {
-                let migrator = migrator();
                 // Two processes creating a fresh SQLite file race on the migrations table; the
                 // loser finds the schema there on its next try.
                 let mut tries = 0;
                 loop {
-                    match migrator.run(&self.pool).await {
+                    match self.store.migrate().await {
                         Ok(()) => break,
                         Err(e) if tries < 3 => {
                             tries += 1;
                             warn!(error = %e, "ledger schema not ready; trying again");
                             tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                         }
-                        Err(e) => return Err(LedgerError::from(e)),
+                        Err(e) => return Err(e),
                     }
                 }
-                self.beat().await
+                let owner = self.lease.owner();
+                let started = Instant::now();
+                self.store.register(&owner).await?;
+                self.lease.renewed(&owner, started);
+                Ok(())
             })
-            .await?;
-        Ok(&self.pool)
+            .await
+            .map(|_| ())
     }
 
-    async fn beat(&self) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO workers (id, seen_at) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
-        )
-        .bind(self.owner.as_str())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Connects, creates or updates the schema, registers this worker and opens
-    /// `WARM_CONNECTIONS`, waiting at most `WARM_UP_LIMIT`: a worker calls it before it
-    /// consumes, so its first batches do not wait for all that (on PostgreSQL the first four
-    /// claims of a fresh worker took 170–330 ms instead of 7). A ledger not ready is only
-    /// logged: the worker consumes anyway, and each batch holds back while the ledger is away.
+    /// Connects, creates or updates the schema and registers this worker, waiting at most
+    /// `WARM_UP_LIMIT`: a worker calls it before it consumes, so its first batches do not wait
+    /// for all that. A ledger not ready is only logged: each batch holds back while it is away.
     pub async fn warm_up(&self) {
         let ready = async {
-            let pool = self.pool().await?;
-            let wanted = pool.options().get_max_connections().min(WARM_CONNECTIONS);
-            let connections =
-                futures::future::try_join_all((0..wanted).map(|_| pool.acquire())).await?;
-            drop(connections);
-            Ok::<_, LedgerError>(())
+            self.ready().await?;
+            self.store.warm().await
         };
         match tokio::time::timeout(WARM_UP_LIMIT, ready).await {
             Ok(Ok(())) => info!(ledger = %self.url, "ledger ready"),
@@ -408,8 +243,10 @@ impl Ledger {
         }
     }
 
-    /// Tells the ledger every `HEARTBEAT` that this worker is alive, until `shutdown`; then
-    /// removes it, so what it still claims (nothing, after a clean stop) is free at once.
+    /// Renews this worker's lease every `HEARTBEAT` (on a connection of its own) until
+    /// `shutdown`; then removes the worker, so what it still claims is free at once. A renewal
+    /// that finds the worker's row gone means another worker took its rows: the worker goes on
+    /// under a new name, and claims made under the old one never start a send again.
     pub fn spawn_heartbeat(
         self: &Arc<Ledger>,
         shutdown: CancellationToken,
@@ -417,64 +254,53 @@ impl Ledger {
         let ledger = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if ledger.schema.initialized()
-                    && let Err(e) = ledger.beat().await
-                {
-                    warn!(error = %e, "ledger heartbeat failed");
+                if ledger.ready.initialized() {
+                    ledger.beat().await;
                 }
             }
-            if ledger.schema.initialized() {
-                let gone = sqlx::query("DELETE FROM workers WHERE id = $1")
-                    .bind(ledger.owner.as_str())
-                    .execute(&ledger.pool)
-                    .await;
-                if let Err(e) = gone {
-                    warn!(error = %e, "could not remove this worker from the ledger");
-                }
+            if ledger.ready.initialized()
+                && let Err(e) = ledger.store.retire(&ledger.lease.owner()).await
+            {
+                warn!(error = %e, "could not remove this worker from the ledger");
             }
         })
+    }
+
+    async fn beat(&self) {
+        let owner = self.lease.owner();
+        let started = Instant::now();
+        match self.store.renew(&owner).await {
+            Ok(true) => self.lease.renewed(&owner, started),
+            Ok(false) => {
+                let next = self.lease.lost(&owner);
+                warn!(
+                    old = %owner,
+                    new = %next,
+                    "this worker's rows were taken over while it stalled; going on under a new name"
+                );
+                let started = Instant::now();
+                match self.store.register(&next).await {
+                    Ok(()) => self.lease.renewed(&next, started),
+                    Err(e) => warn!(error = %e, "could not register this worker again"),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "ledger heartbeat failed; no send starts once the lease runs out")
+            }
+        }
     }
 
     /// Records a campaign and its planned sends (again on a second `enqueue`: the totals are
     /// replaced, the state is kept).
     pub async fn record_campaign(&self, campaign: &Campaign) -> Result<(), LedgerError> {
-        let pool = self.pool().await?;
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO campaigns (id, template, recipients, deadline, state, created_at)
-             VALUES ($1, $2, $3, $4, 'running', $5)
-             ON CONFLICT (id) DO UPDATE SET template = excluded.template,
-                 recipients = excluded.recipients, deadline = excluded.deadline",
-        )
-        .bind(campaign.id.as_str())
-        .bind(campaign.template.as_str())
-        .bind(campaign.recipients as i64)
-        .bind(campaign.deadline.map(|d| d.to_rfc3339()))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM campaign_totals WHERE campaign_id = $1")
-            .bind(campaign.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for ((channel, locale), total) in &campaign.totals {
-            sqlx::query(
-                "INSERT INTO campaign_totals (campaign_id, channel, locale, total) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(campaign.id.as_str())
-            .bind(channel.as_str())
-            .bind(locale.as_str())
-            .bind(*total as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.ready().await?;
+        self.store.record_campaign(campaign).await
     }
 
     /// Pauses, resumes or cancels a campaign. A cancelled campaign stays cancelled.
@@ -483,28 +309,28 @@ impl Ledger {
         campaign: &CampaignId,
         state: CampaignState,
     ) -> Result<(), LedgerError> {
-        let pool = self.pool().await?;
-        let current = sqlx::query("SELECT state FROM campaigns WHERE id = $1")
-            .bind(campaign.as_str())
-            .fetch_optional(pool)
+        self.ready().await?;
+        let current = self
+            .store
+            .state(campaign)
             .await?
             .ok_or_else(|| LedgerError::UnknownCampaign(campaign.clone()))?;
-        let current: CampaignState = current.try_get::<String, _>(0)?.parse()?;
         if current == CampaignState::Cancelled && state != CampaignState::Cancelled {
             return Err(LedgerError::Cancelled(campaign.clone()));
         }
-        sqlx::query("UPDATE campaigns SET state = $2 WHERE id = $1")
-            .bind(campaign.as_str())
-            .bind(state.as_str())
-            .execute(pool)
-            .await?;
+        self.store.set_state(campaign, state).await?;
         info!(%campaign, from = current.as_str(), to = state.as_str(), "campaign state changed");
         Ok(())
     }
 
-    /// A campaign's state as workers see it: read at most every `STATE_TTL`; a campaign the
-    /// ledger does not know (published by other means) runs.
-    pub async fn state(&self, campaign: &CampaignId) -> Result<CampaignState, LedgerError> {
+    /// A campaign's state as workers see it, read at most `STATE_TTL` ago. A campaign the
+    /// ledger does not know (its batches published by other means) is recorded as it is first
+    /// seen, with `template`, so that `status` and `campaign pause|resume|cancel` work for it.
+    pub async fn state(
+        &self,
+        campaign: &CampaignId,
+        template: &str,
+    ) -> Result<CampaignState, LedgerError> {
         {
             let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((state, read)) = states.get(campaign)
@@ -513,115 +339,162 @@ impl Ledger {
                 return Ok(*state);
             }
         }
-        let row = sqlx::query("SELECT state FROM campaigns WHERE id = $1")
-            .bind(campaign.as_str())
-            .fetch_optional(self.pool().await?)
-            .await?;
-        let state = match row {
-            Some(row) => row.try_get::<String, _>(0)?.parse()?,
-            None => CampaignState::Running,
+        self.ready().await?;
+        let read = Instant::now();
+        let state = match self.store.state(campaign).await? {
+            Some(state) => state,
+            None => {
+                self.store.first_sight(campaign, template).await?;
+                info!(%campaign, "campaign first seen in a batch; recorded in the ledger");
+                CampaignState::Running
+            }
         };
         self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(campaign.clone(), (state, Instant::now()));
+            .insert(campaign.clone(), (state, read));
         Ok(state)
+    }
+
+    /// Claims `pairs` of `campaign` for this worker (each pair once, however often it is
+    /// listed); returns the pairs it did not get.
+    pub async fn claim(
+        &self,
+        campaign: &CampaignId,
+        pairs: &[Pair],
+    ) -> Result<Claims, LedgerError> {
+        self.ready().await?;
+        let owner = self.lease.owner();
+        if !self.lease.valid(&owner) {
+            return Err(LedgerError::NoLease);
+        }
+        let mut seen = HashSet::with_capacity(pairs.len());
+        let pairs: Vec<Pair> = pairs
+            .iter()
+            .filter(|p| seen.insert((&p.user_id, p.channel)))
+            .cloned()
+            .collect();
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let job = ClaimJob {
+            campaign: campaign.clone(),
+            pairs,
+            owner,
+            token,
+            active: self.active.snapshot(),
+            watch: Arc::clone(&self.watch),
+        };
+        self.active.insert(token);
+        let claims = self.store.claim(job).await;
+        if claims.is_err() {
+            self.active.remove(token);
+        }
+        claims
+    }
+
+    /// Whether a send under `claims` may start now: the lease it was made under holds and no
+    /// outcome waits for the database.
+    pub fn may_send(&self, claims: &Claims) -> bool {
+        self.lease.valid(&claims.owner) && !self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Done with a claim: rows it left `sending` may be claimed again.
+    pub fn finished(&self, token: i64) {
+        self.active.remove(token);
+    }
+
+    /// Records one outcome under `claims`; returns once it is committed (grouped with others
+    /// waiting). While the database refuses it the outcome is kept and tried again.
+    pub async fn record(&self, claims: &Claims, entry: Entry) -> Result<Recorded, LedgerError> {
+        let (done, written) = oneshot::channel();
+        self.writes
+            .send(Waiting {
+                outcome: Fenced {
+                    entry,
+                    owner: Arc::clone(&claims.owner),
+                    token: claims.token,
+                },
+                done,
+            })
+            .map_err(|_| LedgerError::Stopped)?;
+        written
+            .await
+            .map_err(|_| LedgerError::Stopped)?
+            .map_err(LedgerError::Record)
+    }
+
+    /// Records many outcomes under `claims` (a cancelled batch, notices that did not render).
+    pub async fn record_all(
+        &self,
+        claims: &Claims,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Recorded>, LedgerError> {
+        futures::future::try_join_all(entries.into_iter().map(|e| self.record(claims, e))).await
+    }
+
+    /// Failed pairs that will not be retried (attempts exhausted, deadline) are dead now.
+    pub async fn give_up(&self, entries: Vec<Entry>) -> Result<(), LedgerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.ready().await?;
+        self.store.give_up(entries).await
     }
 
     /// Counts for `status`.
     pub async fn status(&self, campaign: &CampaignId) -> Result<Status, LedgerError> {
-        status::read(self.pool().await?, campaign, now_ms()).await
+        self.ready().await?;
+        status::build(campaign, self.store.snapshot(campaign).await?)
     }
 
-    /// Closes the pool.
+    /// Closes the database.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.store.close().await;
     }
 }
 
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-
-    pub(super) fn pair(user: &str, channel: Channel) -> Pair {
-        Pair {
-            user_id: UserId::parse(user).expect("user id"),
-            channel,
-            locale: "en".into(),
+/// The outcome writer: takes every outcome waiting (up to `MAX_GROUP`), writes them in one
+/// group, answers each. One group at a time, so a group grows while the one before is written.
+/// A group the database refuses for now is kept and tried again until it is written; meanwhile
+/// `backlog` stops new sends.
+async fn write_outcomes(
+    store: Arc<Store>,
+    backlog: Arc<AtomicBool>,
+    mut queue: mpsc::UnboundedReceiver<Waiting>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(waiting) => group.push(waiting),
+                Err(_) => break,
+            }
         }
-    }
-
-    pub(super) fn entry(campaign: &CampaignId, user: &str, mark: Mark) -> Entry {
-        Entry {
-            campaign: campaign.clone(),
-            pair: pair(user, Channel::Email),
-            mark,
-            error: None,
+        let outcomes: Vec<Fenced> = group.iter().map(|w| w.outcome.clone()).collect();
+        let mut pause = Duration::from_millis(50);
+        let result = loop {
+            match store.record(&outcomes).await {
+                Ok(recorded) => {
+                    if backlog.swap(false, Ordering::Relaxed) {
+                        info!(outcomes = outcomes.len(), "the ledger takes outcomes again");
+                    }
+                    break Ok(recorded);
+                }
+                Err(e) if e.is_unavailable() => {
+                    if !backlog.swap(true, Ordering::Relaxed) {
+                        warn!(error = %e, outcomes = outcomes.len(), "the ledger refuses outcomes; keeping them and starting no send until they are written");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_BACKOFF);
+                }
+                Err(e) => break Err(Arc::new(e)),
+            }
+        };
+        for (i, waiting) in group.into_iter().enumerate() {
+            let answer = match &result {
+                Ok(recorded) => Ok(recorded.get(i).copied().unwrap_or(Recorded::FencedOut)),
+                Err(e) => Err(Arc::clone(e)),
+            };
+            let _ = waiting.done.send(answer);
         }
-    }
-
-    pub(super) async fn sqlite() -> (tempfile::TempDir, Arc<Ledger>) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-        (dir, Ledger::open(&url).expect("open"))
-    }
-
-    #[test]
-    fn sqlite_urls_create_the_file_and_other_schemes_are_refused_without_their_password() {
-        assert_eq!(
-            connect_url("sqlite://l.db").expect("ok"),
-            "sqlite://l.db?mode=rwc"
-        );
-        assert_eq!(
-            connect_url("sqlite://l.db?cache=shared").expect("ok"),
-            "sqlite://l.db?cache=shared&mode=rwc"
-        );
-        assert_eq!(
-            connect_url("sqlite://l.db?mode=ro").expect("ok"),
-            "sqlite://l.db?mode=ro"
-        );
-        assert!(connect_url("postgres://u@h/db").is_ok());
-        let refused = connect_url("mysql://root:hunter2@db/x").expect_err("refused");
-        assert!(refused.is_usage());
-        assert!(!refused.to_string().contains("hunter2"), "{refused}");
-    }
-
-    #[tokio::test]
-    async fn campaign_state_changes_are_checked_and_a_cancelled_campaign_stays_cancelled() {
-        let (_dir, ledger) = sqlite().await;
-        let campaign = CampaignId::parse("c").expect("id");
-        assert!(matches!(
-            ledger.set_state(&campaign, CampaignState::Paused).await,
-            Err(LedgerError::UnknownCampaign(_))
-        ));
-        assert_eq!(
-            ledger.state(&campaign).await.expect("state"),
-            CampaignState::Running,
-            "a campaign the ledger does not know runs"
-        );
-        ledger
-            .record_campaign(&Campaign {
-                id: campaign.clone(),
-                template: "t".into(),
-                recipients: 2,
-                deadline: None,
-                totals: HashMap::from([((Channel::Email, "en".to_string()), 2)]),
-            })
-            .await
-            .expect("record");
-        ledger
-            .set_state(&campaign, CampaignState::Cancelled)
-            .await
-            .expect("cancel");
-        assert!(matches!(
-            ledger.set_state(&campaign, CampaignState::Running).await,
-            Err(LedgerError::Cancelled(_))
-        ));
-        let status = ledger.status(&campaign).await.expect("status");
-        assert_eq!(
-            status.recorded,
-            Some(("t".to_string(), CampaignState::Cancelled, 2))
-        );
-        assert_eq!(status.total().pending(), 2);
     }
 }

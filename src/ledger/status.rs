@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Value, json};
-use sqlx::{AnyPool, Row};
 
 use super::{CampaignState, LedgerError, Mark};
 use crate::batch::CampaignId;
 use crate::channel::Channel;
 
 /// The window the rate is measured over.
-const RATE_WINDOW_MS: i64 = 60_000;
+pub(super) const RATE_WINDOW_MS: i64 = 60_000;
 
 /// Sends of one channel and locale (or a sum of them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,18 +25,23 @@ pub struct Counts {
     pub dead: u64,
     /// Not sent: the campaign was cancelled.
     pub cancelled: u64,
+    /// Handed over with no answer: may or may not have arrived; not retried unless asked.
+    pub unknown: u64,
+    /// Not sent for now (campaign paused, worker lease or ledger away); its batch comes back.
+    pub held: u64,
 }
 
 impl Counts {
-    /// Neither delivered, failed, dead nor cancelled: not yet tried, or being sent now.
+    /// Not yet tried, or being sent now.
     pub fn pending(&self) -> u64 {
-        self.total
-            .saturating_sub(self.delivered + self.failed + self.dead + self.cancelled)
+        self.total.saturating_sub(
+            self.delivered + self.failed + self.dead + self.cancelled + self.unknown + self.held,
+        )
     }
 
-    /// Every send delivered, dead or cancelled: nothing left to try.
+    /// Every send delivered, dead, cancelled or unknown: nothing left to try on its own.
     pub fn settled(&self) -> bool {
-        self.delivered + self.dead + self.cancelled >= self.total
+        self.delivered + self.dead + self.cancelled + self.unknown >= self.total
     }
 
     fn add(&mut self, other: &Counts) {
@@ -46,6 +50,8 @@ impl Counts {
         self.failed += other.failed;
         self.dead += other.dead;
         self.cancelled += other.cancelled;
+        self.unknown += other.unknown;
+        self.held += other.held;
     }
 
     fn json(&self) -> Value {
@@ -55,6 +61,8 @@ impl Counts {
             "failed": self.failed,
             "dead": self.dead,
             "cancelled": self.cancelled,
+            "unknown": self.unknown,
+            "held": self.held,
             "pending": self.pending(),
         })
     }
@@ -65,8 +73,10 @@ impl Counts {
 pub struct Status {
     /// The campaign.
     pub campaign: CampaignId,
-    /// Template, state and recipients, if `enqueue` recorded the campaign.
+    /// Template, state and recipients, if the campaign is recorded.
     pub recorded: Option<(String, CampaignState, u64)>,
+    /// Whether `enqueue` planned its totals (else it was first seen in a batch).
+    pub planned: bool,
     /// Counts per channel and template locale.
     pub rows: BTreeMap<(Channel, String), Counts>,
     /// Deliveries in the last minute.
@@ -96,13 +106,15 @@ impl Status {
         self.last_minute as f64 / (RATE_WINDOW_MS as f64 / 1000.0)
     }
 
-    /// Seconds until everything pending or failing is done at the current rate.
+    /// Seconds until everything pending, held or failing is done at the current rate; none
+    /// while the campaign is paused.
     pub fn eta_seconds(&self) -> Option<u64> {
         let total = self.total();
-        let left = total.pending() + total.failed;
+        let left = total.pending() + total.failed + total.held;
+        let paused = matches!(self.recorded, Some((_, CampaignState::Paused, _)));
         if left == 0 {
             Some(0)
-        } else if self.last_minute == 0 {
+        } else if paused || self.last_minute == 0 {
             None
         } else {
             Some((left as f64 / self.rate()).ceil() as u64)
@@ -155,9 +167,15 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.recorded {
-            Some((template, state, recipients)) => writeln!(
+            Some((template, state, recipients)) if self.planned => writeln!(
                 f,
                 "campaign {} ({template}): {}, {recipients} recipients",
+                self.campaign,
+                state.as_str()
+            )?,
+            Some((template, state, _)) => writeln!(
+                f,
+                "campaign {} ({template}): {}, first seen in a batch (totals are what was claimed)",
                 self.campaign,
                 state.as_str()
             )?,
@@ -169,17 +187,28 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:<8} {:<8} {:>9} {:>10} {:>7} {:>7} {:>9} {:>8}",
-            "channel", "locale", "total", "delivered", "failed", "dead", "cancelled", "pending"
+            "{:<8} {:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            "channel",
+            "locale",
+            "total",
+            "delivered",
+            "failed",
+            "dead",
+            "unknown",
+            "held",
+            "cancelled",
+            "pending"
         )?;
         let line = |f: &mut fmt::Formatter<'_>, channel: &str, locale: &str, c: &Counts| {
             writeln!(
                 f,
-                "{channel:<8} {locale:<8} {:>9} {:>10} {:>7} {:>7} {:>9} {:>8}",
+                "{channel:<8} {locale:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
                 c.total,
                 c.delivered,
                 c.failed,
                 c.dead,
+                c.unknown,
+                c.held,
                 c.cancelled,
                 c.pending()
             )
@@ -188,7 +217,9 @@ impl fmt::Display for Status {
             line(f, channel.as_str(), locale, counts)?;
         }
         line(f, "all", "", &self.total())?;
+        let paused = matches!(self.recorded, Some((_, CampaignState::Paused, _)));
         let eta = match self.eta_seconds() {
+            _ if paused => "paused, no ETA".to_string(),
             Some(0) => "done".to_string(),
             Some(secs) => format!("ETA {}m {:02}s", secs / 60, secs % 60),
             None => "no deliveries in the last minute, no ETA".to_string(),
@@ -201,86 +232,77 @@ impl fmt::Display for Status {
     }
 }
 
-/// Reads a campaign's counts; an unknown campaign with no deliveries is an error.
-pub(super) async fn read(
-    pool: &AnyPool,
-    campaign: &CampaignId,
-    now_ms: i64,
-) -> Result<Status, LedgerError> {
-    let recorded = sqlx::query("SELECT template, state, recipients FROM campaigns WHERE id = $1")
-        .bind(campaign.as_str())
-        .fetch_optional(pool)
-        .await?
-        .map(|row| -> Result<_, LedgerError> {
-            let state: String = row.try_get(1)?;
-            let recipients: i64 = row.try_get(2)?;
-            Ok((row.try_get(0)?, state.parse()?, recipients.max(0) as u64))
+/// What the database holds for one campaign's `status`: its row (template, state, recipients —
+/// `-1` for a campaign first seen in a batch), planned totals and counters per channel, locale
+/// and status, and deliveries over the last minute.
+pub(super) struct Snapshot {
+    pub(super) recorded: Option<(String, String, i64)>,
+    pub(super) totals: Vec<(String, String, i64)>,
+    pub(super) counts: Vec<(String, String, String, i64)>,
+    pub(super) last_minute: i64,
+}
+
+fn key(channel: &str, locale: String) -> Result<(Channel, String), LedgerError> {
+    let channel = channel
+        .parse()
+        .map_err(|e| LedgerError::Corrupt(format!("{e}")))?;
+    Ok((channel, locale))
+}
+
+/// A campaign's status from its snapshot; an unknown campaign with no rows is an error.
+pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status, LedgerError> {
+    let mut planned = true;
+    let recorded = snapshot
+        .recorded
+        .map(|(template, state, recipients)| -> Result<_, LedgerError> {
+            planned = recipients >= 0;
+            Ok((template, state.parse()?, recipients.max(0) as u64))
         })
         .transpose()?;
     let mut rows: BTreeMap<(Channel, String), Counts> = BTreeMap::new();
-    let key = |channel: String, locale: String| -> Result<(Channel, String), LedgerError> {
-        let channel = channel
-            .parse()
-            .map_err(|e| LedgerError::Corrupt(format!("{e}")))?;
-        Ok((channel, locale))
-    };
-    let totals =
-        sqlx::query("SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = $1")
-            .bind(campaign.as_str())
-            .fetch_all(pool)
-            .await?;
-    for row in totals {
-        let total: i64 = row.try_get(2)?;
-        rows.entry(key(row.try_get(0)?, row.try_get(1)?)?)
-            .or_default()
-            .total = total.max(0) as u64;
+    for (channel, locale, total) in snapshot.totals {
+        rows.entry(key(&channel, locale)?).or_default().total = total.max(0) as u64;
     }
-    let marks = sqlx::query(
-        "SELECT channel, locale, status, COUNT(*) FROM deliveries
-         WHERE campaign_id = $1 GROUP BY channel, locale, status",
-    )
-    .bind(campaign.as_str())
-    .fetch_all(pool)
-    .await?;
-    let mut recorded_per_key: BTreeMap<(Channel, String), u64> = BTreeMap::new();
-    for row in marks {
-        let key = key(row.try_get(0)?, row.try_get(1)?)?;
-        let mark: String = row.try_get(2)?;
-        let count: i64 = row.try_get(3)?;
-        let count = count.max(0) as u64;
-        *recorded_per_key.entry(key.clone()).or_default() += count;
+    let mut claimed: BTreeMap<(Channel, String), u64> = BTreeMap::new();
+    for (channel, locale, status, n) in snapshot.counts {
+        let key = key(&channel, locale)?;
+        let n = n.max(0) as u64;
+        if status == "rows" {
+            *claimed.entry(key).or_default() += n;
+            continue;
+        }
         let counts = rows.entry(key).or_default();
-        match mark.parse()? {
-            Mark::Delivered => counts.delivered += count,
-            Mark::Failed => counts.failed += count,
-            Mark::Dead => counts.dead += count,
-            Mark::Cancelled => counts.cancelled += count,
+        match status.parse()? {
+            Mark::Delivered => counts.delivered += n,
+            Mark::Failed => counts.failed += n,
+            Mark::Dead => counts.dead += n,
+            Mark::Cancelled => counts.cancelled += n,
+            Mark::Unknown => counts.unknown += n,
+            Mark::Held => counts.held += n,
             Mark::Sending => {}
         }
     }
     // Pairs `enqueue` did not plan (batches published by other means) count as they come.
-    for (key, recorded) in recorded_per_key {
+    for (key, claimed) in claimed {
         let counts = rows.entry(key).or_default();
-        counts.total = counts.total.max(recorded);
+        counts.total = counts.total.max(claimed);
     }
     if recorded.is_none() && rows.is_empty() {
         return Err(LedgerError::UnknownCampaign(campaign.clone()));
     }
-    let last_minute: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM deliveries
-         WHERE campaign_id = $1 AND status = 'delivered' AND updated_at >= $2",
-    )
-    .bind(campaign.as_str())
-    .bind(now_ms - RATE_WINDOW_MS)
-    .fetch_one(pool)
-    .await?
-    .try_get(0)?;
-    Ok(Status {
+    let mut status = Status {
         campaign: campaign.clone(),
         recorded,
+        planned,
         rows,
-        last_minute: last_minute.max(0) as u64,
-    })
+        last_minute: snapshot.last_minute.max(0) as u64,
+    };
+    if !status.planned
+        && let Some((_, _, recipients)) = status.recorded.as_mut()
+    {
+        *recipients = status.rows.values().map(|c| c.total).max().unwrap_or(0);
+    }
+    Ok(status)
 }
 
 #[cfg(test)]
@@ -293,11 +315,12 @@ mod tests {
             delivered,
             failed,
             dead,
-            cancelled: 0,
+            ..Counts::default()
         };
         Status {
             campaign: CampaignId::parse("c").expect("id"),
             recorded: Some(("xiami-shutdown".into(), CampaignState::Running, 100)),
+            planned: true,
             rows: BTreeMap::from([
                 ((Channel::Email, "ar".to_string()), counts(40, 30, 2, 1)),
                 ((Channel::Push, "ar".to_string()), counts(50, 20, 0, 0)),

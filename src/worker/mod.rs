@@ -1,4 +1,6 @@
-//! One batch → sends → a `Verdict`: the pure step of the worker, with no broker in sight.
+//! One batch → sends → a `Verdict`, with no broker in sight: a pure plan (pairs, notices),
+//! admission by the ledger (state, claims), the sends, and a pure decision (outcomes → what
+//! the batch owes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -10,17 +12,21 @@ use chrono::{DateTime, FixedOffset, Utc};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use crate::batch::{Batch, UserId};
+use crate::batch::{Batch, Recipient, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
 use crate::events;
-use crate::ledger::{CampaignState, Claims, Entry, Ledger, Mark, Pair};
+use crate::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use crate::limit::Limits;
-use crate::render::{BatchCache, Notice, Renderer, TemplateError, TemplateName};
+use crate::render::{Renderer, TemplateError, TemplateName};
 
+mod books;
 mod owed;
+mod plan;
 
+pub use books::Books;
 pub use owed::{DeadLetterKind, Owed, RetryPolicy};
-use owed::{Failed, RENDER_PREFIX, TEMPLATE_PREFIX, failure, held_back, hold, owed};
+use owed::{Failed, Fate, failure, held_back, hold, owed, rejected};
+use plan::{Item, Plan, Unsendable, plan};
 
 /// Counts for one channel and locale.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,6 +117,8 @@ pub struct Deps<E, P> {
     pub retry: RetryPolicy,
     /// The delivery ledger; `None` sends without one (`ledger.url = ""`).
     ledger: Option<Arc<Ledger>>,
+    /// The ledger as the worker step asks it (a fake in tests).
+    books: Option<Arc<dyn Books>>,
 }
 
 impl<E: Sender, P: Sender> Deps<E, P> {
@@ -134,12 +142,20 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             sends: Semaphore::new(concurrency.max(1)),
             retry,
             ledger: None,
+            books: None,
         }
     }
 
     /// The same, asking `ledger` before each send and recording every outcome in it.
     pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Deps<E, P> {
+        self.books = Some(Arc::clone(&ledger) as Arc<dyn Books>);
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// The same, with `books` standing in for the ledger.
+    pub fn with_books(mut self, books: Arc<dyn Books>) -> Deps<E, P> {
+        self.books = Some(books);
         self
     }
 
@@ -168,81 +184,107 @@ impl<E: Sender, P: Sender> Deps<E, P> {
 
     /// Whether a batch may be sent now, and which of its pairs are this worker's to send.
     async fn admit(&self, batch: &Batch, pairs: &[Pair]) -> Admit {
-        let Some(ledger) = &self.ledger else {
-            return Admit::Go(Claims::default());
+        let Some(books) = &self.books else {
+            return Admit::Go(None);
         };
-        match ledger.state(&batch.campaign_id).await {
-            Ok(CampaignState::Running) => {}
-            Ok(CampaignState::Paused) => return Admit::Hold("campaign paused".into()),
-            Ok(CampaignState::Cancelled) => return Admit::Cancelled,
-            Err(e) => return Admit::Hold(format!("ledger unavailable: {e}")),
-        }
-        match ledger.claim(&batch.campaign_id, pairs).await {
-            Ok(claims) => Admit::Go(claims),
-            Err(e) => Admit::Hold(format!("ledger unavailable: {e}")),
-        }
-    }
-
-    /// Records outcomes in the ledger, if there is one; a failure is logged (the sends stand).
-    async fn note(&self, entries: Vec<Entry>) {
-        if let Some(ledger) = &self.ledger
-            && !entries.is_empty()
-            && let Err(e) = ledger.record_all(entries).await
+        let refused = |e: LedgerError| {
+            if e.is_unavailable() {
+                Admit::Hold(format!("ledger unavailable: {e}"))
+            } else {
+                Admit::Refused(format!("the ledger refused the batch: {e}"))
+            }
+        };
+        let state = match books
+            .state(&batch.campaign_id, batch.template.as_str())
+            .await
         {
-            tracing::error!(error = %e, "could not record outcomes in the ledger");
+            Ok(state) => state,
+            Err(e) => return refused(e),
+        };
+        if state == CampaignState::Paused {
+            return Admit::Hold("campaign paused".into());
+        }
+        match books.claim(&batch.campaign_id, pairs).await {
+            Ok(claims) if state == CampaignState::Cancelled => Admit::Cancelled(claims),
+            Ok(claims) => Admit::Go(Some(claims)),
+            Err(e) => refused(e),
         }
     }
 
-    /// Waits for the rate limits, checks the campaign is still running, sends, and records the
-    /// outcome before giving back the send slot.
+    /// Records an outcome under `claims`, if there is a ledger. The caller holds the send's slot
+    /// until this returns: a kill leaves at most `worker.concurrency` sends unrecorded.
+    async fn note(&self, claims: Option<&Claims>, entry: Entry) {
+        let (Some(books), Some(claims)) = (&self.books, claims) else {
+            return;
+        };
+        let (user, channel) = (entry.pair.user_id.clone(), entry.pair.channel);
+        match books.record(claims, entry).await {
+            Ok(Recorded::Written) => {}
+            Ok(Recorded::FencedOut) => tracing::warn!(
+                %user, %channel,
+                "outcome not recorded: the pair was taken over while this worker stalled; its new holder records it"
+            ),
+            Err(e) => {
+                tracing::error!(%user, %channel, error = %e, "the ledger refused the outcome")
+            }
+        }
+    }
+
+    /// Waits for the rate limits and a send slot; then, immediately before sending, checks the
+    /// campaign's state (at most a second old), the deadline and the claim's lease; sends, and
+    /// records the outcome before giving back the slot.
     async fn send(
         &self,
         channel: Channel,
         delivery: Delivery<'_>,
-        deadline: Option<DateTime<FixedOffset>>,
+        batch: &Batch,
+        claims: Option<&Claims>,
     ) -> Sent {
         let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
         self.limits.acquire(channel, domain).await;
         events::rate_limit_waited(channel, waiting.elapsed());
-        let pair = || Pair {
-            user_id: delivery.recipient.user_id.clone(),
-            channel,
-            locale: delivery.notice.locale.clone(),
-        };
-        let entry = |mark: Mark, error: Option<String>| Entry {
-            campaign: delivery.campaign_id.clone(),
-            pair: pair(),
-            mark,
-            error,
-        };
-        if let Some(ledger) = &self.ledger {
-            match ledger.state(delivery.campaign_id).await {
-                Ok(CampaignState::Running) => {}
-                Ok(CampaignState::Paused) => {
-                    let reason = "campaign paused";
-                    self.note(vec![entry(Mark::Failed, Some(reason.into()))])
-                        .await;
-                    return Sent::Held(reason.into());
-                }
-                Ok(CampaignState::Cancelled) => {
-                    self.note(vec![entry(Mark::Cancelled, None)]).await;
-                    return Sent::Cancelled;
-                }
-                // The claim stays ours; the next claim takes it back once this batch is done.
-                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
-            }
-        }
-        // The wait for the rate limit may have outlasted the deadline.
-        if passed(deadline) {
-            let outcome = Outcome::permanent(DEADLINE);
-            self.note(vec![entry(Mark::Dead, Some(DEADLINE.into()))])
-                .await;
-            return Sent::Outcome(outcome);
-        }
         let Ok(_permit) = self.sends.acquire().await else {
             return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
+        let entry = |mark: Mark, error: Option<String>| Entry {
+            campaign: delivery.campaign_id.clone(),
+            pair: Pair {
+                user_id: delivery.recipient.user_id.clone(),
+                channel,
+                locale: delivery.notice.locale.clone(),
+            },
+            mark,
+            error,
+        };
+        if let (Some(books), Some(claims)) = (&self.books, claims) {
+            match books
+                .state(delivery.campaign_id, batch.template.as_str())
+                .await
+            {
+                Ok(CampaignState::Running) => {}
+                Ok(CampaignState::Paused) => {
+                    self.note(claims.into(), entry(Mark::Held, None)).await;
+                    return Sent::Held("campaign paused".into());
+                }
+                Ok(CampaignState::Cancelled) => {
+                    self.note(claims.into(), entry(Mark::Cancelled, None)).await;
+                    return Sent::Cancelled;
+                }
+                // The row stays claimed; the next claim takes it back once this batch is done.
+                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
+            }
+            if !books.may_send(claims) {
+                return Sent::Held(
+                    "this worker's lease is not current or outcomes wait for the ledger".into(),
+                );
+            }
+        }
+        if passed(batch.deadline) {
+            self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
+                .await;
+            return Sent::Unsendable(Unsendable::Deadline);
+        }
         let _in_flight = events::InFlight::begin();
         let sending = Instant::now();
         // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
@@ -257,68 +299,61 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         {
             self.limits.throttled(channel, domain);
         }
-        if let Some(ledger) = &self.ledger {
-            let (mark, error) = match &outcome {
-                Outcome::Delivered => (Mark::Delivered, None),
-                Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
-                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
-            };
-            // The slot is held until the outcome is written: a kill leaves at most
-            // `worker.concurrency` sends made but not recorded.
-            if let Err(e) = ledger.record(entry(mark, error)).await {
-                tracing::error!(user = %delivery.recipient.user_id, %channel, error = %e, "sent, but the ledger did not record it");
+        let (mark, error) = match &outcome {
+            Outcome::Delivered => (Mark::Delivered, None),
+            Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
+            Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+            // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
+            // second copy. Email has no such key: an unknown email is not sent again unless asked.
+            Outcome::Unknown { reason } if channel == Channel::Push => {
+                (Mark::Failed, Some(reason.clone()))
             }
-        }
-        outcome.into()
+            Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
+        };
+        self.note(claims, entry(mark, error)).await;
+        Sent::Outcome(outcome)
     }
 }
 
 /// Tells the ledger a batch is done with its claim when dropped, also on a panic.
 struct Finished<'a> {
-    ledger: Option<&'a Ledger>,
+    books: &'a dyn Books,
     token: i64,
 }
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
-        if let Some(ledger) = self.ledger {
-            ledger.finished(self.token);
-        }
+        self.books.finished(self.token);
     }
 }
 
 /// Whether a batch may go out.
 enum Admit {
-    /// Yes; the claims say which pairs to skip.
-    Go(Claims),
+    /// Yes; the claims (with a ledger) say which pairs to skip.
+    Go(Option<Claims>),
     /// Not now (paused, or the ledger is away): the whole batch waits in a delay queue.
     Hold(String),
-    /// Never: the campaign is cancelled.
-    Cancelled,
+    /// Never: the campaign is cancelled; the claimed pairs are recorded so.
+    Cancelled(Claims),
+    /// The ledger refused the batch for a reason waiting will not fix: dead-lettered.
+    Refused(String),
 }
 
 /// What became of one recipient × channel.
 enum Sent {
     /// It was tried.
     Outcome(Outcome),
+    /// It could not be sent (no notice, deadline passed).
+    Unsendable(Unsendable),
     /// Not tried: the campaign was paused or the ledger went away meanwhile; try later.
     Held(String),
     /// Not tried: the campaign was cancelled.
     Cancelled,
 }
 
-impl From<Outcome> for Sent {
-    fn from(outcome: Outcome) -> Sent {
-        Sent::Outcome(outcome)
-    }
-}
-
 fn passed(deadline: Option<DateTime<FixedOffset>>) -> bool {
     deadline.is_some_and(|deadline| Utc::now() >= deadline)
 }
-
-/// One recipient's notice, or why it could not be rendered.
-type Rendered = Result<Notice, String>;
 
 /// Renders and sends every recipient × channel of `batch` concurrently (rate limits and the
 /// concurrency bound permitting), skipping pairs in `already` (delivered before, as this
@@ -330,57 +365,28 @@ pub async fn process_batch<E: Sender, P: Sender>(
     already: &HashSet<(UserId, Channel)>,
     deps: &Deps<E, P>,
 ) -> Verdict {
-    let renderer = deps.renderer(&batch.template);
-    let late = passed(batch.deadline);
-    let mut alike = BatchCache::default();
-    let notices: Vec<Rendered> = batch
-        .recipients
-        .iter()
-        .map(|recipient| match &renderer {
-            _ if late => Err(DEADLINE.to_string()),
-            Ok(renderer) => renderer
-                .render_cached(&batch.vars, recipient, &batch.channels, &mut alike)
-                .map_err(|e| format!("{RENDER_PREFIX}{e}")),
-            Err(e) => Err(format!("{TEMPLATE_PREFIX}{e}")),
-        })
-        .collect();
-
+    let plan = plan(
+        batch,
+        already,
+        deps.renderer(&batch.template),
+        passed(batch.deadline),
+        deps.books.is_some(),
+    );
     let mut verdict = Verdict {
         report: Report {
             batches: 1,
+            no_email: plan.no_email,
             ..Report::default()
         },
         ..Verdict::default()
     };
-    // The pairs still to send, with their notice and the ledger's view of them.
-    // Sized up front: `sends` holds a future per pair, and growing it moved them all each time.
-    let most = batch.recipients.len() * batch.channels.len();
-    let mut todo = Vec::with_capacity(most);
-    let mut pairs = Vec::with_capacity(most);
-    for (recipient, notice) in batch.recipients.iter().zip(&notices) {
-        for &channel in &batch.channels {
-            if channel == Channel::Email && recipient.email.is_none() {
-                verdict.report.no_email += 1;
-                continue;
-            }
-            let locale = notice.as_ref().map_or("-", |n| n.locale.as_str());
-            if !already.is_empty() && already.contains(&(recipient.user_id.clone(), channel)) {
-                verdict.report.count(channel, locale, true);
-                verdict.delivered.push((recipient.user_id.clone(), channel));
-                continue;
-            }
-            todo.push((recipient, channel, notice));
-            // Only the ledger reads them.
-            if deps.ledger.is_some() {
-                pairs.push(Pair {
-                    user_id: recipient.user_id.clone(),
-                    channel,
-                    locale: locale.to_string(),
-                });
-            }
-        }
+    for &(index, channel) in &plan.delivered {
+        verdict.report.count(channel, plan.locale(index), true);
+        verdict
+            .delivered
+            .push((batch.recipients[index].user_id.clone(), channel));
     }
-    let claims = match deps.admit(batch, &pairs).await {
+    let claims = match deps.admit(batch, &plan.pairs).await {
         Admit::Go(claims) => claims,
         Admit::Hold(reason) => {
             tracing::info!(%reason, "batch held back");
@@ -388,34 +394,68 @@ pub async fn process_batch<E: Sender, P: Sender>(
             verdict.owed = hold(batch, attempt, &reason, &deps.retry);
             return verdict;
         }
-        Admit::Cancelled => {
+        Admit::Refused(reason) => {
+            tracing::error!(%reason, "batch dead-lettered");
+            verdict.report = Report::default();
+            verdict.owed = rejected(batch, attempt, &reason);
+            return verdict;
+        }
+        Admit::Cancelled(claims) => {
             tracing::info!("campaign cancelled; recording the batch's recipients as cancelled");
-            let entries = pairs
-                .into_iter()
-                .map(|pair| Entry {
-                    campaign: batch.campaign_id.clone(),
-                    pair,
-                    mark: Mark::Cancelled,
-                    error: None,
-                })
-                .collect();
-            deps.note(entries).await;
+            let _finished = deps.books.as_deref().map(|books| Finished {
+                books,
+                token: claims.token,
+            });
+            let cancelled = plan.todo.iter().zip(&plan.pairs).filter(|(_, pair)| {
+                let key = (pair.user_id.clone(), pair.channel);
+                !claims.delivered.contains(&key)
+                    && !claims.held.contains(&key)
+                    && !claims.cancelled.contains(&key)
+            });
+            let notes = cancelled.map(|(_, pair)| {
+                deps.note(
+                    Some(&claims),
+                    Entry {
+                        campaign: batch.campaign_id.clone(),
+                        pair: pair.clone(),
+                        mark: Mark::Cancelled,
+                        error: None,
+                    },
+                )
+            });
+            join_all(notes).await;
             return verdict;
         }
     };
-    let _finished = Finished {
-        ledger: deps.ledger.as_deref(),
-        token: claims.token,
+    let _finished = match (&deps.books, &claims) {
+        (Some(books), Some(claims)) => Some(Finished {
+            books: books.as_ref(),
+            token: claims.token,
+        }),
+        _ => None,
     };
-    let mut sends = Vec::with_capacity(todo.len());
+    let (sent, held) = send_all(batch, &plan, claims.as_ref(), deps, &mut verdict).await;
+    decide(batch, attempt, &plan, sent, held, deps, verdict).await
+}
+
+/// Sends the plan's pairs this worker holds; returns what became of each, and the pairs held
+/// back by the claims.
+async fn send_all<E: Sender, P: Sender>(
+    batch: &Batch,
+    plan: &Plan,
+    claims: Option<&Claims>,
+    deps: &Deps<E, P>,
+    verdict: &mut Verdict,
+) -> (Vec<(Item, Sent)>, Vec<crate::batch::Failure>) {
+    let mut sends = Vec::with_capacity(plan.todo.len());
     let mut held = Vec::new();
-    let contested = !claims.all_ours();
-    for (recipient, channel, notice) in todo {
-        let locale = notice.as_ref().map_or("-", |n| n.locale.as_str());
-        if contested {
+    let contested = claims.is_some_and(|c| !c.all_ours());
+    for &(index, channel) in &plan.todo {
+        let recipient: &Recipient = &batch.recipients[index];
+        if let (true, Some(claims)) = (contested, claims) {
             let key = (recipient.user_id.clone(), channel);
             if claims.delivered.contains(&key) {
-                verdict.report.count(channel, locale, true);
+                verdict.report.count(channel, plan.locale(index), true);
                 verdict.delivered.push(key);
                 continue;
             } else if claims.held.contains(&key) {
@@ -430,17 +470,17 @@ pub async fn process_batch<E: Sender, P: Sender>(
             }
         }
         sends.push(async move {
-            let sent = match notice {
+            let sent = match &plan.notices[index] {
                 Ok(notice) => {
                     let delivery = Delivery {
                         campaign_id: &batch.campaign_id,
                         recipient,
                         notice,
                     };
-                    deps.send(channel, delivery, batch.deadline).await
+                    deps.send(channel, delivery, batch, claims).await
                 }
-                Err(reason) => {
-                    deps.note(vec![Entry {
+                Err(unsendable) => {
+                    let entry = Entry {
                         campaign: batch.campaign_id.clone(),
                         pair: Pair {
                             user_id: recipient.user_id.clone(),
@@ -448,19 +488,46 @@ pub async fn process_batch<E: Sender, P: Sender>(
                             locale: "-".into(),
                         },
                         mark: Mark::Dead,
-                        error: Some(reason.clone()),
-                    }])
-                    .await;
-                    Sent::Outcome(Outcome::permanent(reason.clone()))
+                        error: Some(unsendable.to_string()),
+                    };
+                    deps.note(claims, entry).await;
+                    Sent::Unsendable(unsendable.clone())
                 }
             };
-            (recipient, channel, locale, sent)
+            ((index, channel), sent)
         });
     }
+    (join_all(sends).await, held)
+}
+
+/// The pure decision (with the ledger told which failed pairs are given up): counts, delivered
+/// pairs, and what the batch owes.
+async fn decide<E: Sender, P: Sender>(
+    batch: &Batch,
+    attempt: u32,
+    plan: &Plan,
+    sent: Vec<(Item, Sent)>,
+    mut held: Vec<crate::batch::Failure>,
+    deps: &Deps<E, P>,
+    mut verdict: Verdict,
+) -> Verdict {
     let mut failed = Vec::new();
-    for (recipient, channel, locale, sent) in join_all(sends).await {
+    for ((index, channel), sent) in sent {
+        let recipient = &batch.recipients[index];
+        let locale = plan.locale(index);
+        let fail = |reason: String, fate: Fate| Failed {
+            failure: failure(recipient, channel, reason),
+            fate,
+            locale: locale.to_string(),
+        };
         let outcome = match sent {
             Sent::Outcome(outcome) => outcome,
+            Sent::Unsendable(unsendable) => {
+                verdict.report.count(channel, locale, false);
+                let kind = unsendable.kind();
+                failed.push(fail(unsendable.to_string(), Fate::Dead(kind)));
+                continue;
+            }
             Sent::Held(reason) => {
                 held.push(failure(recipient, channel, reason));
                 continue;
@@ -477,26 +544,22 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 reason,
                 retry_after,
                 ..
-            } => {
-                failed.push(Failed {
-                    failure: failure(recipient, channel, reason),
-                    retry_after: Some(retry_after),
-                    locale: locale.to_string(),
-                });
+            } => failed.push(fail(reason, Fate::Retry(retry_after))),
+            Outcome::Unknown { reason } if channel == Channel::Push => {
+                failed.push(fail(reason, Fate::Retry(None)))
+            }
+            Outcome::Unknown { reason } => {
+                failed.push(fail(reason, Fate::Dead(DeadLetterKind::Unknown)))
             }
             Outcome::Permanent { reason } => {
-                failed.push(Failed {
-                    failure: failure(recipient, channel, reason),
-                    retry_after: None,
-                    locale: locale.to_string(),
-                });
+                failed.push(fail(reason, Fate::Dead(DeadLetterKind::Rejected)))
             }
         }
     }
     // Transient failures that will not be retried (attempts exhausted, deadline) are dead now.
-    let given_up: Vec<Entry> = failed
+    let retried: Vec<Entry> = failed
         .iter()
-        .filter(|f| f.retry_after.is_some())
+        .filter(|f| matches!(f.fate, Fate::Retry(_)))
         .map(|f| Entry {
             campaign: batch.campaign_id.clone(),
             pair: Pair {
@@ -519,11 +582,15 @@ pub async fn process_batch<E: Sender, P: Sender>(
         .flatten()
         .map(|f| (&f.user_id, f.channel))
         .collect();
-    let given_up = given_up
+    let given_up: Vec<Entry> = retried
         .into_iter()
         .filter(|e| dead_letters.contains(&(&e.pair.user_id, e.pair.channel)))
         .collect();
-    deps.note(given_up).await;
+    if let Some(books) = &deps.books
+        && let Err(e) = books.give_up(given_up).await
+    {
+        tracing::error!(error = %e, "could not record given-up sends as dead in the ledger");
+    }
     if !held.is_empty() {
         verdict
             .owed

@@ -51,6 +51,10 @@ pub enum DeadLetterKind {
     HeldBack,
     /// The message was not a batch at all.
     Undecodable,
+    /// Handed over with no answer; replayed only when asked (`dlq replay --include-unknown`).
+    Unknown,
+    /// The ledger refused the batch for a reason waiting does not fix (a constraint, bad data).
+    LedgerRefused,
 }
 
 impl DeadLetterKind {
@@ -63,26 +67,11 @@ impl DeadLetterKind {
             DeadLetterKind::Deadline => "deadline",
             DeadLetterKind::HeldBack => "held_back",
             DeadLetterKind::Undecodable => "undecodable",
-        }
-    }
-
-    /// The kind of a permanent failure, from its reason: the worker words render failures
-    /// `render: …`/`template: …` and a passed deadline `deadline`; the rest are refusals.
-    fn of_permanent(reason: &str) -> DeadLetterKind {
-        if reason.starts_with(DEADLINE) {
-            DeadLetterKind::Deadline
-        } else if reason.starts_with(RENDER_PREFIX) || reason.starts_with(TEMPLATE_PREFIX) {
-            DeadLetterKind::Unrenderable
-        } else {
-            DeadLetterKind::Rejected
+            DeadLetterKind::Unknown => "unknown",
+            DeadLetterKind::LedgerRefused => "ledger_refused",
         }
     }
 }
-
-/// How the reason of a notice that did not render starts.
-pub(super) const RENDER_PREFIX: &str = "render: ";
-/// How the reason of a template that did not load starts.
-pub(super) const TEMPLATE_PREFIX: &str = "template: ";
 
 /// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.
 const HOLD: Duration = Duration::from_secs(5);
@@ -109,11 +98,41 @@ impl RetryPolicy {
     }
 }
 
-/// A failed send, and whether it is worth trying again (and not before when).
+/// What a failed send is worth: another try (not before the wait the peer asked for), or a
+/// dead letter of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    Retry(Option<Duration>),
+    Dead(DeadLetterKind),
+}
+
+/// A failed send and its fate.
 pub(super) struct Failed {
     pub(super) failure: Failure,
-    pub(super) retry_after: Option<Option<Duration>>,
+    pub(super) fate: Fate,
     pub(super) locale: String,
+}
+
+/// The whole batch, dead-lettered with `reason` (the ledger refused it).
+pub(super) fn rejected(batch: &Batch, attempt: u32, reason: &str) -> Vec<Owed> {
+    let everyone: Vec<Failure> = batch
+        .recipients
+        .iter()
+        .flat_map(|r| {
+            batch
+                .channels
+                .iter()
+                .map(|c| failure(r, *c, reason.to_string()))
+        })
+        .collect();
+    let kinds = vec![DeadLetterKind::LedgerRefused; everyone.len()];
+    vec![dead_letter(
+        batch,
+        everyone,
+        kinds,
+        reason.to_string(),
+        attempt,
+    )]
 }
 
 /// The whole batch, back to a delay queue at the same attempt (waiting does not use up attempts).
@@ -181,23 +200,21 @@ pub(super) fn owed(
     let mut kinds = Vec::new();
     let mut at_least = Duration::ZERO;
     for Failed {
-        mut failure,
-        retry_after,
-        ..
+        mut failure, fate, ..
     } in failed
     {
-        match retry_after {
-            Some(wait) if attempt < policy.max_attempts && !policy.delays.is_empty() => {
+        match fate {
+            Fate::Retry(wait) if attempt < policy.max_attempts && !policy.delays.is_empty() => {
                 at_least = at_least.max(wait.unwrap_or_default());
                 retry.push(failure);
             }
-            Some(_) => {
+            Fate::Retry(_) => {
                 failure.error = format!("gave up after {attempt} attempts: {}", failure.error);
                 dead.push(failure);
                 kinds.push(DeadLetterKind::Exhausted);
             }
-            None => {
-                kinds.push(DeadLetterKind::of_permanent(&failure.error));
+            Fate::Dead(kind) => {
+                kinds.push(kind);
                 dead.push(failure);
             }
         }
@@ -228,7 +245,7 @@ pub(super) fn owed(
         }
     }
     if !dead.is_empty() {
-        let reason = dead_letter_reason(&dead);
+        let reason = dead_letter_reason(&dead, &kinds);
         owed.push(dead_letter(batch, dead, kinds, reason, attempt));
     }
     owed
@@ -261,8 +278,8 @@ fn dead_letter(
 }
 
 /// `deadline` when every failure is the deadline, the failure itself when there is one, else a count.
-fn dead_letter_reason(dead: &[Failure]) -> String {
-    if dead.iter().all(|f| f.error.starts_with(DEADLINE)) {
+fn dead_letter_reason(dead: &[Failure], kinds: &[DeadLetterKind]) -> String {
+    if kinds.iter().all(|k| *k == DeadLetterKind::Deadline) {
         DEADLINE.to_string()
     } else if let [only] = dead {
         only.error.clone()
@@ -284,14 +301,14 @@ mod tests {
         .expect("a batch")
     }
 
-    fn failed(user: &str, error: &str, transient: bool) -> Failed {
+    fn failed(user: &str, error: &str, fate: Fate) -> Failed {
         Failed {
             failure: Failure {
                 user_id: crate::batch::UserId::parse(user).expect("a user id"),
                 channel: Channel::Email,
                 error: error.into(),
             },
-            retry_after: transient.then_some(None),
+            fate,
             locale: "en".into(),
         }
     }
@@ -303,10 +320,18 @@ mod tests {
             delays: vec![Duration::from_secs(1)],
         };
         let failures = vec![
-            failed("a", "550 5.1.1 unknown user", false),
-            failed("b", &format!("{RENDER_PREFIX}missing variable"), false),
-            failed("c", DEADLINE, false),
-            failed("d", "451 try later", true),
+            failed(
+                "a",
+                "550 5.1.1 unknown user",
+                Fate::Dead(DeadLetterKind::Rejected),
+            ),
+            failed(
+                "b",
+                "render: missing variable",
+                Fate::Dead(DeadLetterKind::Unrenderable),
+            ),
+            failed("c", DEADLINE, Fate::Dead(DeadLetterKind::Deadline)),
+            failed("d", "451 try later", Fate::Retry(None)),
         ];
         let owed = owed(&batch(), 2, failures, &policy);
         let [Owed::DeadLetter { batch, kinds, .. }] = owed.as_slice() else {

@@ -1,0 +1,619 @@
+//! The PostgreSQL ledger, shared by a fleet: rows travel as arrays (`UNNEST`), so a statement
+//! has one text whatever its number of rows, and each write and its counters are one statement.
+//! The heartbeat has a connection of its own, never waiting behind the pool.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection, PgPool, Row};
+use tokio::sync::Mutex;
+
+use super::LedgerError;
+use super::claim::{Decision, Found, decide};
+use super::rows::{
+    Campaign, CampaignState, Claims, Entry, Fenced, Mark, Pair, RATE_BUCKET_MS, Recorded, Tally,
+};
+use super::status::Snapshot;
+use super::store::ClaimJob;
+use crate::batch::CampaignId;
+
+/// How long a query waits for a connection before the ledger counts as unreachable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections a worker opens at start: the claims of its first batches and the outcome writer.
+const WARM_CONNECTIONS: usize = 4;
+
+/// Claims every pair no row has yet; returns those it inserted. $1 campaign, $2 owner, $3
+/// token, $4 now, $5–$7 users, channels, locales.
+const CLAIM_NEW: &str = "WITH new AS (
+        INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
+        SELECT $1, t.u, t.c, t.l, 'sending', 0, $2, $3, $4
+        FROM UNNEST($5::text[], $6::text[], $7::text[]) AS t(u, c, l)
+        ON CONFLICT (campaign_id, user_id, channel) DO NOTHING
+        RETURNING user_id, channel, locale),
+    counted AS (
+        INSERT INTO campaign_counts (campaign_id, channel, locale, status, n)
+        SELECT $1, channel, locale, 'rows', COUNT(*) FROM new GROUP BY channel, locale
+        ON CONFLICT (campaign_id, channel, locale, status)
+        DO UPDATE SET n = campaign_counts.n + excluded.n)
+    SELECT user_id, channel FROM new";
+/// The rows of pairs a claim did not insert: $1 campaign, $2 users, $3 channels.
+const FIND: &str = "SELECT d.user_id, d.channel, d.status, d.owner, d.token, d.locale
+    FROM deliveries d JOIN UNNEST($2::text[], $3::text[]) AS t(u, c)
+      ON d.user_id = t.u AND d.channel = t.c
+    WHERE d.campaign_id = $1";
+const BEATS: &str = "SELECT id, beat FROM workers WHERE id = ANY($1::text[])";
+const EVICT: &str = "DELETE FROM workers WHERE id = $1 AND beat = $2";
+/// Takes rows still as the claim found them: $1 campaign, $2 owner, $3 token, $4 now, then
+/// users, channels, locales, found statuses, owners, tokens.
+const TAKE: &str = "UPDATE deliveries d SET status = 'sending', owner = $2, token = $3, locale = t.l, updated_at = $4
+    FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])
+      AS t(u, c, l, s, o, k)
+    WHERE d.campaign_id = $1 AND d.user_id = t.u AND d.channel = t.c
+      AND d.status = t.s AND d.owner IS NOT DISTINCT FROM t.o AND d.token IS NOT DISTINCT FROM t.k
+    RETURNING d.user_id, d.channel";
+/// Writes outcomes where the rows still carry their claims, and counts them: $1 now, $2 the
+/// rate bucket, then campaigns, users, channels, locales, statuses, attempts, errors, owners,
+/// tokens.
+const RECORD: &str = "WITH t AS (
+        SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                             $8::bigint[], $9::text[], $10::text[], $11::bigint[])
+          AS t(campaign, u, c, l, s, a, e, o, k)),
+    written AS (
+        UPDATE deliveries d SET status = t.s, locale = t.l, attempts = d.attempts + t.a,
+            last_error = t.e, owner = NULL, token = NULL, updated_at = $1
+        FROM t
+        WHERE d.campaign_id = t.campaign AND d.user_id = t.u AND d.channel = t.c
+          AND d.status = 'sending' AND d.owner = t.o AND d.token = t.k
+        RETURNING d.campaign_id, d.user_id, d.channel, d.locale, d.status),
+    counted AS (
+        INSERT INTO campaign_counts (campaign_id, channel, locale, status, n)
+        SELECT campaign_id, channel, locale, status, COUNT(*) FROM written
+        GROUP BY campaign_id, channel, locale, status
+        ORDER BY campaign_id, channel, locale, status
+        ON CONFLICT (campaign_id, channel, locale, status)
+        DO UPDATE SET n = campaign_counts.n + excluded.n),
+    rated AS (
+        INSERT INTO campaign_rates (campaign_id, bucket, delivered)
+        SELECT campaign_id, $2, COUNT(*) FROM written WHERE status = 'delivered'
+        GROUP BY campaign_id ORDER BY campaign_id
+        ON CONFLICT (campaign_id, bucket)
+        DO UPDATE SET delivered = campaign_rates.delivered + excluded.delivered)
+    SELECT campaign_id, user_id, channel FROM written";
+const GIVE_UP: &str = "UPDATE deliveries SET status = 'dead', last_error = $4, updated_at = $5
+    WHERE campaign_id = $1 AND user_id = $2 AND channel = $3 AND status = 'failed'
+    RETURNING locale";
+const COUNT: &str = "INSERT INTO campaign_counts (campaign_id, channel, locale, status, n)
+    SELECT $1, t.c, t.l, t.s, t.n FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[])
+      AS t(c, l, s, n) ORDER BY 1, 2, 3, 4
+    ON CONFLICT (campaign_id, channel, locale, status)
+    DO UPDATE SET n = campaign_counts.n + excluded.n";
+const REGISTER: &str =
+    "INSERT INTO workers (id, seen_at, beat) VALUES ($1, $2, 0) ON CONFLICT (id) DO NOTHING";
+const RENEW: &str = "UPDATE workers SET beat = beat + 1, seen_at = $2 WHERE id = $1";
+const RETIRE: &str = "DELETE FROM workers WHERE id = $1";
+const RECORD_CAMPAIGN: &str =
+    "INSERT INTO campaigns (id, template, recipients, deadline, state, created_at)
+    VALUES ($1, $2, $3, $4, 'running', $5)
+    ON CONFLICT (id) DO UPDATE SET template = excluded.template,
+        recipients = excluded.recipients, deadline = excluded.deadline";
+const FIRST_SIGHT: &str =
+    "INSERT INTO campaigns (id, template, recipients, deadline, state, created_at)
+    VALUES ($1, $2, -1, NULL, 'running', $3) ON CONFLICT (id) DO NOTHING";
+const CLEAR_TOTALS: &str = "DELETE FROM campaign_totals WHERE campaign_id = $1";
+const TOTALS_IN: &str = "INSERT INTO campaign_totals (campaign_id, channel, locale, total)
+    SELECT $1, t.c, t.l, t.n FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(c, l, n)";
+const STATE: &str = "SELECT state FROM campaigns WHERE id = $1";
+const SET_STATE: &str = "UPDATE campaigns SET state = $2 WHERE id = $1";
+const CAMPAIGN: &str = "SELECT template, state, recipients FROM campaigns WHERE id = $1";
+const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = $1";
+const COUNTS: &str =
+    "SELECT channel, locale, status, n FROM campaign_counts WHERE campaign_id = $1";
+const LAST_MINUTE: &str = "SELECT COALESCE(SUM(delivered), 0)::bigint FROM campaign_rates
+    WHERE campaign_id = $1 AND bucket >= $2";
+
+/// The PostgreSQL ledger of one process.
+pub(super) struct Store {
+    pool: PgPool,
+    options: PgConnectOptions,
+    /// The heartbeat's own connection, opened on first use and again after a failure.
+    beats: Mutex<Option<PgConnection>>,
+}
+
+impl Store {
+    pub(super) fn open(url: &str) -> Result<Store, LedgerError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        Ok(Store {
+            pool,
+            options,
+            beats: Mutex::new(None),
+        })
+    }
+
+    /// Runs the migrations in a task of their own (sqlx's migration future is `Send` only for
+    /// the `'static` borrow a task gives it).
+    pub(super) async fn migrate(
+        &self,
+        migrator: sqlx::migrate::Migrator,
+    ) -> Result<(), LedgerError> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { migrator.run(&pool).await })
+            .await
+            .map_err(|_| LedgerError::Stopped)??;
+        Ok(())
+    }
+
+    pub(super) async fn warm(&self) -> Result<(), LedgerError> {
+        let wanted = WARM_CONNECTIONS.min(self.pool.options().get_max_connections() as usize);
+        let connections =
+            futures::future::try_join_all((0..wanted).map(|_| self.pool.acquire())).await?;
+        drop(connections);
+        Ok(())
+    }
+
+    /// Runs `statement` with `owner` and `now` on the heartbeat's connection; the number of
+    /// rows it changed.
+    async fn on_beats(
+        &self,
+        statement: &'static str,
+        owner: &str,
+        now: Option<i64>,
+    ) -> Result<u64, LedgerError> {
+        let mut conn = self.beats.lock().await;
+        if conn.is_none() {
+            *conn = Some(
+                tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&self.options))
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??,
+            );
+        }
+        let Some(c) = conn.as_mut() else {
+            return Err(LedgerError::Stopped);
+        };
+        let mut query = sqlx::query(statement).bind(owner);
+        if let Some(now) = now {
+            query = query.bind(now);
+        }
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, query.execute(&mut *c)).await {
+            Ok(Ok(done)) => Ok(done.rows_affected()),
+            Ok(Err(e)) => {
+                *conn = None;
+                Err(e.into())
+            }
+            Err(_) => {
+                *conn = None;
+                Err(sqlx::Error::PoolTimedOut.into())
+            }
+        }
+    }
+
+    pub(super) async fn register(&self, owner: &str, now: i64) -> Result<(), LedgerError> {
+        self.on_beats(REGISTER, owner, Some(now)).await.map(|_| ())
+    }
+
+    pub(super) async fn renew(&self, owner: &str, now: i64) -> Result<bool, LedgerError> {
+        Ok(self.on_beats(RENEW, owner, Some(now)).await? == 1)
+    }
+
+    pub(super) async fn retire(&self, owner: &str) -> Result<(), LedgerError> {
+        self.on_beats(RETIRE, owner, None).await.map(|_| ())
+    }
+
+    pub(super) async fn record_campaign(
+        &self,
+        campaign: &Campaign,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let id = campaign.id.as_str();
+        sqlx::query(RECORD_CAMPAIGN)
+            .bind(id)
+            .bind(campaign.template.as_str())
+            .bind(campaign.recipients as i64)
+            .bind(campaign.deadline.map(|d| d.to_rfc3339()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(CLEAR_TOTALS).bind(id).execute(&mut *tx).await?;
+        let (mut channels, mut locales, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+        for ((channel, locale), n) in &campaign.totals {
+            channels.push(channel.as_str());
+            locales.push(locale.as_str());
+            totals.push(*n as i64);
+        }
+        sqlx::query(TOTALS_IN)
+            .bind(id)
+            .bind(channels)
+            .bind(locales)
+            .bind(totals)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn first_sight(
+        &self,
+        campaign: &CampaignId,
+        template: &str,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(FIRST_SIGHT)
+            .bind(campaign.as_str())
+            .bind(template)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn state(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<CampaignState>, LedgerError> {
+        let row = sqlx::query(STATE)
+            .bind(campaign.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<String, _>(0)?.parse()).transpose()
+    }
+
+    pub(super) async fn set_state(
+        &self,
+        campaign: &CampaignId,
+        state: CampaignState,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(SET_STATE)
+            .bind(campaign.as_str())
+            .bind(state.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn claim(&self, job: ClaimJob, now: i64) -> Result<Claims, LedgerError> {
+        let campaign = job.campaign.as_str();
+        let owner = &*job.owner;
+        let mut claims = Claims {
+            token: job.token,
+            owner: job.owner.clone(),
+            ..Claims::default()
+        };
+        let users: Vec<&str> = job.pairs.iter().map(|p| p.user_id.as_str()).collect();
+        let channels: Vec<&str> = job.pairs.iter().map(|p| p.channel.as_str()).collect();
+        let locales: Vec<&str> = job.pairs.iter().map(|p| p.locale.as_str()).collect();
+        let inserted = sqlx::query(CLAIM_NEW)
+            .bind(campaign)
+            .bind(owner)
+            .bind(job.token)
+            .bind(now)
+            .bind(&users)
+            .bind(&channels)
+            .bind(&locales)
+            .fetch_all(&self.pool)
+            .await?;
+        if inserted.len() == job.pairs.len() {
+            return Ok(claims);
+        }
+        let mut new = HashSet::with_capacity(inserted.len());
+        for row in inserted {
+            new.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+        }
+        let rest: Vec<_> = job
+            .pairs
+            .iter()
+            .filter(|p| {
+                !new.contains(&(
+                    p.user_id.as_str().to_string(),
+                    p.channel.as_str().to_string(),
+                ))
+            })
+            .collect();
+        let users: Vec<&str> = rest.iter().map(|p| p.user_id.as_str()).collect();
+        let channels: Vec<&str> = rest.iter().map(|p| p.channel.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut rows = std::collections::HashMap::new();
+        for row in sqlx::query(FIND)
+            .bind(campaign)
+            .bind(&users)
+            .bind(&channels)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let channel: String = row.try_get(1)?;
+            let mark: String = row.try_get(2)?;
+            rows.insert(
+                (user, channel),
+                Found {
+                    mark: mark.parse()?,
+                    owner: row.try_get(3)?,
+                    token: row.try_get(4)?,
+                    locale: row.try_get(5)?,
+                },
+            );
+        }
+        let owners: Vec<String> = rows
+            .values()
+            .filter(|f| f.mark == Mark::Sending)
+            .filter_map(|f| f.owner.clone())
+            .filter(|o| o != owner)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut beats = std::collections::HashMap::new();
+        if !owners.is_empty() {
+            for row in sqlx::query(BEATS).bind(&owners).fetch_all(&mut *tx).await? {
+                beats.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+        }
+        let mut evicted: HashSet<String> = HashSet::new();
+        let mut take: Vec<(&Pair, &Found)> = Vec::new();
+        for p in &rest {
+            let key = (p.user_id.clone(), p.channel);
+            let Some(found) = rows.get(&(
+                p.user_id.as_str().to_string(),
+                p.channel.as_str().to_string(),
+            )) else {
+                claims.held.insert(key);
+                continue;
+            };
+            let liveness = found.owner.as_ref().map(|o| {
+                if evicted.contains(o) {
+                    super::claim::Liveness::Gone
+                } else {
+                    job.watch.judge(o, beats.get(o).copied())
+                }
+            });
+            match decide(found, owner, &job.active, liveness) {
+                Decision::Delivered => {
+                    claims.delivered.insert(key);
+                }
+                Decision::Cancelled => {
+                    claims.cancelled.insert(key);
+                }
+                Decision::Held | Decision::Judge(_) => {
+                    claims.held.insert(key);
+                }
+                Decision::Take(evict) => {
+                    if let Some((other, beat)) = evict
+                        && !evicted.contains(&other)
+                    {
+                        let gone = sqlx::query(EVICT)
+                            .bind(&other)
+                            .bind(beat)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if gone == 0 {
+                            claims.held.insert(key);
+                            continue;
+                        }
+                        evicted.insert(other);
+                    }
+                    take.push((p, found));
+                }
+            }
+        }
+        if !take.is_empty() {
+            let taken = sqlx::query(TAKE)
+                .bind(campaign)
+                .bind(owner)
+                .bind(job.token)
+                .bind(now)
+                .bind(
+                    take.iter()
+                        .map(|(p, _)| p.user_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    take.iter()
+                        .map(|(p, _)| p.channel.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    take.iter()
+                        .map(|(p, _)| p.locale.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    take.iter()
+                        .map(|(_, f)| f.mark.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    take.iter()
+                        .map(|(_, f)| f.owner.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(take.iter().map(|(_, f)| f.token).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut got = HashSet::with_capacity(taken.len());
+            for row in taken {
+                got.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+            }
+            let mut tally = Tally::default();
+            for (p, found) in take {
+                if got.contains(&(
+                    p.user_id.as_str().to_string(),
+                    p.channel.as_str().to_string(),
+                )) {
+                    if found.mark != Mark::Sending {
+                        tally.add(
+                            campaign,
+                            p.channel.as_str(),
+                            &found.locale,
+                            found.mark.as_str(),
+                            -1,
+                        );
+                    }
+                } else {
+                    claims.held.insert((p.user_id.clone(), p.channel));
+                }
+            }
+            apply(&mut tx, &tally).await?;
+        }
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    pub(super) async fn record(
+        &self,
+        outcomes: &[Fenced],
+        now: i64,
+    ) -> Result<Vec<Recorded>, LedgerError> {
+        let column = |f: fn(&Fenced) -> String| outcomes.iter().map(f).collect::<Vec<_>>();
+        let written = sqlx::query(RECORD)
+            .bind(now)
+            .bind(now / RATE_BUCKET_MS)
+            .bind(column(|o| o.entry.campaign.as_str().into()))
+            .bind(column(|o| o.entry.pair.user_id.as_str().into()))
+            .bind(column(|o| o.entry.pair.channel.as_str().into()))
+            .bind(column(|o| o.entry.pair.locale.clone()))
+            .bind(column(|o| o.entry.mark.as_str().into()))
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.entry.attempts())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.entry.error.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|o| o.owner.to_string()))
+            .bind(outcomes.iter().map(|o| o.token).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut done = HashSet::with_capacity(written.len());
+        for row in written {
+            done.insert((
+                row.try_get::<String, _>(0)?,
+                row.try_get::<String, _>(1)?,
+                row.try_get::<String, _>(2)?,
+            ));
+        }
+        Ok(outcomes
+            .iter()
+            .map(|o| {
+                let e = &o.entry;
+                let key = (
+                    e.campaign.as_str().to_string(),
+                    e.pair.user_id.as_str().to_string(),
+                    e.pair.channel.as_str().to_string(),
+                );
+                if done.contains(&key) {
+                    Recorded::Written
+                } else {
+                    Recorded::FencedOut
+                }
+            })
+            .collect())
+    }
+
+    pub(super) async fn give_up(&self, entries: &[Entry], now: i64) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let mut tally = Tally::default();
+        for e in entries {
+            let row = sqlx::query(GIVE_UP)
+                .bind(e.campaign.as_str())
+                .bind(e.pair.user_id.as_str())
+                .bind(e.pair.channel.as_str())
+                .bind(e.error.as_deref())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                let locale: String = row.try_get(0)?;
+                let (campaign, channel) = (e.campaign.as_str(), e.pair.channel.as_str());
+                tally.add(campaign, channel, &locale, Mark::Failed.as_str(), -1);
+                tally.add(campaign, channel, &locale, Mark::Dead.as_str(), 1);
+            }
+        }
+        apply(&mut tx, &tally).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn snapshot(
+        &self,
+        campaign: &CampaignId,
+        since_bucket: i64,
+    ) -> Result<Snapshot, LedgerError> {
+        let id = campaign.as_str();
+        let recorded = sqlx::query(CAMPAIGN)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| -> Result<_, sqlx::Error> {
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+            })
+            .transpose()?;
+        let totals = sqlx::query(TOTALS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let counts = sqlx::query(COUNTS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let last_minute = sqlx::query(LAST_MINUTE)
+            .bind(id)
+            .bind(since_bucket)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(Snapshot {
+            recorded,
+            totals,
+            counts,
+            last_minute,
+        })
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.beats.lock().await.take() {
+            let _ = conn.close().await;
+        }
+        self.pool.close().await;
+    }
+}
+
+/// Applies counter changes of one campaign at a time, in key order (two workers' transactions
+/// lock counter rows in the same order).
+async fn apply(tx: &mut PgConnection, tally: &Tally) -> Result<(), LedgerError> {
+    let mut by_campaign: std::collections::BTreeMap<&str, Vec<(&str, &str, &str, i64)>> =
+        std::collections::BTreeMap::new();
+    for ((campaign, channel, locale, status), n) in &tally.counts {
+        if *n != 0 {
+            by_campaign
+                .entry(campaign)
+                .or_default()
+                .push((channel, locale, status, *n));
+        }
+    }
+    for (campaign, rows) in by_campaign {
+        sqlx::query(COUNT)
+            .bind(campaign)
+            .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The two databases behind the same operations, and the schema's migrations.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::claim::Watch;
+use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, Pair, RATE_BUCKET_MS, Recorded};
+use super::{LedgerError, now_ms, postgres, sqlite, status};
+use crate::batch::CampaignId;
+
+/// The two databases, each behind the same operations.
+pub(super) enum Store {
+    Sqlite(sqlite::Store),
+    Postgres(Box<postgres::Store>),
+}
+
+/// Everything one claim needs to decide, shared with the thread or task that runs it.
+#[derive(Clone)]
+pub(super) struct ClaimJob {
+    pub(super) campaign: CampaignId,
+    pub(super) pairs: Vec<Pair>,
+    pub(super) owner: Arc<str>,
+    pub(super) token: i64,
+    pub(super) active: HashSet<i64>,
+    pub(super) watch: Arc<Watch>,
+}
+
+pub(super) fn migrator() -> Migrator {
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "ledger",
+            include_str!("../../migrations/0001_ledger.sql"),
+        ),
+        migration(
+            2,
+            "no status index",
+            include_str!("../../migrations/0002_no_status_index.sql"),
+        ),
+        migration(
+            3,
+            "claim token",
+            include_str!("../../migrations/0003_claim_token.sql"),
+        ),
+        migration(
+            4,
+            "leases and counters",
+            include_str!("../../migrations/0004_leases_and_counters.sql"),
+        ),
+    ])
+}
+
+impl Store {
+    pub(super) async fn migrate(&self) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.migrate(migrator()).await,
+            Store::Postgres(s) => s.migrate(migrator()).await,
+        }
+    }
+
+    pub(super) async fn register(&self, owner: &str) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.register(owner, now_ms()).await,
+            Store::Postgres(s) => s.register(owner, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn renew(&self, owner: &str) -> Result<bool, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.renew(owner, now_ms()).await,
+            Store::Postgres(s) => s.renew(owner, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn retire(&self, owner: &str) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.retire(owner).await,
+            Store::Postgres(s) => s.retire(owner).await,
+        }
+    }
+
+    pub(super) async fn record_campaign(&self, campaign: &Campaign) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.record_campaign(campaign.clone(), now_ms()).await,
+            Store::Postgres(s) => s.record_campaign(campaign, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn first_sight(
+        &self,
+        campaign: &CampaignId,
+        template: &str,
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.first_sight(campaign, template, now_ms()).await,
+            Store::Postgres(s) => s.first_sight(campaign, template, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn state(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<CampaignState>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.state(campaign).await,
+            Store::Postgres(s) => s.state(campaign).await,
+        }
+    }
+
+    pub(super) async fn set_state(
+        &self,
+        campaign: &CampaignId,
+        state: CampaignState,
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.set_state(campaign, state).await,
+            Store::Postgres(s) => s.set_state(campaign, state).await,
+        }
+    }
+
+    pub(super) async fn claim(&self, job: ClaimJob) -> Result<Claims, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.claim(job, now_ms()).await,
+            Store::Postgres(s) => s.claim(job, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn record(&self, outcomes: &[Fenced]) -> Result<Vec<Recorded>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.record(outcomes.to_vec(), now_ms()).await,
+            Store::Postgres(s) => s.record(outcomes, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn give_up(&self, entries: Vec<Entry>) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.give_up(entries, now_ms()).await,
+            Store::Postgres(s) => s.give_up(&entries, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn snapshot(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<status::Snapshot, LedgerError> {
+        let since = (now_ms() - status::RATE_WINDOW_MS) / RATE_BUCKET_MS;
+        match self {
+            Store::Sqlite(s) => s.snapshot(campaign, since).await,
+            Store::Postgres(s) => s.snapshot(campaign, since).await,
+        }
+    }
+
+    pub(super) async fn warm(&self) -> Result<(), LedgerError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.warm().await,
+        }
+    }
+
+    pub(super) async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
