@@ -73,6 +73,7 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
         Outcome::Delivered => "delivered",
         Outcome::Transient { .. } => "transient",
         Outcome::Permanent { .. } => "permanent",
+        Outcome::Unknown { .. } => "unknown",
     };
     counter!(SENDS, "channel" => channel.as_str(), "locale" => locale.to_string(), "outcome" => label)
         .increment(1);
@@ -93,6 +94,14 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
             outcome = label,
             reason = %MaskedText(reason),
             "send failed for good"
+        ),
+        Outcome::Unknown { reason } => tracing::warn!(
+            event = "send_unknown",
+            %user,
+            %channel,
+            outcome = label,
+            reason = %MaskedText(reason),
+            "sent, and no answer came back: delivered or not is unknown"
         ),
     }
 }

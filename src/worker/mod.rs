@@ -261,7 +261,9 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             let (mark, error) = match &outcome {
                 Outcome::Delivered => (Mark::Delivered, None),
                 Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
-                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+                Outcome::Permanent { reason } | Outcome::Unknown { reason } => {
+                    (Mark::Dead, Some(reason.clone()))
+                }
             };
             // The slot is held until the outcome is written: a kill leaves at most
             // `worker.concurrency` sends made but not recorded.
@@ -484,7 +486,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
                     locale: locale.to_string(),
                 });
             }
-            Outcome::Permanent { reason } => {
+            Outcome::Permanent { reason } | Outcome::Unknown { reason } => {
                 failed.push(Failed {
                     failure: failure(recipient, channel, reason),
                     retry_after: None,

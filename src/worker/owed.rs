@@ -51,6 +51,8 @@ pub enum DeadLetterKind {
     HeldBack,
     /// The message was not a batch at all.
     Undecodable,
+    /// Handed over with no answer back: it may have arrived, so it is replayed only when asked.
+    Unknown,
 }
 
 impl DeadLetterKind {
@@ -63,6 +65,7 @@ impl DeadLetterKind {
             DeadLetterKind::Deadline => "deadline",
             DeadLetterKind::HeldBack => "held_back",
             DeadLetterKind::Undecodable => "undecodable",
+            DeadLetterKind::Unknown => "unknown",
         }
     }
 
