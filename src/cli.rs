@@ -106,6 +106,10 @@ pub enum DlqAction {
         /// Show what would move, move nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also replay sends whose outcome is unknown (handed over, no answer back: they may
+        /// have arrived, and replaying them may send them twice).
+        #[arg(long)]
+        include_unknown: bool,
     },
     /// Delete a campaign's dead letters.
     Purge {

@@ -120,8 +120,11 @@ pub struct EmailConfig {
     pub from: String,
     /// SMTP connections per process.
     pub pool_size: u32,
-    /// Per-send timeout.
+    /// Connect and each command: the most a send waits until its message is handed over.
     pub timeout_ms: u64,
+    /// The wait for the reply to the final `.` of `DATA`, once written (RFC 5321 §4.5.3.2.6
+    /// asks for 10 minutes); no reply by then makes the send's outcome unknown.
+    pub final_reply_timeout_ms: u64,
     /// Directory of `.eml` files for the file transport.
     pub outbox: PathBuf,
 }
@@ -134,6 +137,7 @@ impl Default for EmailConfig {
             from: "Xiami Music <noreply@xiami.example>".into(),
             pool_size: 8,
             timeout_ms: 10_000,
+            final_reply_timeout_ms: 600_000,
             outbox: "outbox/email".into(),
         }
     }

@@ -496,7 +496,8 @@ async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError>
                 attempt,
                 kinds,
             } => {
-                broker.dead_letter(batch, *attempt, reason).await?;
+                let labels: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
+                broker.dead_letter(batch, *attempt, reason, &labels).await?;
                 events::dead_lettered(batch, reason, kinds);
             }
         }

@@ -10,6 +10,11 @@
 //! and drops them if it closes first (acked messages reappear), so removals are acked at most
 //! [`ACKS_PER_BARRIER`] at a time, each group followed by a `basic.get` round trip that the queue
 //! answers only after applying them.
+//!
+//! Sends whose outcome is unknown (`unknown` in `x-sunset-kinds`: handed over, no answer back)
+//! are replayed only with `--include-unknown`. Without it a dead letter holding only those stays
+//! where it is, and one holding others too is replaced, at the end of the queue, by one holding
+//! just those.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,14 +28,15 @@ use lapin::types::{AMQPValue, DeliveryTag, FieldTable};
 use lapin::{BasicProperties, Consumer};
 use tracing::warn;
 
-use crate::batch::{Batch, CampaignId};
+use crate::batch::{Batch, CampaignId, Failure};
 use crate::broker::{
-    ATTEMPT_HEADER, Broker, BrokerError, ERROR_HEADER, QueueNames, Route, attempt_headers,
-    attempt_of, redact,
+    ATTEMPT_HEADER, Broker, BrokerError, ERROR_HEADER, KINDS_HEADER, QueueNames, Route,
+    attempt_headers, attempt_of, redact,
 };
 use crate::channel::Channel;
 use crate::cli::{DlqAction, InvalidInput};
 use crate::config::Config;
+use crate::worker::DeadLetterKind;
 
 /// Acks sent before waiting for the queue to apply them: well under the 32 a channel keeps in
 /// flight before it starts stashing (and, on close, losing) settlements.
@@ -63,10 +69,11 @@ pub async fn run(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
             campaign,
             limit,
             dry_run,
+            include_unknown,
         } => {
             let filter = Filter::parse(campaign.as_deref())?;
             let broker = connect(config).await?;
-            let replayed = replay(&broker, &filter, *limit, *dry_run).await;
+            let replayed = replay(&broker, &filter, *limit, *dry_run, *include_unknown).await;
             broker.close().await;
             replayed
         }
@@ -149,6 +156,9 @@ pub struct DeadLetter {
     /// Seconds since the Unix epoch when it became a dead letter, when known: RabbitMQ's
     /// `x-death` time if RabbitMQ dead-lettered it, else the `timestamp` it was published with.
     pub since: Option<u64>,
+    /// `x-sunset-kinds`: why each of the batch's `failures` failed, in the same order
+    /// (`rejected`, `exhausted`, `unknown`, …); empty when the header is absent.
+    pub kinds: Vec<String>,
 }
 
 impl DeadLetter {
@@ -165,11 +175,20 @@ impl DeadLetter {
             .unwrap_or_else(|| "-".into());
         let attempts = header(properties, ATTEMPT_HEADER).map(|_| attempt_of(properties));
         let since = death_time(properties).or(*properties.timestamp());
+        let kinds = match header(properties, KINDS_HEADER) {
+            Some(AMQPValue::FieldArray(kinds)) => kinds
+                .as_slice()
+                .iter()
+                .map(|kind| text(kind).unwrap_or_default())
+                .collect(),
+            _ => Vec::new(),
+        };
         DeadLetter {
             content,
             reason,
             attempts,
             since,
+            kinds,
         }
     }
 
@@ -218,6 +237,58 @@ impl DeadLetter {
         }
     }
 
+    /// Whether `failures[i]`'s outcome is unknown: handed over, with no answer back.
+    fn unknown(&self, i: usize) -> bool {
+        self.kinds
+            .get(i)
+            .is_some_and(|kind| kind == DeadLetterKind::Unknown.as_str())
+    }
+
+    /// Recipient × channel pairs that failed (`failures`).
+    pub fn failure_count(&self) -> usize {
+        self.batch().map_or(0, |batch| batch.failures.len())
+    }
+
+    /// When some of its failures have an unknown outcome: the dead letter without them (`None`
+    /// if nothing else is left), and the dead letter of just them — each with only its own
+    /// recipients, failures and kinds, and the same reason and attempts.
+    pub fn split_unknown(&self) -> Option<(Option<DeadLetter>, DeadLetter)> {
+        let batch = self.batch()?;
+        let count = batch.failures.len();
+        if !(0..count).any(|i| self.unknown(i)) {
+            return None;
+        }
+        let part = |unknown: bool| {
+            let picked: Vec<usize> = (0..count).filter(|&i| self.unknown(i) == unknown).collect();
+            if picked.is_empty() {
+                return None;
+            }
+            let failures: Vec<Failure> =
+                picked.iter().map(|&i| batch.failures[i].clone()).collect();
+            let recipients = batch
+                .recipients
+                .iter()
+                .filter(|r| failures.iter().any(|f| f.user_id == r.user_id))
+                .cloned()
+                .collect();
+            Some(DeadLetter {
+                content: Content::Batch(Batch {
+                    recipients,
+                    failures,
+                    ..batch.clone()
+                }),
+                reason: self.reason.clone(),
+                attempts: self.attempts,
+                since: self.since,
+                kinds: picked
+                    .iter()
+                    .filter_map(|&i| self.kinds.get(i).cloned())
+                    .collect(),
+            })
+        };
+        Some((part(false), part(true)?))
+    }
+
     /// Seconds since it was published or dead-lettered, when known.
     pub fn age_secs(&self, now: u64) -> Option<u64> {
         self.since.map(|since| now.saturating_sub(since))
@@ -238,7 +309,19 @@ impl DeadLetter {
             "user_ids": batch.map_or_else(Vec::new, |b| {
                 b.recipients.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>()
             }),
-            "failures": batch.map_or(&[][..], |b| b.failures.as_slice()),
+            "failures": batch.map_or_else(Vec::new, |b| {
+                b.failures
+                    .iter()
+                    .enumerate()
+                    .map(|(i, failure)| {
+                        let mut value = serde_json::json!(failure);
+                        if let Some(kind) = self.kinds.get(i) {
+                            value["kind"] = kind.as_str().into();
+                        }
+                        value
+                    })
+                    .collect::<Vec<_>>()
+            }),
         });
         if let Content::Undecodable(body) = &self.content {
             let preview = &body[..body.len().min(BODY_PREVIEW)];
@@ -460,18 +543,25 @@ fn describe_replay(letter: &DeadLetter, batches: &[Batch]) -> String {
 
 /// `sunset dlq replay`: republishes what failed to the work queue (attempt 1), each dead letter
 /// acked only once all its batches are confirmed; prints a line per dead letter and a total.
+/// Sends of unknown outcome stay in the dead-letter queue unless `include_unknown`: a dead
+/// letter of only those is left where it is; of others too, it is replaced by one of just
+/// those, published (and confirmed) before the original is acked.
 async fn replay(
     broker: &Broker,
     filter: &Filter,
     limit: Option<usize>,
     dry_run: bool,
+    include_unknown: bool,
 ) -> anyhow::Result<()> {
     let mut hold = Hold::take(broker)
         .await
         .context("Failed to read the dead-letter queue")?;
+    let names = broker.names();
     let verb = if dry_run { "would replay" } else { "replayed" };
     let (mut moved, mut recipients, mut batches_sent) = (0, 0, 0);
     let (mut undecodable, mut empty) = (0, 0);
+    // Sends of unknown outcome left in the queue, and dead letters published to hold them.
+    let (mut unknown_left, mut requeued) = (0, 0);
     for i in 0..hold.letters.len() {
         if limit.is_some_and(|limit| moved >= limit) {
             break;
@@ -480,16 +570,39 @@ async fn replay(
         if !filter.matches(letter) {
             continue;
         }
-        let batches = letter.replay_batches();
+        let split = if include_unknown {
+            None
+        } else {
+            letter.split_unknown()
+        };
+        let unknown = split.as_ref().map(|(_, unknown)| unknown);
+        let kept = unknown.map_or(0, DeadLetter::failure_count);
+        let replayable = match &split {
+            None => letter,
+            Some((Some(rest), _)) => rest,
+            Some((None, _)) => {
+                unknown_left += kept;
+                continue;
+            }
+        };
+        let batches = replayable.replay_batches();
         if batches.is_empty() {
-            if letter.batch().is_some() {
+            if replayable.batch().is_some() {
                 empty += 1;
             } else {
                 undecodable += 1;
             }
             continue;
         }
-        let (tag, line) = (*tag, describe_replay(letter, &batches));
+        let (tag, mut line) = (*tag, describe_replay(replayable, &batches));
+        if kept > 0 {
+            line.push_str(&format!(
+                "; {} of unknown outcome {} in {}",
+                plural(kept, "send", "sends"),
+                if dry_run { "would stay" } else { "stay" },
+                names.dlq
+            ));
+        }
         if !dry_run {
             for batch in &batches {
                 broker
@@ -504,18 +617,36 @@ async fn replay(
                         )
                     })?;
             }
+            if let Some(unknown) = unknown
+                && let Some(batch) = unknown.batch()
+            {
+                let kinds: Vec<&str> = unknown.kinds.iter().map(String::as_str).collect();
+                let attempt = unknown.attempts.unwrap_or(1);
+                broker
+                    .dead_letter(batch, attempt, &unknown.reason, &kinds)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "Failed to keep the sends of unknown outcome of {} in the \
+                             dead-letter queue; the dead letter stays whole (its batches \
+                             already republished will be sent again by the next replay)",
+                            batch.batch_id
+                        )
+                    })?;
+                requeued += 1;
+            }
             hold.remove(tag)
                 .await
                 .with_context(|| format!("Failed to remove replayed {line} from the dead-letter queue; it may be replayed again"))?;
         }
         println!("{verb} {line}");
         moved += 1;
+        unknown_left += kept;
         recipients += batches.iter().map(|b| b.recipients.len()).sum::<usize>();
         batches_sent += batches.len();
     }
-    let left = hold.letters.len() - hold.removed;
+    let left = hold.letters.len() - hold.removed + requeued;
     hold.release(broker).await;
-    let names = broker.names();
     if moved == 0 {
         println!("no dead letters{} to replay", filter.describe());
     } else if dry_run {
@@ -534,6 +665,15 @@ async fn replay(
             plural(batches_sent, "batch", "batches"),
             names.work,
             left,
+            names.dlq
+        );
+    }
+    if unknown_left > 0 {
+        println!(
+            "{} of unknown outcome {} in {}: each was handed over and no answer came back, so \
+             it may have arrived and a replay may send it twice; --include-unknown replays them",
+            plural(unknown_left, "send", "sends"),
+            if dry_run { "would stay" } else { "left" },
             names.dlq
         );
     }
@@ -909,6 +1049,70 @@ mod tests {
         assert_eq!(lines[0].find("reason"), lines[1].find("xxx"), "{out}");
         assert!(lines[1].contains(&format!("{}…", "x".repeat(REASON_WIDTH - 1))));
         assert_eq!(lines[3], "2 dead letters, 4 recipients");
+    }
+
+    #[test]
+    fn sends_of_unknown_outcome_split_off_with_their_recipients_and_kinds() {
+        let mut both = batch(&[("a", Channel::Email), ("b", Channel::Email)]);
+        both.failures.push(Failure {
+            user_id: UserId::parse("a").expect("id"),
+            channel: Channel::Push,
+            error: "handed over, no reply".into(),
+        });
+        let kinds = |kinds: &[&str]| {
+            AMQPValue::FieldArray(FieldArray::from(
+                kinds.iter().map(|kind| long(kind)).collect::<Vec<_>>(),
+            ))
+        };
+        let read = |batch: &Batch, labels: &[&str]| {
+            DeadLetter::read(
+                &batch.encode(),
+                &properties(&[
+                    (ERROR_HEADER, long("3 sends failed")),
+                    (ATTEMPT_HEADER, AMQPValue::LongUInt(2)),
+                    (KINDS_HEADER, kinds(labels)),
+                ]),
+            )
+        };
+        let letter = read(&both, &["rejected", "exhausted", "unknown"]);
+
+        let (rest, unknown) = letter.split_unknown().expect("some unknown");
+        let rest = rest.expect("others left");
+
+        let users = |letter: &DeadLetter| -> Vec<String> {
+            let batch = letter.batch().expect("a batch");
+            batch
+                .recipients
+                .iter()
+                .map(|r| r.user_id.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(users(&rest), ["a", "b"]);
+        assert_eq!(rest.kinds, ["rejected", "exhausted"]);
+        assert_eq!(rest.failure_count(), 2);
+        assert_eq!(users(&unknown), ["a"]);
+        assert_eq!(unknown.kinds, ["unknown"]);
+        assert_eq!(
+            unknown.batch().map(|b| b.failures[0].channel),
+            Some(Channel::Push)
+        );
+        assert_eq!(
+            (unknown.reason.as_str(), unknown.attempts),
+            ("3 sends failed", Some(2))
+        );
+        assert_eq!(letter.to_json(0)["failures"][2]["kind"], "unknown");
+
+        let only = read(&batch(&[("a", Channel::Email)]), &["unknown"]);
+        assert!(matches!(only.split_unknown(), Some((None, _))));
+        assert!(
+            read(&batch(&[("a", Channel::Email)]), &["rejected"])
+                .split_unknown()
+                .is_none()
+        );
+        let unlabelled =
+            DeadLetter::read(&batch(&[("a", Channel::Email)]).encode(), &properties(&[]));
+        assert!(unlabelled.kinds.is_empty());
+        assert!(unlabelled.split_unknown().is_none());
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
             %channel,
             outcome = label,
             reason = %MaskedText(reason),
-            "handed over with no answer: it may or may not have arrived"
+            "sent, and no answer came back: delivered or not is unknown"
         ),
     }
 }

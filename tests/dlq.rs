@@ -79,7 +79,7 @@ async fn publish_mixed(env: &TestEnv, count: usize) -> Vec<Batch> {
         let campaign = if i % 3 == 0 { "beta" } else { "alpha" };
         let letter = dead_letter(campaign, i, &[(&format!("u-{i}"), Channel::Email)]);
         broker
-            .dead_letter(&letter, 2, "550 5.1.1 Mailbox unavailable")
+            .dead_letter(&letter, 2, "550 5.1.1 Mailbox unavailable", &["rejected"])
             .await
             .expect("dead letter published");
         letters.push(letter);
@@ -243,7 +243,7 @@ async fn list_filters_by_campaign_and_json_gives_every_field_per_dead_letter() {
     );
     let beta = dead_letter("beta", 1, &[("u-9", Channel::Email)]);
     broker
-        .dead_letter(&alpha, 3, "2 failed")
+        .dead_letter(&alpha, 3, "2 failed", &["rejected", "rejected"])
         .await
         .expect("published");
     broker
@@ -251,7 +251,7 @@ async fn list_filters_by_campaign_and_json_gives_every_field_per_dead_letter() {
         .await
         .expect("published");
     broker
-        .dead_letter(&beta, 1, "550 5.1.1 Mailbox unavailable")
+        .dead_letter(&beta, 1, "550 5.1.1 Mailbox unavailable", &["rejected"])
         .await
         .expect("published");
     broker.close().await;
@@ -571,4 +571,138 @@ async fn purge_with_yes_deletes_only_that_campaign_and_says_how_many() {
         .collect();
     expected.push("-".into());
     assert_eq!(drain_batch_ids(&env).await, expected);
+}
+
+/// Takes every batch off the work queue; returns the user ids of each, in order.
+async fn drain_work_users(env: &TestEnv) -> Vec<Vec<String>> {
+    let broker = env.broker().await;
+    let channel = broker.open_channel().await.expect("channel");
+    let mut users = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            env.names().work.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        let batch = Batch::decode(&message.delivery.data).expect("a batch");
+        users.push(
+            batch
+                .recipients
+                .iter()
+                .map(|r| r.user_id.as_str().to_string())
+                .collect(),
+        );
+    }
+    broker.close().await;
+    users
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_leaves_sends_of_unknown_outcome_unless_asked_and_says_how_many() {
+    // Arrange: one rejected send, one unknown, and one dead letter holding one of each.
+    let env = TestEnv::with_broker("");
+    let broker = env.broker().await;
+    let letters = [
+        (
+            dead_letter("alpha", 1, &[("u-1", Channel::Email)]),
+            vec!["rejected"],
+        ),
+        (
+            dead_letter("alpha", 2, &[("u-2", Channel::Email)]),
+            vec!["unknown"],
+        ),
+        (
+            dead_letter(
+                "alpha",
+                3,
+                &[("u-3", Channel::Email), ("u-4", Channel::Email)],
+            ),
+            vec!["rejected", "unknown"],
+        ),
+    ];
+    for (letter, kinds) in &letters {
+        broker
+            .dead_letter(letter, 2, "sends failed", kinds)
+            .await
+            .expect("dead letter published");
+    }
+    broker.close().await;
+
+    // Act: a dry run, then a replay
+    let dry = env
+        .sunset_async(&["dlq", "replay", "--dry-run"])
+        .await
+        .expect_code(0)
+        .stdout();
+    let dry_queue = (
+        dlq_len(&env).await,
+        queue_len(&env, &env.names().work).await,
+    );
+    let out = env
+        .sunset_async(&["dlq", "replay"])
+        .await
+        .expect_code(0)
+        .stdout();
+
+    // Assert: the dry run says what the replay does, and moves nothing
+    let dlq = env.names().dlq;
+    assert!(dry.contains("would replay alpha:000001 (alpha)"), "{dry}");
+    assert!(!dry.contains("alpha:000002"), "{dry}");
+    assert!(
+        dry.contains(&format!(
+            "would replay alpha:000003 (alpha): 1 recipient by email in 1 batch; 1 send of \
+             unknown outcome would stay in {dlq}"
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("2 sends of unknown outcome would stay in {dlq}")),
+        "{dry}"
+    );
+    assert!(dry.contains("--include-unknown"), "{dry}");
+    assert_eq!(dry_queue, (3, 0), "the dry run moved something");
+    assert!(
+        out.contains("replayed 2 dead letters (2 recipients in 2 batches)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("2 sends of unknown outcome left in {dlq}")),
+        "{out}"
+    );
+    assert!(out.contains("may have arrived"), "{out}");
+    assert_eq!(drain_work_users(&env).await, [["u-1"], ["u-3"]]);
+    let listed = env
+        .sunset_async(&["dlq", "list", "--json"])
+        .await
+        .expect_code(0)
+        .stdout();
+    let listed: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["batch"], "alpha:000002", "left in its place");
+    assert_eq!(listed[1]["batch"], "alpha:000003");
+    assert_eq!(listed[1]["user_ids"], serde_json::json!(["u-4"]));
+    assert_eq!(listed[1]["failures"][0]["kind"], "unknown");
+    assert_eq!(listed[1]["reason"], "sends failed");
+    assert_eq!(listed[1]["attempts"], 2);
+
+    // Act: asked to, the replay takes them too
+    let included = env
+        .sunset_async(&["dlq", "replay", "--include-unknown"])
+        .await
+        .expect_code(0)
+        .stdout();
+
+    // Assert
+    assert!(
+        included.contains("replayed 2 dead letters (2 recipients in 2 batches)"),
+        "{included}"
+    );
+    assert!(!included.contains("unknown outcome"), "{included}");
+    assert_eq!(dlq_len(&env).await, 0);
+    assert_eq!(drain_work_users(&env).await, [["u-2"], ["u-4"]]);
 }

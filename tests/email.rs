@@ -5,8 +5,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::pipelining_smtp::PipeliningSmtp;
+use common::pipelining_smtp::{FinalReply, PipeliningSmtp};
 use common::smtp_sink::SmtpSink;
+use common::{TestEnv, campaign_args, unique};
 use mail_parser::MimeHeaders;
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
 use sunset::channel::email::EmailSender;
@@ -56,6 +57,15 @@ fn smtp_config(url: &str, pool_size: u32, timeout_ms: u64) -> EmailConfig {
         pool_size,
         timeout_ms,
         ..EmailConfig::default()
+    }
+}
+
+/// An SMTP config with `timeout_ms` for connect and commands and `final_reply_ms` for the
+/// reply to the final `.`.
+fn patient_config(url: &str, timeout_ms: u64, final_reply_ms: u64) -> EmailConfig {
+    EmailConfig {
+        final_reply_timeout_ms: final_reply_ms,
+        ..smtp_config(url, 1, timeout_ms)
     }
 }
 
@@ -700,4 +710,205 @@ async fn a_refused_recipient_on_a_pipelined_session_is_permanent_for_that_one_on
         "the session that saw a refusal was not reused"
     );
     sender.close().await;
+}
+
+#[tokio::test]
+async fn a_final_reply_after_the_command_timeout_but_within_the_final_reply_timeout_is_delivered_once()
+ {
+    // Arrange: commands may take 1 s; this relay takes 3 s to accept a message.
+    let server = PipeliningSmtp::start().await;
+    let accepting = Duration::from_secs(3);
+    server.answer_final_dot(FinalReply::After(accepting));
+    let config = patient_config(&server.url(), 1_000, 30_000);
+    let sender = EmailSender::from_config(&config).expect("valid config");
+    let started = Instant::now();
+
+    // Act
+    let outcome = send(
+        &sender,
+        &recipient("u-1", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    // Assert
+    assert_eq!(outcome, Outcome::Delivered);
+    assert!(started.elapsed() >= accepting, "{:?}", started.elapsed());
+    assert_eq!(server.delivered().len(), 1, "one email");
+    assert_eq!(server.sessions(), 1, "no second attempt");
+    sender.close().await;
+}
+
+#[tokio::test]
+async fn a_relay_that_never_answers_the_final_dot_or_hangs_up_leaves_the_outcome_unknown_after_one_email()
+ {
+    for (final_reply, pipelining) in [
+        (FinalReply::Never, true),
+        (FinalReply::Never, false),
+        (FinalReply::HangUp, true),
+        (FinalReply::HangUp, false),
+    ] {
+        // Arrange: commands may take 10 s, the reply to the final `.` 300 ms.
+        let server = if pipelining {
+            PipeliningSmtp::start().await
+        } else {
+            PipeliningSmtp::start_plain().await
+        };
+        server.answer_final_dot(final_reply);
+        let config = patient_config(&server.url(), 10_000, 300);
+        let sender = EmailSender::from_config(&config).expect("valid config");
+        let started = Instant::now();
+
+        // Act
+        let outcome = send(
+            &sender,
+            &recipient("u-1", "li@example.com", None),
+            &arabic(),
+        )
+        .await;
+
+        // Assert
+        let case = format!("{final_reply:?}, pipelining {pipelining}");
+        match &outcome {
+            Outcome::Unknown { reason } => {
+                assert!(reason.contains("handed over"), "{case}: {reason}");
+                if matches!(final_reply, FinalReply::Never) {
+                    assert!(reason.contains("300 ms"), "{case}: {reason}");
+                }
+            }
+            other => panic!("{case}: expected unknown, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{case}: the final-reply timeout applies after the handover, not the command one"
+        );
+        assert_eq!(server.delivered().len(), 1, "{case}: one email");
+        assert_eq!(server.sessions(), 1, "{case}: no second attempt");
+    }
+}
+
+#[tokio::test]
+async fn after_an_unknown_outcome_the_next_send_takes_a_new_connection_and_is_delivered() {
+    let server = PipeliningSmtp::start().await;
+    server.answer_final_dot(FinalReply::Never);
+    let sender = EmailSender::from_config(&patient_config(&server.url(), 10_000, 300))
+        .expect("valid config");
+    let first = send(
+        &sender,
+        &recipient("u-1", "li@example.com", None),
+        &arabic(),
+    )
+    .await;
+    server.answer_final_dot(FinalReply::Now);
+
+    let second = send(
+        &sender,
+        &recipient("u-2", "wang@example.com", None),
+        &arabic(),
+    )
+    .await;
+
+    assert!(matches!(first, Outcome::Unknown { .. }), "{first:?}");
+    assert_eq!(second, Outcome::Delivered);
+    assert_eq!(server.delivered().len(), 2);
+    assert_eq!(
+        server.sessions(),
+        2,
+        "the unanswered connection was not reused"
+    );
+    sender.close().await;
+}
+
+#[test]
+fn a_zero_or_absurd_final_reply_timeout_is_a_config_error_naming_the_key() {
+    for final_reply_ms in [0, 24 * 3600 * 1000 + 1, u64::MAX] {
+        let config = patient_config("smtp://127.0.0.1:25", 1_000, final_reply_ms);
+        let error = EmailSender::from_config(&config).expect_err("invalid");
+        let text = error.to_string();
+        assert!(text.contains("email.final_reply_timeout_ms"), "{text}");
+    }
+    let longest = patient_config("smtp://127.0.0.1:25", 1_000, 24 * 3600 * 1000);
+    assert!(EmailSender::from_config(&longest).is_ok());
+}
+
+#[test]
+fn a_zero_final_reply_timeout_stops_the_worker_with_exit_2() {
+    let env = TestEnv::new();
+    env.write_config(
+        "[templates]\ndir = \"templates\"\n\
+         [email]\ntransport = \"smtp\"\nfinal_reply_timeout_ms = 0\n\
+         [ledger]\nurl = \"\"\n",
+    );
+
+    let run = env.sunset(&["worker", "--exit-when-idle"]).expect_code(2);
+
+    assert!(
+        run.stderr().contains("email.final_reply_timeout_ms"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_sends_an_email_with_no_final_reply_once_and_dead_letters_it_without_retrying() {
+    // Arrange: a relay that never answers the final `.`; retries would come after 100 ms.
+    let server = PipeliningSmtp::start().await;
+    server.answer_final_dot(FinalReply::Never);
+    let env = TestEnv::with_broker(&format!(
+        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\nfinal_reply_timeout_ms = 300\n\
+         [worker]\nmax_attempts = 3\nretry_delays_ms = [100]\n\
+         [rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n",
+        server.url()
+    ));
+    env.write(
+        "audience.csv",
+        "user_id,email,locale,name\nu-1,li@example.com,en-US,Li\n",
+    );
+    let campaign = unique("unknown");
+    env.sunset_async(&campaign_args(
+        "enqueue",
+        &campaign,
+        &["--channels", "email"],
+    ))
+    .await
+    .expect_code(0);
+
+    // Act
+    env.sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
+
+    // Assert
+    assert_eq!(
+        server.delivered().len(),
+        1,
+        "one email written to the relay"
+    );
+    assert_eq!(server.sessions(), 1, "no retry");
+    let listed = env
+        .sunset_async(&["dlq", "list", "--json"])
+        .await
+        .expect_code(0)
+        .stdout();
+    let letter: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one line")).expect("json");
+    assert_eq!(letter["failures"][0]["kind"], "unknown", "{listed}");
+    let status = env
+        .sunset_async(&["status", "--campaign", &campaign, "--json"])
+        .await
+        .expect_code(0)
+        .stdout();
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["total"]["unknown"], 1, "{status}");
+    assert_eq!(status["total"]["dead"], 0, "{status}");
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    let batch = sunset::batch::Batch::decode(&letters[0].0).expect("a batch");
+    assert_eq!(batch.failures.len(), 1);
+    assert_eq!(batch.failures[0].channel, sunset::Channel::Email);
+    assert!(
+        batch.failures[0].error.contains("handed over"),
+        "{}",
+        batch.failures[0].error
+    );
 }

@@ -505,7 +505,7 @@ async fn a_replayed_dead_letter_whose_recipient_was_in_fact_delivered_is_skipped
     )
     .expect("batch");
     broker
-        .dead_letter(&delivered, 1, "421 timeout")
+        .dead_letter(&delivered, 1, "421 timeout", &["exhausted", "exhausted"])
         .await
         .expect("dead-letter");
     broker.close().await;

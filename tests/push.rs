@@ -244,7 +244,7 @@ async fn a_refused_connection_is_transient() {
 }
 
 #[tokio::test]
-async fn a_gateway_that_never_answers_is_transient_within_the_timeout() {
+async fn a_gateway_that_takes_the_request_and_never_answers_leaves_the_outcome_unknown() {
     let sink = PushSink::start().await;
     sink.stall("u-slow");
     let timeout = Duration::from_millis(300);
@@ -255,11 +255,64 @@ async fn a_gateway_that_never_answers_is_transient_within_the_timeout() {
     let outcome = gateway.send(fixture.delivery()).await;
     let took = started.elapsed();
 
-    let (reason, _) = assert_transient(&outcome);
+    let Outcome::Unknown { reason } = outcome else {
+        panic!("expected an unknown outcome, got {outcome:?}");
+    };
     assert!(reason.contains("300 ms"), "{reason}");
+    assert!(reason.contains("sent"), "{reason}");
     assert!(took >= timeout, "gave up early: {took:?}");
     assert!(took < timeout * 5, "took {took:?}");
-    assert_eq!(sink.requests().len(), 1);
+    assert_eq!(sink.requests().len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn a_gateway_that_reads_the_request_and_hangs_up_leaves_the_outcome_unknown() {
+    // Arrange: reads one whole request (head and Content-Length body), then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/push", listener.local_addr().expect("address"));
+    let (read, requests) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|value| value.trim().parse().ok())
+                    .expect("a Content-Length");
+                if seen.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            match tokio::io::AsyncReadExt::read(&mut socket, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = read.send(seen);
+    });
+    let fixture = Fixture::arabic("u-1");
+
+    // Act
+    let outcome = gateway(&url, None).send(fixture.delivery()).await;
+
+    // Assert
+    let Outcome::Unknown { reason } = outcome else {
+        panic!("expected an unknown outcome, got {outcome:?}");
+    };
+    assert!(reason.contains("before a status"), "{reason}");
+    let request = requests.await.expect("the gateway read the whole request");
+    assert!(
+        String::from_utf8_lossy(&request).contains("idempotency-key: xiami-shutdown-2021:u-1:push"),
+        "the request carried its Idempotency-Key"
+    );
 }
 
 #[tokio::test]

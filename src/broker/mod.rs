@@ -27,6 +27,10 @@ use crate::config::{BrokerConfig, ConfigError};
 pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
 /// Header of a dead letter: the short reason.
 pub const ERROR_HEADER: &str = "x-sunset-error";
+/// Header of a worker's dead letter: why each entry of the body's `failures` failed, in the
+/// same order (`rejected`, `exhausted`, `unknown`, …); `sunset dlq replay` leaves `unknown`
+/// ones unless asked.
+pub const KINDS_HEADER: &str = "x-sunset-kinds";
 
 /// How long the first connection may take before the command gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -285,18 +289,27 @@ impl Broker {
         .await
     }
 
-    /// Publishes a dead letter: the batch (failed recipients and `failures`) with its reason.
+    /// Publishes a dead letter: the batch (failed recipients and `failures`) with its reason,
+    /// and `kinds[i]`, why `failures[i]` failed, in [`KINDS_HEADER`].
     pub async fn dead_letter(
         &self,
         batch: &Batch,
         attempt: u32,
         reason: &str,
+        kinds: &[&str],
     ) -> Result<(), BrokerError> {
         let mut headers = attempt_headers(attempt);
         headers.insert(
             ERROR_HEADER.into(),
             AMQPValue::LongString(LongString::from(reason)),
         );
+        if !kinds.is_empty() {
+            let kinds = kinds
+                .iter()
+                .map(|kind| AMQPValue::LongString(LongString::from(*kind)))
+                .collect::<Vec<_>>();
+            headers.insert(KINDS_HEADER.into(), AMQPValue::FieldArray(kinds.into()));
+        }
         self.publish(Route::Queue(&self.names.dlq), &batch.encode(), headers)
             .await
     }

@@ -1,11 +1,13 @@
 //! A small HTTP/1.1 client for one origin (the push gateway): keep-alive connections opened on
 //! demand with `TCP_NODELAY`, one request at a time each, the request written in one write and
-//! the answer read by `httparse` in the caller's task; TLS by rustls for `https`.
+//! the answer read by `httparse` in the caller's task; TLS by rustls for `https`. A request
+//! written in full with no status back is told apart from one that never left.
 
 use std::fmt;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{StatusCode, Uri};
@@ -42,13 +44,49 @@ pub(crate) enum HttpFailure {
         #[source]
         source: io::Error,
     },
-    /// The connection broke before the answer was complete, or the answer was not HTTP/1.1.
+    /// The connection broke before the request was written, or after the answer's status
+    /// while its body was read.
     #[error("request to {origin} failed")]
     Exchange {
         origin: String,
         #[source]
         source: io::Error,
     },
+    /// No answer in time, and the request was not written in full.
+    #[error("{origin} did not answer within {} ms", within.as_millis())]
+    TimedOut { origin: String, within: Duration },
+    /// The whole request was written, and the connection broke (or what came was not HTTP/1.1)
+    /// before a status: the server may have acted on it.
+    #[error("request to {origin} sent, and the connection broke before a status came back")]
+    Unanswered {
+        origin: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The whole request was written, and no status came back in time: the server may have
+    /// acted on it.
+    #[error("request to {origin} sent, and no status came back within {} ms", within.as_millis())]
+    UnansweredInTime { origin: String, within: Duration },
+}
+
+/// How far one request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Progress {
+    /// Connecting, or writing the request.
+    Sending,
+    /// The whole request is written; nothing of the answer came yet.
+    Sent,
+    /// Part of the answer came, not yet its status line and headers.
+    Answering,
+    /// The status line and headers came.
+    Answered,
+}
+
+impl Progress {
+    /// The request is out and no status came back.
+    fn unanswered(self) -> bool {
+        matches!(self, Progress::Sent | Progress::Answering)
+    }
 }
 
 /// A byte stream to the origin: TCP, or TLS over TCP.
@@ -121,33 +159,63 @@ impl Origin {
     }
 
     /// `POST`s `body` with `headers` (`Host` and `Content-Length` are added here) and reads at
-    /// most about `read_at_most` bytes of the answer's body. A reused connection that fails
-    /// before any answer (the server closed it while idle) is replaced by a new one and the
-    /// request sent once more: callers' requests must be idempotent. No timeout here: the
-    /// caller bounds the whole exchange (and a connection dropped mid-exchange is not reused).
+    /// most about `read_at_most` bytes of the answer's body, all `within` the given time. A
+    /// reused connection that fails before any answer (the server closed it while idle) is
+    /// replaced by a new one and the request sent once more: callers' requests must be
+    /// idempotent. A connection dropped mid-exchange is not reused.
     pub(crate) async fn post<'h>(
         &self,
         headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
         body: &[u8],
         read_at_most: usize,
+        within: Duration,
     ) -> Result<Answer, HttpFailure> {
         let request = self.request(headers, body);
+        let mut progress = Progress::Sending;
+        let attempts = self.attempts(&request, read_at_most, &mut progress);
+        let timed = tokio::time::timeout(within, attempts).await;
+        match timed {
+            Ok(answered) => answered,
+            Err(_) if progress.unanswered() => Err(HttpFailure::UnansweredInTime {
+                origin: self.to_string(),
+                within,
+            }),
+            Err(_) => Err(HttpFailure::TimedOut {
+                origin: self.to_string(),
+                within,
+            }),
+        }
+    }
+
+    /// [`Origin::post`] without its time limit; `progress` tells how far the last try got.
+    async fn attempts(
+        &self,
+        request: &[u8],
+        read_at_most: usize,
+        progress: &mut Progress,
+    ) -> Result<Answer, HttpFailure> {
         let mut reused = self.lock_idle().pop();
         loop {
+            *progress = Progress::Sending;
             let (mut connection, fresh) = match reused.take() {
                 Some(connection) => (connection, false),
                 None => (self.connect().await?, true),
             };
-            let mut answered = false;
-            match exchange(&mut connection, &request, read_at_most, &mut answered).await {
+            match exchange(&mut connection, request, read_at_most, progress).await {
                 Ok((answer, reusable)) => {
                     if reusable {
                         self.lock_idle().push(connection);
                     }
                     return Ok(answer);
                 }
-                Err(error) if !fresh && !answered => {
+                Err(error) if !fresh && *progress < Progress::Answering => {
                     tracing::debug!(event = "http_connection_stale", host = %self.host, %error);
+                }
+                Err(source) if progress.unanswered() => {
+                    return Err(HttpFailure::Unanswered {
+                        origin: self.to_string(),
+                        source,
+                    });
                 }
                 Err(source) => {
                     return Err(HttpFailure::Exchange {
@@ -237,17 +305,18 @@ struct Head {
     size: usize,
 }
 
-/// Writes `request` and reads its answer; sets `answered` once a byte of the answer came.
-/// Returns the answer and whether the connection may carry another request.
+/// Writes `request` and reads its answer, noting in `progress` how far it got. Returns the
+/// answer and whether the connection may carry another request.
 async fn exchange(
     connection: &mut Connection,
     request: &[u8],
     read_at_most: usize,
-    answered: &mut bool,
+    progress: &mut Progress,
 ) -> io::Result<(Answer, bool)> {
     connection.buffer.clear();
     connection.stream.write_all(request).await?;
     connection.stream.flush().await?;
+    *progress = Progress::Sent;
     let head = loop {
         if let Some(head) = parse_head(&connection.buffer)? {
             connection.buffer.drain(..head.size);
@@ -263,8 +332,9 @@ async fn exchange(
         if fill(connection).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        *answered = true;
+        *progress = Progress::Answering;
     };
+    *progress = Progress::Answered;
     let (body, complete) =
         if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
             (Vec::new(), true)
@@ -517,7 +587,9 @@ mod tests {
     async fn post(origin: &Origin) -> Result<Answer, HttpFailure> {
         let key = HeaderValue::from_static("c:u:push");
         let name = HeaderName::from_static("idempotency-key");
-        origin.post([(&name, &key)], b"{}", 16).await
+        origin
+            .post([(&name, &key)], b"{}", 16, Duration::from_secs(5))
+            .await
     }
 
     const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
@@ -569,11 +641,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_that_is_not_http_is_an_exchange_failure() {
+    async fn an_answer_that_is_not_http_leaves_the_request_unanswered_and_a_cut_body_fails() {
         let (origin, _) = server(&[("SSH-2.0-OpenSSH_9.2\r\n\r\n", true)]).await;
         let failure = post(&origin).await.expect_err("not HTTP");
         assert!(
-            matches!(failure, HttpFailure::Exchange { .. }),
+            matches!(failure, HttpFailure::Unanswered { .. }),
             "{failure:?}"
         );
         let (origin, _) = server(&[("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", true)]).await;

@@ -77,7 +77,8 @@ pub struct Delivery<'a> {
 pub enum Outcome {
     /// Accepted by the relay or gateway (or written to the outbox).
     Delivered,
-    /// Worth trying again later: SMTP 4xx, HTTP 408/429/5xx, connection errors, timeouts.
+    /// Worth trying again later: SMTP 4xx, HTTP 408/429/5xx, and connection errors and
+    /// timeouts before the message was handed over (after it: [`Outcome::Unknown`]).
     Transient {
         /// Short reason, for logs and dead letters.
         reason: String,
@@ -92,8 +93,13 @@ pub enum Outcome {
         /// Short reason, for logs and dead letters.
         reason: String,
     },
-    /// Handed over with no answer (timeout or connection loss after SMTP's final `.`; an HTTP
-    /// request written with no status back): it may or may not have arrived.
+    /// Handed over, and no answer came back: neither delivered nor failed. For email, the
+    /// final `.` of `DATA` was written and its reply did not arrive (timeout or connection
+    /// loss): the relay may have queued the message, so sending again risks a duplicate.
+    /// For push, the whole request was written and no status came back (timeout or connection
+    /// reset while awaiting it); the worker may send push again, since the `Idempotency-Key`
+    /// header makes that safe with a gateway that honours it. Whether to retry is the worker's
+    /// decision, not the channel's.
     Unknown {
         /// Short reason, for logs and dead letters.
         reason: String,
@@ -113,6 +119,13 @@ impl Outcome {
     /// A permanent outcome.
     pub fn permanent(reason: impl Into<String>) -> Outcome {
         Outcome::Permanent {
+            reason: reason.into(),
+        }
+    }
+
+    /// An unknown outcome: handed over, no answer.
+    pub fn unknown(reason: impl Into<String>) -> Outcome {
+        Outcome::Unknown {
             reason: reason.into(),
         }
     }

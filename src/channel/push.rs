@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::channel::http::{Answer, Origin};
+use crate::channel::http::{Answer, HttpFailure, Origin};
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{PushConfig, PushTransport};
 
@@ -105,7 +105,7 @@ pub struct PushGateway {
     origin: Origin,
     /// `push.url`.
     url: Uri,
-    /// Whole-request timeout (connect, send, answer), for the reason of a timeout.
+    /// Whole-request timeout (connect, send, answer).
     timeout: Duration,
     /// The headers every request carries: `Content-Type`, `User-Agent`, and `Authorization:
     /// Bearer …` (a sensitive value) when a token is configured.
@@ -174,14 +174,18 @@ impl Sender for PushGateway {
             .iter()
             .chain(std::iter::once((&IDEMPOTENCY_KEY, &key)));
         // The Idempotency-Key makes the one resend `post` may do after a stale connection safe.
-        let exchange = self.origin.post(headers, &body, EXCERPT_BYTES);
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(answer)) => classify(answer),
-            Ok(Err(failure)) => Outcome::transient(chain(&failure)),
-            Err(_) => Outcome::transient(format!(
-                "push gateway did not answer within {} ms",
-                self.timeout.as_millis()
-            )),
+        match self
+            .origin
+            .post(headers, &body, EXCERPT_BYTES, self.timeout)
+            .await
+        {
+            Ok(answer) => classify(answer),
+            // Sent with no status back: the gateway may have the push. The worker may send it
+            // again: the Idempotency-Key makes that safe with a gateway that honours it.
+            Err(
+                failure @ (HttpFailure::Unanswered { .. } | HttpFailure::UnansweredInTime { .. }),
+            ) => Outcome::unknown(format!("push gateway: {}", chain(&failure))),
+            Err(failure) => Outcome::transient(format!("push gateway: {}", chain(&failure))),
         }
     }
 }
@@ -298,8 +302,9 @@ fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
 }
 
 /// The one place a gateway's answer becomes an outcome: 2xx delivered; 408, 429 and 5xx
-/// transient (with `Retry-After`); anything else permanent. (Connect errors and timeouts are
-/// transient too: see [`PushGateway::send`].)
+/// transient (with `Retry-After`); anything else permanent. (Without an answer, see
+/// [`PushGateway::send`]: connect errors and timeouts before the request is written are
+/// transient, a request written with no status back is unknown.)
 fn classify(answer: Answer) -> Outcome {
     let status = answer.status;
     if status.is_success() {

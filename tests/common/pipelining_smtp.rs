@@ -1,7 +1,8 @@
-//! `PipeliningSmtp`: a small SMTP server on 127.0.0.1 that offers `PIPELINING` (RFC 2920),
-//! answers every command read in one go with one write, and notes how many reads each
-//! transaction took from `MAIL` to `DATA` — one when the client pipelined. Refuses chosen
-//! recipients at `RCPT` with a 550 (and then `DATA` with a 554, as a pipelining server must).
+//! `PipeliningSmtp`: a small SMTP server on 127.0.0.1 that offers `PIPELINING` (RFC 2920)
+//! unless started plain, answers every command read in one go with one write, and notes how
+//! many reads each transaction took from `MAIL` to `DATA` — one when the client pipelined.
+//! Refuses chosen recipients at `RCPT` with a 550 (and then `DATA` with a 554, as a pipelining
+//! server must), and answers the final `.` of a message late, never, or by hanging up, if told.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,11 +22,26 @@ pub struct Transaction {
     pub reads_to_data: usize,
 }
 
+/// How the server answers the final `.` of a message (it has noted the message either way).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum FinalReply {
+    /// `250` at once.
+    #[default]
+    Now,
+    /// `250` after this long.
+    After(Duration),
+    /// Never: the connection stays open and silent.
+    Never,
+    /// Closes the connection without a reply.
+    HangUp,
+}
+
 #[derive(Default)]
 struct Shared {
     transactions: Vec<Transaction>,
     refused: HashSet<String>,
     sessions: usize,
+    final_reply: FinalReply,
 }
 
 /// The server; it stops with the test's runtime.
@@ -33,14 +49,28 @@ struct Shared {
 pub struct PipeliningSmtp {
     port: u16,
     shared: Arc<Mutex<Shared>>,
+    pipelining: bool,
 }
 
 impl PipeliningSmtp {
     pub async fn start() -> PipeliningSmtp {
+        PipeliningSmtp::listen(true).await
+    }
+
+    /// A server that does not offer `PIPELINING`: clients send one command per round trip.
+    pub async fn start_plain() -> PipeliningSmtp {
+        PipeliningSmtp::listen(false).await
+    }
+
+    async fn listen(pipelining: bool) -> PipeliningSmtp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let server = PipeliningSmtp { port, shared };
+        let server = PipeliningSmtp {
+            port,
+            shared,
+            pipelining,
+        };
         let accepting = server.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -58,6 +88,11 @@ impl PipeliningSmtp {
     /// Refuses `address` at `RCPT` with a 550.
     pub fn refuse(&self, address: &str) {
         self.lock().refused.insert(address.to_string());
+    }
+
+    /// From now on, answers the final `.` of each message as `reply` says.
+    pub fn answer_final_dot(&self, reply: FinalReply) {
+        self.lock().final_reply = reply;
     }
 
     /// Transactions whose message arrived.
@@ -125,8 +160,33 @@ impl PipeliningSmtp {
                 if in_data {
                     if line == "." {
                         in_data = false;
-                        if let Some(t) = current.take() {
-                            self.lock().transactions.push(t);
+                        let final_reply = {
+                            let mut shared = self.lock();
+                            if let Some(t) = current.take() {
+                                shared.transactions.push(t);
+                            }
+                            shared.final_reply
+                        };
+                        match final_reply {
+                            FinalReply::Now => {}
+                            FinalReply::After(wait) => {
+                                if socket.write_all(replies.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                replies.clear();
+                                tokio::time::sleep(wait).await;
+                            }
+                            FinalReply::Never => {
+                                let _ = socket.write_all(replies.as_bytes()).await;
+                                // Holds the connection open, reading and answering nothing.
+                                while let Ok(n) = socket.read(&mut chunk).await {
+                                    if n == 0 {
+                                        return;
+                                    }
+                                }
+                                return;
+                            }
+                            FinalReply::HangUp => return,
                         }
                         replies.push_str("250 2.0.0 queued\r\n");
                     } else if let Some(t) = current.as_mut() {
@@ -136,8 +196,10 @@ impl PipeliningSmtp {
                     continue;
                 }
                 let upper = line.to_ascii_uppercase();
-                if upper.starts_with("EHLO") {
+                if upper.starts_with("EHLO") && self.pipelining {
                     replies.push_str("250-pipelining.test\r\n250-8BITMIME\r\n250 PIPELINING\r\n");
+                } else if upper.starts_with("EHLO") {
+                    replies.push_str("250-pipelining.test\r\n250 8BITMIME\r\n");
                 } else if upper.starts_with("MAIL FROM:") {
                     current = Some(Transaction {
                         to: Vec::new(),

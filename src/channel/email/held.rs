@@ -1,5 +1,6 @@
 //! The SMTP socket with writes held until the next read, so that lettre's separate writes of a
-//! message and its final `\r\n.\r\n` leave in one `write(2)` and one TCP segment.
+//! message and its final `\r\n.\r\n` leave in one `write(2)` and one TCP segment; it also
+//! notes when a message was handed over (all of it, final `.` included, on the socket).
 
 use std::io;
 use std::net::SocketAddr;
@@ -66,10 +67,10 @@ impl HeldWrites {
     }
 }
 
-/// What the relay does below lettre on a plain connection: bytes to write ahead of lettre's next
-/// write, held like its own (`MAIL` and `RCPT` pipelined in front of its `DATA`), and, until
-/// [`Beneath::heard`], the replies read (the `EHLO` reply, where `PIPELINING` is offered: lettre
-/// keeps no note of it).
+/// What the relay does below lettre: on a plain connection, bytes to write ahead of lettre's
+/// next write, held like its own (`MAIL` and `RCPT` pipelined in front of its `DATA`), and,
+/// until [`Beneath::heard`], the replies read (the `EHLO` reply, where `PIPELINING` is offered:
+/// lettre keeps no note of it); on any connection, whether a message was handed over.
 #[derive(Debug, Clone)]
 pub(super) struct Beneath(Arc<Mutex<Side>>);
 
@@ -77,6 +78,20 @@ pub(super) struct Beneath(Arc<Mutex<Side>>);
 struct Side {
     early: Vec<u8>,
     heard: Option<Vec<u8>>,
+    handover: Handover,
+}
+
+/// Where a message is, from `DATA`'s `354` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// No message is being watched.
+    Idle,
+    /// lettre is writing a message, or its bytes are still held.
+    Writing,
+    /// Everything lettre wrote, final `.` included, is on the socket, and the reply is awaited:
+    /// lettre reads only after writing the final `.`, and a read writes out all that is held
+    /// first (with TLS too: its records of those bytes are written through here before it reads).
+    HandedOver,
 }
 
 /// Replies kept for [`Beneath::heard`] at most (a greeting and an `EHLO` reply).
@@ -88,7 +103,19 @@ impl Beneath {
         Beneath(Arc::new(Mutex::new(Side {
             early: Vec::new(),
             heard: Some(Vec::new()),
+            handover: Handover::Idle,
         })))
+    }
+
+    /// Watches for the handover of the message lettre writes next; call once `DATA` has its
+    /// `354`, before lettre writes the message.
+    pub(super) fn watch_handover(&self) {
+        self.lock().handover = Handover::Writing;
+    }
+
+    /// Whether the watched message is all on the socket, its final `.` included.
+    pub(super) fn handed_over(&self) -> bool {
+        self.lock().handover == Handover::HandedOver
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Side> {
@@ -114,6 +141,12 @@ impl AsyncRead for HeldWrites {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_release(cx))?;
+        {
+            let mut side = this.beneath.lock();
+            if side.handover == Handover::Writing {
+                side.handover = Handover::HandedOver;
+            }
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
         if let Some(heard) = this.beneath.lock().heard.as_mut()

@@ -15,7 +15,9 @@ const REASON_MAX: usize = 300;
 
 /// The one place an SMTP failure becomes an outcome: a 5xx reply to the message is permanent
 /// for that recipient; a 4xx reply, a failed session (even 5xx: the relay or our credentials,
-/// not the recipient), connection errors, TLS errors and timeouts are transient.
+/// not the recipient), connection errors, TLS errors and timeouts are transient — as long as
+/// the message was not handed over. No reply to the final `.` (a timeout, a broken connection)
+/// is unknown: the relay may have taken the message.
 ///
 /// A 4xx reply to the message that says we are too fast (see [`throttling`]) is marked
 /// `throttled`, so the recipient's domain slows down. A failed session is never marked: its
@@ -39,9 +41,9 @@ pub(super) fn classify(failure: &SmtpFailure) -> Outcome {
             let (code, text) = reply(error);
             Outcome::permanent(short(&format!("{} {text}", code_text(code))))
         }
-        // lettre refused locally, e.g. a non-ASCII address the relay cannot take (no SMTPUTF8).
-        SmtpFailure::Transaction(error) if error.is_client() => {
-            Outcome::permanent(short(&failure.to_string()))
+        SmtpFailure::Unsupported(_) => Outcome::permanent(short(&failure.to_string())),
+        SmtpFailure::FinalReplyTimedOut(_) | SmtpFailure::FinalReplyLost(_) => {
+            Outcome::unknown(short(&failure.to_string()))
         }
         _ => Outcome::transient(short(&failure.to_string())),
     }

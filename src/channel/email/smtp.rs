@@ -1,10 +1,14 @@
 //! The SMTP transport: `email.url` parsing and a bounded pool of connections we open ourselves,
-//! pipelining `MAIL`/`RCPT`/`DATA` where the relay offers it on plain TCP; a failed send's reply
-//! is classified in `reply`, implicit TLS is adapted in `tls`.
+//! pipelining `MAIL`/`RCPT`/`DATA` where the relay offers it on plain TCP, and telling a message
+//! not yet handed over from one whose final `.` went out unanswered; a failed send's reply is
+//! classified in `reply`, implicit TLS is adapted in `tls`.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
+use std::pin::pin;
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
@@ -12,7 +16,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -28,6 +32,10 @@ use crate::logging::{MaskedEmail, MaskedText};
 /// An idle connection older than this is checked with `NOOP` before reuse: relays close idle
 /// sessions (Postfix after 300 s), and a dead socket would otherwise fail a recipient.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
+
+/// The longest `email.final_reply_timeout_ms` taken: a day. Longer is a mistake (a unit slip),
+/// and would hold a send slot and a connection that long.
+const FINAL_REPLY_TIMEOUT_MAX_MS: u64 = 24 * 3600 * 1000;
 
 /// A password that never shows in `Debug` output or logs.
 #[derive(Clone)]
@@ -162,8 +170,11 @@ pub struct SmtpRelay {
     /// The `EHLO` name.
     hello: ClientId,
     from: Mailbox,
-    /// Connect + send, per message.
+    /// `email.timeout_ms`: connect and commands, per message, until the message is handed over.
     timeout: Duration,
+    /// `email.final_reply_timeout_ms`: the wait for the reply to the final `.`, from the moment
+    /// it is written.
+    final_reply_timeout: Duration,
     /// One permit per send in flight. A send opens a connection only when none is idle, so
     /// open connections (in use + idle) never outnumber the permits.
     permits: Semaphore,
@@ -177,40 +188,82 @@ struct IdleConnection {
     since: Instant,
 }
 
-/// A connection, and the way to pipeline on it when it may (plain TCP, the relay offers
-/// `PIPELINING`).
+/// A connection, what happens on its socket below lettre, and whether to pipeline on it
+/// (plain TCP, the relay offers `PIPELINING`).
 struct Session {
     connection: AsyncSmtpConnection,
-    pipelining: Option<Beneath>,
+    beneath: Beneath,
+    pipelining: bool,
 }
 
 impl Session {
-    /// Sends one message: `MAIL`, `RCPT` and `DATA` in one write when pipelining, else one
-    /// command per round trip as lettre does. A negative reply leaves the session unusable.
-    async fn send(&mut self, email: &Email) -> Result<(), lettre::transport::smtp::Error> {
-        let Some(beneath) = self
-            .pipelining
-            .as_ref()
-            .filter(|_| email.bytes.is_ascii() && ascii_addresses(&email.envelope))
-        else {
-            return self
-                .connection
-                .send(&email.envelope, &email.bytes)
+    /// Opens a transaction up to `DATA`'s `354`: `MAIL`, `RCPT` and `DATA` in one write when
+    /// pipelining, else one command per round trip. A negative reply leaves the session
+    /// unusable.
+    async fn open_data(&mut self, email: &Email) -> Result<(), SmtpFailure> {
+        if self.pipelining && email.bytes.is_ascii() && ascii_addresses(&email.envelope) {
+            let mut commands = Mail::new(email.envelope.from().cloned(), vec![]).to_string();
+            for to in email.envelope.to() {
+                commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+            }
+            self.beneath.push(commands.as_bytes());
+            // lettre writes `DATA` behind them and reads the first reply: `MAIL`'s.
+            self.connection
+                .command(Data)
                 .await
-                .map(drop);
-        };
-        let mut commands = Mail::new(email.envelope.from().cloned(), vec![]).to_string();
+                .map_err(SmtpFailure::Transaction)?;
+            for _ in email.envelope.to() {
+                self.connection
+                    .read_response()
+                    .await
+                    .map_err(SmtpFailure::Transaction)?;
+            }
+            self.connection
+                .read_response()
+                .await
+                .map_err(SmtpFailure::Transaction)?;
+            return Ok(());
+        }
+        let mail = Mail::new(email.envelope.from().cloned(), self.mail_parameters(email)?);
+        self.connection
+            .command(mail)
+            .await
+            .map_err(SmtpFailure::Transaction)?;
         for to in email.envelope.to() {
-            commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+            self.connection
+                .command(Rcpt::new(to.clone(), vec![]))
+                .await
+                .map_err(SmtpFailure::Transaction)?;
         }
-        beneath.push(commands.as_bytes());
-        // lettre writes `DATA` behind them and reads the first reply: `MAIL`'s.
-        self.connection.command(Data).await?;
-        for _ in email.envelope.to() {
-            self.connection.read_response().await?;
+        self.connection
+            .command(Data)
+            .await
+            .map_err(SmtpFailure::Transaction)?;
+        Ok(())
+    }
+
+    /// `MAIL`'s parameters, as lettre's own `send` sets them: `SMTPUTF8` for a non-ASCII
+    /// address and `BODY=8BITMIME` for a non-ASCII message, each only where the relay offers it.
+    fn mail_parameters(&self, email: &Email) -> Result<Vec<MailParameter>, SmtpFailure> {
+        let offered = self.connection.server_info();
+        let mut parameters = Vec::new();
+        if !ascii_addresses(&email.envelope) {
+            if !offered.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SmtpFailure::Unsupported(
+                    "SMTPUTF8, which a non-ASCII address needs",
+                ));
+            }
+            parameters.push(MailParameter::SmtpUtfEight);
         }
-        self.connection.read_response().await?;
-        self.connection.message(&email.bytes).await.map(drop)
+        if !email.bytes.is_ascii() {
+            if !offered.supports_feature(Extension::EightBitMime) {
+                return Err(SmtpFailure::Unsupported(
+                    "8BITMIME, which a non-ASCII message needs",
+                ));
+            }
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        Ok(parameters)
     }
 }
 
@@ -241,6 +294,7 @@ impl fmt::Debug for SmtpRelay {
             .field("user", &self.credentials.as_ref().map(|(user, _)| user))
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("final_reply_timeout", &self.final_reply_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -254,12 +308,25 @@ pub(super) enum SmtpFailure {
     /// Greeting, `EHLO`, TLS, `STARTTLS` or `AUTH` failed: the relay, not the recipient.
     #[error("SMTP session failed: {0}")]
     Session(#[source] lettre::transport::smtp::Error),
-    /// `MAIL`, `RCPT` or `DATA` failed: about this message.
+    /// `MAIL`, `RCPT` or `DATA` failed, or the relay refused the message: about this message.
     #[error("SMTP relay refused the message: {0}")]
     Transaction(#[source] lettre::transport::smtp::Error),
-    /// No answer in time.
+    /// The relay does not offer an extension this message needs; nothing was sent.
+    #[error("the SMTP relay does not offer {0}")]
+    Unsupported(&'static str),
+    /// No answer in time, before the message was handed over.
     #[error("no answer from the SMTP relay within {} ms", .0.as_millis())]
     TimedOut(Duration),
+    /// The final `.` was written and no reply came in time: the relay may have the message.
+    #[error(
+        "the message was handed over, and no reply to its final \".\" came within {} ms",
+        .0.as_millis()
+    )]
+    FinalReplyTimedOut(Duration),
+    /// The final `.` was written and the connection broke before a reply: the relay may have
+    /// the message.
+    #[error("the message was handed over, and the connection broke before a reply: {0}")]
+    FinalReplyLost(#[source] lettre::transport::smtp::Error),
 }
 
 impl SmtpRelay {
@@ -294,6 +361,16 @@ impl SmtpRelay {
         if config.timeout_ms == 0 {
             return Err(invalid("email.timeout_ms", "must be at least 1".into()));
         }
+        if !(1..=FINAL_REPLY_TIMEOUT_MAX_MS).contains(&config.final_reply_timeout_ms) {
+            return Err(invalid(
+                "email.final_reply_timeout_ms",
+                format!(
+                    "must be from 1 to {FINAL_REPLY_TIMEOUT_MAX_MS} (one day); RFC 5321 asks \
+                     for 600000 (10 minutes), got {}",
+                    config.final_reply_timeout_ms
+                ),
+            ));
+        }
         if credentials.is_some() && url.security == Security::Plain {
             tracing::warn!(
                 event = "smtp_plaintext_auth",
@@ -309,6 +386,7 @@ impl SmtpRelay {
             hello: ClientId::default(),
             from,
             timeout: Duration::from_millis(config.timeout_ms),
+            final_reply_timeout: Duration::from_millis(config.final_reply_timeout_ms),
             permits: Semaphore::new(pool_size.min(Semaphore::MAX_PERMITS)),
             idle: Mutex::new(Vec::new()),
             pool_size,
@@ -323,29 +401,74 @@ impl SmtpRelay {
         }
     }
 
-    /// Connects if needed and sends, within the timeout (waiting for a free slot is not
-    /// counted: it only means other sends are in flight).
+    /// Connects if needed and sends: up to the handover within `timeout` (waiting for a free
+    /// slot is not counted: it only means other sends are in flight), then the final reply
+    /// within `final_reply_timeout`.
     async fn transmit(&self, email: &Email) -> Result<(), SmtpFailure> {
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
         };
-        let attempt = async {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let opened = async {
             let mut session = self.checkout().await?;
-            session
-                .send(email)
-                .await
-                .map_err(SmtpFailure::Transaction)?;
-            // Only a connection that just succeeded goes back: after a negative reply lettre
-            // has aborted the session, or a pipelined one still owes replies.
-            self.lock_idle().push(IdleConnection {
-                session,
-                since: Instant::now(),
-            });
-            Ok(())
+            session.open_data(email).await?;
+            Ok(session)
         };
-        tokio::time::timeout(self.timeout, attempt)
+        let mut session = tokio::time::timeout_at(deadline, opened)
             .await
-            .unwrap_or(Err(SmtpFailure::TimedOut(self.timeout)))
+            .unwrap_or(Err(SmtpFailure::TimedOut(self.timeout)))?;
+        self.hand_over(&mut session, email, deadline).await?;
+        // Only a connection that just succeeded goes back: after a negative reply the session
+        // is in no known state, or a pipelined one still owes replies.
+        self.lock_idle().push(IdleConnection {
+            session,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Writes the message and its final `.`, then reads the reply: until `deadline` while the
+    /// bytes are on their way, and for `final_reply_timeout` once they are all written. A
+    /// relay may take minutes to accept a message (RFC 5321 §4.5.3.2.6), and giving up sooner
+    /// would send it twice; a reply that never comes, or a connection that breaks, after the
+    /// handover leaves the message's fate unknown.
+    async fn hand_over(
+        &self,
+        session: &mut Session,
+        email: &Email,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SmtpFailure> {
+        let beneath = &session.beneath;
+        beneath.watch_handover();
+        let mut reply = pin!(session.connection.message(&email.bytes));
+        let mut expiry = pin!(tokio::time::sleep_until(deadline));
+        let mut extended = false;
+        // The handover is noted while `reply` is polled, so it is looked at after each poll.
+        let replied = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = reply.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if !extended && beneath.handed_over() {
+                extended = true;
+                expiry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.final_reply_timeout);
+            }
+            expiry.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        let handed_over = beneath.handed_over();
+        match replied {
+            Some(Ok(_)) => Ok(()),
+            // A 4xx or 5xx reply is the relay's answer, handed over or not.
+            Some(Err(error)) if error.is_transient() || error.is_permanent() => {
+                Err(SmtpFailure::Transaction(error))
+            }
+            Some(Err(error)) if handed_over => Err(SmtpFailure::FinalReplyLost(error)),
+            Some(Err(error)) => Err(SmtpFailure::Transaction(error)),
+            None if handed_over => Err(SmtpFailure::FinalReplyTimedOut(self.final_reply_timeout)),
+            None => Err(SmtpFailure::TimedOut(self.timeout)),
+        }
     }
 
     /// An idle connection that still answers, or a new one.
@@ -402,9 +525,10 @@ impl SmtpRelay {
         }
         tracing::debug!(event = "smtp_connection_opened", host = %self.url.host, port = self.url.port);
         // Pipelining writes below lettre, so only where nothing (TLS) sits between.
-        let pipelining = (self.tls.is_none() && offered).then_some(beneath);
+        let pipelining = self.tls.is_none() && offered;
         Ok(Session {
             connection,
+            beneath,
             pipelining,
         })
     }
