@@ -80,6 +80,8 @@ struct Shared {
     fallback: Mutex<Reply>,
     /// Requests received so far, for `wait_for`.
     count: watch::Sender<usize>,
+    /// With a pace: the gap between two answers, and when the next answer may go.
+    pace: Mutex<Option<(Duration, tokio::time::Instant)>>,
 }
 
 /// A running fake push gateway; stops when dropped.
@@ -101,6 +103,7 @@ impl PushSink {
             rules: Mutex::new(HashMap::new()),
             fallback: Mutex::new(Reply::Status(StatusCode::OK, None)),
             count: watch::channel(0).0,
+            pace: Mutex::new(None),
         });
         let app = Router::new()
             .route("/push", post(receive))
@@ -152,6 +155,13 @@ impl PushSink {
     /// Answers every user without a rule of their own with `status`.
     pub fn respond_to_all(&self, status: u16, retry_after: Option<u64>) {
         *lock(&self.shared.fallback) = Reply::Status(status_code(status), retry_after);
+    }
+
+    /// Answers at most `per_second` requests a second, in arrival order (a slow gateway);
+    /// requests are recorded as they arrive.
+    pub fn pace(&self, per_second: u32) {
+        let gap = Duration::from_secs(1) / per_second.max(1);
+        *lock(&self.shared.pace) = Some((gap, tokio::time::Instant::now()));
     }
 
     /// Records requests for `user_id` but never answers them.
@@ -209,6 +219,14 @@ async fn receive(
     }
     lock(&shared.requests).push(request);
     shared.count.send_modify(|count| *count += 1);
+    let turn = lock(&shared.pace).as_mut().map(|(gap, next)| {
+        let turn = (*next).max(tokio::time::Instant::now());
+        *next = turn + *gap;
+        turn
+    });
+    if let Some(turn) = turn {
+        tokio::time::sleep_until(turn).await;
+    }
     match reply {
         Reply::Stall => std::future::pending().await,
         Reply::Status(status, retry_after) => {

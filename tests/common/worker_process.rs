@@ -12,6 +12,16 @@ impl WorkerProcess {
         WorkerProcess(Some(command.spawn().expect("start sunset")))
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) and returns at once.
+    pub fn signal(&self, signal: &str) {
+        let child = self.0.as_ref().expect("still running");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> ExitStatus {
         signal(self.0.take().expect("still running"), "-TERM").await
