@@ -1,31 +1,28 @@
 //! The broker restarts mid-campaign: the worker waits, reconnects and finishes; nobody is
-//! missed or told twice. Its own test binary, so no other test sees the broker go down.
+//! missed or told twice. The broker is a RabbitMQ node of the test's own, so nothing else sees
+//! it go down.
 
 mod common;
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 use common::push_sink::PushSink;
+use common::rabbit_node::RabbitNode;
 use common::smtp_sink::SmtpSink;
-use common::{TestEnv, assert_everyone_told_once, sinks_config, until_emails};
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?}");
-}
+use common::worker_process::WorkerProcess;
+use common::{TestEnv, assert_everyone_told_once, sinks_config, unique, until_emails};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_mid_campaign_loses_and_duplicates_no_one() {
+    let node = tokio::task::block_in_place(RabbitNode::start);
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = TestEnv::with_broker(&sinks_config(
-        &smtp,
-        &push,
-        "[rate]
+    let env = TestEnv::with_broker_on(
+        &node,
+        &sinks_config(
+            &smtp,
+            &push,
+            "[rate]
 email_per_sec = 200
 push_per_sec = 0
 [rate.per_domain_per_sec]
@@ -34,7 +31,8 @@ default = 0
          [worker]
 retry_delays_ms = [500, 1000]
 ",
-    ));
+        ),
+    );
     let mut csv = String::from("user_id,email,locale\n");
     for i in 1..=800 {
         let _ = writeln!(csv, "u{i},u{i}@example.com,zh-CN");
@@ -43,7 +41,7 @@ retry_delays_ms = [500, 1000]
     env.sunset_async(&[
         "enqueue",
         "--campaign-id",
-        "restart",
+        &unique("restart"),
         "--template",
         "xiami-shutdown",
         "--audience",
@@ -53,23 +51,15 @@ retry_delays_ms = [500, 1000]
     ])
     .await
     .expect_code(0);
-    let mut worker = env
-        .command(&["worker", "--exit-when-idle"], &[])
-        .spawn()
-        .expect("worker");
+    let worker = WorkerProcess::spawn(env.command(&["worker", "--exit-when-idle"], &[]));
     until_emails(&smtp, 150).await;
-    tokio::task::spawn_blocking(|| {
-        rabbitmqctl(&["stop_app"]);
+    tokio::task::block_in_place(|| {
+        node.stop_app();
+        // The outage: the worker is to wait through it, not merely see a dropped connection.
         std::thread::sleep(Duration::from_secs(2));
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    })
-    .await
-    .expect("join");
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+        node.start_app();
+    });
+    let status = worker.wait().await;
     assert!(status.success(), "{status}");
     assert_everyone_told_once(&smtp, &push, 800);
 }

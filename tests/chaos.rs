@@ -2,7 +2,7 @@
 //! restarted, the broker closes every connection and restarts, the SMTP server refuses with 451
 //! and 550 and the push gateway answers 503 — then everyone is counted at the sinks and the DLQ.
 //! CI runs 5,000 recipients; `scripts/chaos.sh` runs the full size (100,000) in release.
-//! Its own test binary, so no other test sees the broker go down.
+//! The broker is a RabbitMQ node of the test's own, so nothing else sees it go down.
 
 mod common;
 
@@ -13,10 +13,11 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
+use common::rabbit_node::RabbitNode;
 use common::smtp_sink::SmtpSink;
 use common::{
-    POSTGRES, TestEnv, campaign_args, close_connections_named, emails_per_address, exit_by,
-    pushes_per_user, sinks_config, unique,
+    POSTGRES, TestEnv, campaign_args, emails_per_address, exit_by, pushes_per_user, sinks_config,
+    unique,
 };
 use serde_json::Value;
 use sunset::batch::Batch;
@@ -128,15 +129,6 @@ impl Drop for Fleet<'_> {
     }
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?}");
-}
-
 /// One channel's line of the table.
 #[derive(Debug)]
 struct Tally {
@@ -178,9 +170,9 @@ fn ledger_status(env: &TestEnv, campaign: &str) -> Value {
 }
 
 /// For a run that does not settle: the test's queues and the end of every worker's log.
-fn diagnosis(env: &TestEnv) -> String {
-    let queues = Command::new("rabbitmqctl")
-        .args([
+fn diagnosis(env: &TestEnv, node: &RabbitNode) -> String {
+    let queues = node
+        .command(&[
             "list_queues",
             "-q",
             "name",
@@ -230,6 +222,7 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(CI_RECIPIENTS);
+    let node = tokio::task::block_in_place(RabbitNode::start);
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
     let mut csv = String::from("user_id,email,locale\n");
     let mut permanent = HashSet::new();
@@ -248,15 +241,18 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
         }
     }
     let campaign = unique("chaos");
-    let env = TestEnv::with_broker(&sinks_config(
-        &smtp,
-        &push,
-        &format!(
-            "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\
-             [worker]\nconcurrency = {CONCURRENCY}\nretry_delays_ms = [500, 1000]\n\
-             [ledger]\nurl = \"{POSTGRES}\"\n"
+    let env = TestEnv::with_broker_on(
+        &node,
+        &sinks_config(
+            &smtp,
+            &push,
+            &format!(
+                "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\
+                 [worker]\nconcurrency = {CONCURRENCY}\nretry_delays_ms = [500, 1000]\n\
+                 [ledger]\nurl = \"{POSTGRES}\"\n"
+            ),
         ),
-    ));
+    );
     env.write("audience.csv", &csv);
     env.sunset_async(&campaign_args(
         "enqueue",
@@ -282,20 +278,14 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
                 fleet.kill_one();
                 kills += 1;
             }
-            Fault::CloseConnections => {
-                let name = format!("sunset {queue}");
-                tokio::task::spawn_blocking(move || close_connections_named(&name))
-                    .await
-                    .expect("join");
-            }
-            Fault::RestartBroker => tokio::task::spawn_blocking(|| {
-                rabbitmqctl(&["stop_app"]);
+            Fault::CloseConnections => tokio::task::block_in_place(|| {
+                node.close_connections_named(&format!("sunset {queue}"));
+            }),
+            Fault::RestartBroker => tokio::task::block_in_place(|| {
+                node.stop_app();
                 std::thread::sleep(Duration::from_secs(2));
-                rabbitmqctl(&["start_app"]);
-                rabbitmqctl(&["await_startup"]);
-            })
-            .await
-            .expect("join"),
+                node.start_app();
+            }),
         }
     }
     let status = loop {
@@ -306,7 +296,7 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
         assert!(
             started.elapsed() < limit,
             "not settled in {limit:?}: {status}\n{}",
-            diagnosis(&env)
+            diagnosis(&env, &node)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -1,6 +1,7 @@
 //! deploy/ checked offline (every file parses, every config key and `SUNSET_*` variable exists,
-//! the Kubernetes and Compose numbers fit together) and against the live broker
-//! (`deploy/rabbitmq/definitions.json` is what `sunset topology` declares).
+//! the Kubernetes and Compose numbers fit together) and against a live broker
+//! (`deploy/rabbitmq/definitions.json` is what `sunset topology` declares). Importing
+//! definitions reconfigures a broker: that test has a RabbitMQ node of its own.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use clap::Parser as _;
 use common::TestEnv;
+use common::rabbit_node::RabbitNode;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use sunset::Config;
@@ -512,9 +514,10 @@ fn kubectl_kustomize_renders_every_kubernetes_object() {
     assert_eq!(kinds, BTreeSet::from(expected.map(String::from)));
 }
 
-/// The broker's definitions now, as `rabbitmqctl export_definitions` writes them.
-fn live_definitions() -> Value {
-    let out = Command::new("rabbitmqctl")
+/// The broker's definitions now, as `rabbitmqctl export_definitions` writes them;
+/// `rabbitmqctl` is the command that reaches the broker.
+fn live_definitions(mut rabbitmqctl: Command) -> Value {
+    let out = rabbitmqctl
         .args(["-q", "export_definitions", "-", "--format", "json"])
         .output()
         .expect("rabbitmqctl");
@@ -569,7 +572,7 @@ fn definitions_json_equals_what_sunset_topology_declares() {
 
     let names = env.names();
     let ours: BTreeSet<&str> = names.all().collect();
-    let live = live_definitions();
+    let live = live_definitions(Command::new("rabbitmqctl"));
     let list = |value: &Value, keep: &dyn Fn(&Value) -> bool| -> Vec<Value> {
         value
             .as_array()
@@ -651,12 +654,13 @@ fn definitions_json_equals_what_sunset_topology_declares() {
 
 #[test]
 fn sunset_topology_accepts_a_broker_provisioned_from_definitions_json() {
-    let env = TestEnv::with_broker("");
+    let node = RabbitNode::start();
+    let env = TestEnv::with_broker_on(&node, "");
     let queue = env.queue.clone().expect("broker test");
     let definitions =
         read(&deploy().join("rabbitmq/definitions.json")).replace(DEFAULT_QUEUE, &queue);
-    let mut import = Command::new("rabbitmqctl")
-        .args(["-q", "import_definitions"])
+    let mut import = node
+        .command(&["-q", "import_definitions"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -675,7 +679,7 @@ fn sunset_topology_accepts_a_broker_provisioned_from_definitions_json() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let live = live_definitions();
+    let live = live_definitions(node.command(&[]));
     let imported = live["queues"]
         .as_array()
         .expect("queues")

@@ -3,49 +3,33 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::push_sink::PushSink;
+use common::rabbit_node::RabbitNode;
 use common::smtp_auth::SmtpAuthFront;
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, unique};
 
-/// A RabbitMQ user of its own, so the broker password is one no other text contains; deleted
-/// when dropped.
+/// A RabbitMQ user of its own, so the broker password is one no other text contains. Adding
+/// a user reconfigures the broker: the user is on a node of the test's own, gone with it.
 struct BrokerUser {
     name: String,
     password: String,
 }
 
 impl BrokerUser {
-    fn create() -> BrokerUser {
+    fn create(node: &RabbitNode) -> BrokerUser {
         let user = BrokerUser {
             name: unique("sunset-log-test"),
             password: unique("broker-pw"),
         };
-        rabbitmqctl(&["add_user", &user.name, &user.password]);
-        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
+        node.ctl(&["add_user", &user.name, &user.password]);
+        node.ctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
         user
     }
-}
-
-impl Drop for BrokerUser {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_user", &self.name])
-            .output();
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,8 +37,9 @@ async fn a_json_log_of_a_whole_run_masks_addresses_and_holds_no_secret() {
     // Arrange: a broker user with its own password, reached through a proxy that is down when
     // the worker starts (so it logs the broker URL); SMTP with a user and a password; a push
     // token; a recipient whose refusal quotes their address, and one whose push is refused.
-    let broker = BrokerUser::create();
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let node = tokio::task::block_in_place(RabbitNode::start);
+    let broker = tokio::task::block_in_place(|| BrokerUser::create(&node));
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", node.port())).await;
     let (smtp_password, push_token) = (unique("smtp-pw"), unique("push-token"));
     let smtp = SmtpSink::start();
     let front = SmtpAuthFront::start(smtp.port(), "relay", &smtp_password).await;
@@ -66,17 +51,22 @@ async fn a_json_log_of_a_whole_run_masks_addresses_and_holds_no_secret() {
     );
     push.respond("u-0005", 404, None);
     let recipients = 12;
-    let env = TestEnv::with_broker(&format!(
-        "url = \"amqp://{}:{}@127.0.0.1:{}/%2f\"\n\
-         [email]\ntransport = \"smtp\"\nurl = \"{}\"\n\
-         [push]\ntransport = \"http\"\nurl = \"{}\"\n\
-         [rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n",
-        broker.name,
-        broker.password,
-        proxy.port(),
-        front.url("relay"),
-        push.url()
-    ));
+    let env = TestEnv::with_broker_via(
+        &node,
+        &format!(
+            "amqp://{}:{}@127.0.0.1:{}/%2f",
+            broker.name,
+            broker.password,
+            proxy.port()
+        ),
+        &format!(
+            "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n\
+             [push]\ntransport = \"http\"\nurl = \"{}\"\n\
+             [rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n",
+            front.url("relay"),
+            push.url()
+        ),
+    );
     env.write(
         "audience.csv",
         &audience_csv(recipients, |_| "example.com".into()),

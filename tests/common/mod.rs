@@ -5,6 +5,7 @@
 
 pub mod pipelining_smtp;
 pub mod push_sink;
+pub mod rabbit_node;
 pub mod scrape;
 pub mod smtp_auth;
 pub mod smtp_sink;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use push_sink::{PushRequest, PushSink};
+use rabbit_node::RabbitNode;
 use smtp_sink::SmtpSink;
 use sunset::Config;
 use sunset::broker::{Broker, QueueNames};
@@ -28,6 +30,9 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     /// The work queue (`broker.queue`) of a broker test.
     pub queue: Option<String>,
+    /// The broker holding the test's queues, as guest: where [`TestEnv::dead_letters`] reads
+    /// and the clean-up deletes.
+    broker_url: String,
 }
 
 impl TestEnv {
@@ -36,6 +41,7 @@ impl TestEnv {
         let env = TestEnv {
             dir: tempfile::tempdir().expect("create temp dir"),
             queue: None,
+            broker_url: BrokerConfig::default().url,
         };
         copy_dir(&shipped_templates(), &env.templates());
         env.write_config("[templates]\ndir = \"templates\"\n");
@@ -45,12 +51,29 @@ impl TestEnv {
     /// A test environment with its own queues (`sunset.test.<random>` and derived names) and
     /// `extra` config appended (e.g. `[email]` with a sink URL, `[worker]` retry delays).
     pub fn with_broker(extra: &str) -> TestEnv {
+        TestEnv::with_queues(BrokerConfig::default().url, extra)
+    }
+
+    /// As [`TestEnv::with_broker`], on a RabbitMQ node of the test's own.
+    pub fn with_broker_on(node: &RabbitNode, extra: &str) -> TestEnv {
+        TestEnv::with_broker_via(node, &node.amqp_url(), extra)
+    }
+
+    /// As [`TestEnv::with_broker_on`], with sunset reaching the node at `url` (as another
+    /// user, through a proxy); the test's own reads and the clean-up go to the node directly.
+    pub fn with_broker_via(node: &RabbitNode, url: &str, extra: &str) -> TestEnv {
+        TestEnv::with_queues(node.amqp_url(), &format!("url = \"{url}\"\n{extra}"))
+    }
+
+    /// Random queue names on the broker at `broker_url`, `extra` appended to `[broker]`.
+    fn with_queues(broker_url: String, extra: &str) -> TestEnv {
         let mut env = TestEnv::new();
         let queue = format!("sunset.test.{:016x}", fastrand::u64(..));
         env.write_config(&format!(
             "[templates]\ndir = \"templates\"\n[broker]\nqueue = \"{queue}\"\n{extra}"
         ));
         env.queue = Some(queue);
+        env.broker_url = broker_url;
         env
     }
 
@@ -69,17 +92,15 @@ impl TestEnv {
     pub async fn broker(&self) -> Broker {
         Broker::connect(&self.config().broker, self.names())
             .await
-            .expect("RabbitMQ at 127.0.0.1:5672")
+            .expect("connect to the test's RabbitMQ")
     }
 
     /// Every message now in the dead-letter queue (taken off it): body and `x-sunset-error`.
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
-        let connection = lapin::Connection::connect(
-            &BrokerConfig::default().url,
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("connect");
+        let connection =
+            lapin::Connection::connect(&self.broker_url, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
         let channel = connection.create_channel().await.expect("channel");
         let mut letters = Vec::new();
         while let Some(message) = channel
@@ -201,10 +222,10 @@ impl Drop for TestEnv {
             return;
         }
         let names = self.names();
+        let url = self.broker_url.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             let cleanup = async {
-                let url = BrokerConfig::default().url;
                 let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await
                 else {
                     return;
@@ -231,10 +252,15 @@ impl Drop for TestEnv {
 /// Retries the listing for up to 10 s: a worker may be between connections, and a busy
 /// node sometimes answers `list_connections` with nothing.
 pub fn close_connections_named(name: &str) {
+    close_connections(|| Command::new("rabbitmqctl"), name);
+}
+
+/// [`close_connections_named`] with `rabbitmqctl` the command that reaches the node.
+fn close_connections(rabbitmqctl: impl Fn() -> Command, name: &str) {
     let quoted = format!("\"{name}\"");
     let mut listing = String::new();
     for _ in 0..20 {
-        let output = Command::new("rabbitmqctl")
+        let output = rabbitmqctl()
             .args([
                 "list_connections",
                 "-q",
@@ -253,7 +279,7 @@ pub fn close_connections_named(name: &str) {
     let mut closed = 0;
     for line in listing.lines().filter(|line| line.contains(&quoted)) {
         let pid = line.split('\t').next().expect("pid column");
-        let status = Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args(["close_connection", pid, "closed by a test"])
             .status()
             .expect("rabbitmqctl");

@@ -26,6 +26,15 @@ impl WorkerProcess {
     pub async fn terminate(mut self) -> ExitStatus {
         signal(self.0.take().expect("still running"), "-TERM").await
     }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(mut self) -> ExitStatus {
+        let mut child = self.0.take().expect("still running");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait")
+    }
 }
 
 /// Sends `signal` (`-KILL`, `-TERM`) to a child and waits for it.
