@@ -8,8 +8,10 @@
 //!    against `wrk` posting a body sunset sent, with as many connections as sunset opened.
 //! 3. **enqueue**: 200,000 CSV rows → `sunset enqueue` → confirmed batches of 500.
 //! 4. **worker RSS**: `/usr/bin/time -v` peak RSS of `sunset worker` for 10k and 200k emails.
-//! 5. **ledger**: the email run of 1. with the delivery ledger off, on SQLite and on PostgreSQL
-//!    (127.0.0.1:5432, database `test`), interleaved; ratios against ledger-off (issue 5). The
+//! 5. **ledger**: the email run of 1. and the push run of 2. with the delivery ledger off, on
+//!    SQLite (the default; for push also two workers on one file) and on PostgreSQL
+//!    (127.0.0.1:5432, database `test`), interleaved; ratios against ledger-off. Then `sunset
+//!    status` on ledgers of 1 and 10 million recipients and SQLite's bytes per recipient. The
 //!    campaigns it writes to PostgreSQL are deleted when it ends.
 //!
 //! Throughput is measured at the sink, from the first message received to the last, for
@@ -31,7 +33,9 @@
 //! `SUNSET_BENCH_RSS_N` (comma list, default `10000,200000`), `SUNSET_BENCH_CONCURRENCY`
 //! (comma list of `worker.concurrency` values for push, default `16,64,256`),
 //! `SUNSET_BENCH_REPEAT` (sunset runs per measurement, interleaved with reference runs; default 3),
-//! `SUNSET_BENCH_BIN` (another `sunset` binary), `SUNSET_BENCH_KEEP=1` (keep temp folders).
+//! `SUNSET_BENCH_BIN` (another `sunset` binary), `SUNSET_BENCH_KEEP=1` (keep temp folders),
+//! `SUNSET_BENCH_SCALE` (comma list of ledger sizes for `status`, default `1000000,10000000`;
+//! PostgreSQL takes the first).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -59,6 +63,8 @@ const RETRY_DELAYS: [u64; 2] = [1000, 2000];
 /// The email measurement compares the send path with smtp-source, so it runs without the
 /// delivery ledger; `ledger` measures what the ledger costs on top.
 const NO_LEDGER: &str = "[ledger]\nurl = \"\"\n";
+/// The ledger a user gets by default: SQLite in the working folder.
+const SQLITE_LEDGER: &str = "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n";
 /// The PostgreSQL ledger of the `ledger` measurement. Unlike SQLite's file in a run's work
 /// folder it outlives the run: the campaigns a bench wrote there are deleted when it ends.
 const POSTGRES_LEDGER: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -1143,11 +1149,205 @@ impl Bench {
                     ),
                     (rates, &off_rates, true),
                     "/s",
-                    0.9,
+                    if *name == "SQLite" { 0.9 } else { 0.8 },
                 );
             }
         }
+        self.ledger_push()?;
+        self.ledger_scale()?;
         self.forget_postgres_campaigns()
+    }
+
+    /// The ledger's cost for push at the default concurrency, in rounds off → SQLite → two
+    /// workers on one SQLite file → PostgreSQL → off …, each against the off runs around it
+    /// (and the two workers against one on SQLite).
+    fn ledger_push(&mut self) -> anyhow::Result<()> {
+        let n = self.options.push_n;
+        let (url, stats) = self.runtime.block_on(start_push_sink())?;
+        let postgres = format!("[ledger]\nurl = \"{POSTGRES_LEDGER}\"\n");
+        let setups = [
+            ("off", NO_LEDGER, 1),
+            ("SQLite", SQLITE_LEDGER, 1),
+            ("SQLite, two workers", SQLITE_LEDGER, 2),
+            ("PostgreSQL", postgres.as_str(), 1),
+        ];
+        eprintln!(
+            "== ledger: {n} pushes with the ledger off, on SQLite (one and two workers), on PostgreSQL"
+        );
+        let mut rates = vec![Vec::new(); setups.len()];
+        for round in 0..=self.options.repeat {
+            eprintln!(" round {round}");
+            // Off alone first, then SQLite, two workers, PostgreSQL and off in every round.
+            let order: &[usize] = if round == 0 { &[0] } else { &[1, 2, 3, 0] };
+            for &i in order {
+                let (name, ledger, workers) = setups[i];
+                let label = format!(
+                    "push-{}-{round}",
+                    name.to_lowercase().replace([',', ' '], "")
+                );
+                rates[i].push(self.sunset_push(&url, &stats, n, &label, ledger, workers)?);
+            }
+        }
+        for (i, goal) in [(1, 0.9), (3, 0.8)] {
+            self.report.ratio(
+                &format!(
+                    "push req/s, N={n}, concurrency 64, ledger on {} vs off",
+                    setups[i].0
+                ),
+                (&rates[i], &rates[0], true),
+                "/s",
+                goal,
+            );
+        }
+        self.report.ratio(
+            &format!("push req/s, N={n}, two workers vs one on one SQLite file"),
+            (&rates[2], &rates[1], false),
+            "/s",
+            1.0,
+        );
+        Ok(())
+    }
+
+    /// One push run of `n` notices by `workers` workers on `ledger`: the sink's rate.
+    fn sunset_push(
+        &mut self,
+        url: &str,
+        stats: &PushStats,
+        n: usize,
+        label: &str,
+        ledger: &str,
+        workers: usize,
+    ) -> anyhow::Result<f64> {
+        let work = Workdir::new(
+            self.runtime.handle(),
+            self.options.keep,
+            "concurrency = 64\n",
+            &format!("[push]\ntransport = \"http\"\nurl = \"{url}\"\n{UNLIMITED}{ledger}"),
+        )?;
+        work.audience("audience.csv", n)?;
+        let campaign = format!("{label}-{:08x}", fastrand::u32(..));
+        if ledger.contains(POSTGRES_LEDGER) {
+            self.postgres_campaigns.push(campaign.clone());
+        }
+        work.enqueue(&campaign, "audience.csv", "push", false)?;
+        stats.reset();
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..workers)
+                .map(|i| {
+                    let work = &work;
+                    scope.spawn(move || work.worker(&format!("{label}-w{i}")))
+                })
+                .collect();
+            runs.into_iter().try_for_each(|run| {
+                run.join()
+                    .map_err(|_| anyhow!("{label}: a worker thread panicked"))?
+                    .map(|_| ())
+            })
+        })?;
+        let span = stats.window(n, Duration::from_secs(60))?;
+        ensure!(
+            stats.count.load(Ordering::SeqCst) == n as u64,
+            "{label}: the push sink got more than {n}"
+        );
+        ensure!(work.dead_letters()? == 0, "{label}: dead letters");
+        let sink_rate = rate(n - 1, span);
+        eprintln!(
+            "  {label}: {n} pushes, sink window {:.2}s = {sink_rate:.0}/s",
+            span.as_secs_f64()
+        );
+        Ok(sink_rate)
+    }
+
+    /// `sunset status` on ledgers of 1 and 10 million recipients (SQLite) and 1 million
+    /// (PostgreSQL), rows written straight into the tables: the whole command's wall time, and
+    /// the SQLite file's bytes per recipient.
+    fn ledger_scale(&mut self) -> anyhow::Result<()> {
+        let sizes = env_list("SUNSET_BENCH_SCALE")?.unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+        let runs = sizes
+            .iter()
+            .map(|&n| ("SQLite", n as u64))
+            .chain(sizes.first().map(|&n| ("PostgreSQL", n as u64)));
+        for (name, n) in runs {
+            eprintln!("== ledger scale: {n} recipients on {name}");
+            let campaign = format!("scale-{:08x}", fastrand::u32(..));
+            let sqlite = name == "SQLite";
+            let ledger = if sqlite {
+                SQLITE_LEDGER.to_string()
+            } else {
+                self.postgres_campaigns.push(campaign.clone());
+                format!("[ledger]\nurl = \"{POSTGRES_LEDGER}\"\n")
+            };
+            let work = Workdir::new(self.runtime.handle(), self.options.keep, "", &ledger)?;
+            // The schema, as a worker makes it.
+            let status = |work: &Workdir| {
+                let started = Instant::now();
+                let run = run(
+                    work.command(&sunset_bin(), &["status", "--campaign", &campaign]),
+                    work.path(),
+                    "status",
+                )?;
+                anyhow::Ok((run, started.elapsed()))
+            };
+            status(&work)?;
+            let fill = [
+                "INSERT INTO campaigns (id, template, recipients, deadline, state, created_at) VALUES ($1, 'xiami-shutdown', $2, NULL, 'running', 0)",
+                "INSERT INTO campaign_totals (campaign_id, channel, locale, total) VALUES ($1, 'email', 'en', $2)",
+                "INSERT INTO campaign_counts (campaign_id, channel, locale, status, n) VALUES ($1, 'email', 'en', 'delivered', $2), ($1, 'email', 'en', 'rows', $2)",
+                "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, updated_at)
+                 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $2)
+                 SELECT $1, 'u-' || i, 'email', 'en', 'delivered', 1, 0 FROM s",
+            ];
+            let filling = Instant::now();
+            if sqlite {
+                let db = rusqlite::Connection::open(work.path().join("sunset-ledger.db"))?;
+                db.execute_batch("BEGIN")?;
+                for sql in fill {
+                    db.execute(sql, rusqlite::params![campaign, n as i64])?;
+                }
+                db.execute_batch("COMMIT")?;
+            } else {
+                self.runtime.block_on(async {
+                    let pool = sqlx::PgPool::connect(POSTGRES_LEDGER).await?;
+                    for sql in fill {
+                        sqlx::query(sql)
+                            .bind(&campaign)
+                            .bind(n as i64)
+                            .execute(&pool)
+                            .await?;
+                    }
+                    pool.close().await;
+                    anyhow::Ok(())
+                })?;
+            }
+            eprintln!(
+                "  {n} rows written in {:.1}s",
+                filling.elapsed().as_secs_f64()
+            );
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let (run, took) = status(&work)?;
+                run.expect_success("sunset status")?;
+                times.push(took.as_secs_f64() * 1000.0);
+            }
+            let took = median(&times);
+            self.report.absolute(
+                &format!("status at {n} recipients on {name} (whole command)"),
+                format!("{took:.0} ms"),
+                "< 1000 ms".into(),
+                took < 1000.0,
+            );
+            if sqlite {
+                let bytes = std::fs::metadata(work.path().join("sunset-ledger.db"))?.len()
+                    + std::fs::metadata(work.path().join("sunset-ledger.db-wal"))
+                        .map_or(0, |m| m.len());
+                self.report.info(
+                    &format!("SQLite ledger bytes per recipient at {n}"),
+                    format!("{:.0} B", bytes as f64 / n as f64),
+                    "-",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the campaigns this bench wrote to [`POSTGRES_LEDGER`] (20,000 rows a run: a day
@@ -1161,6 +1361,8 @@ impl Bench {
                 for sql in [
                     "DELETE FROM deliveries WHERE campaign_id = ANY($1)",
                     "DELETE FROM campaign_totals WHERE campaign_id = ANY($1)",
+                    "DELETE FROM campaign_counts WHERE campaign_id = ANY($1)",
+                    "DELETE FROM campaign_rates WHERE campaign_id = ANY($1)",
                     "DELETE FROM campaigns WHERE id = ANY($1)",
                 ] {
                     sqlx::query(sql).bind(&campaigns).execute(&mut *tx).await?;

@@ -1,5 +1,5 @@
 //! The chaos run: three workers on one PostgreSQL ledger while workers are SIGKILLed and
-//! restarted, the broker closes every connection and restarts, the SMTP server refuses with 451
+//! restarted, one is stopped for 20 s, the broker closes every connection and restarts, the SMTP server refuses with 451
 //! and 550 and the push gateway answers 503 — then everyone is counted at the sinks and the DLQ.
 //! CI runs 5,000 recipients; `scripts/chaos.sh` runs the full size (100,000) in release.
 //! The broker is a RabbitMQ node of the test's own, so nothing else sees it go down.
@@ -35,12 +35,16 @@ const CONCURRENCY: usize = 16;
 /// close (which waits up to 20 s for a connection lapin is recovering).
 const STOP_LIMIT: Duration = Duration::from_secs(90);
 
+/// How long a stalled worker stays stopped.
+const STALL: Duration = Duration::from_secs(20);
+
 /// What happens, in order, each once the SMTP sink has seen that share of the recipients.
-const SCHEDULE: [(f64, Fault); 7] = [
+const SCHEDULE: [(f64, Fault); 8] = [
     (0.05, Fault::KillWorker),
     (0.15, Fault::KillWorker),
     (0.25, Fault::CloseConnections),
     (0.35, Fault::KillWorker),
+    (0.42, Fault::StallWorker),
     (0.50, Fault::RestartBroker),
     (0.60, Fault::KillWorker),
     (0.75, Fault::KillWorker),
@@ -50,6 +54,8 @@ const SCHEDULE: [(f64, Fault); 7] = [
 enum Fault {
     /// SIGKILL a random worker and start a new one in its place.
     KillWorker,
+    /// SIGSTOP a random worker for `STALL`, then SIGCONT: its lease runs out meanwhile.
+    StallWorker,
     /// `rabbitmqctl close_connection` on every sunset connection of the run.
     CloseConnections,
     /// `rabbitmqctl stop_app`, two seconds, `start_app`.
@@ -96,6 +102,21 @@ impl<'a> Fleet<'a> {
         worker.wait().expect("reap the killed worker");
         let replacement = self.spawn();
         self.workers.push(replacement);
+    }
+
+    /// Stops a random worker for `STALL`, then lets it go on.
+    async fn stall_one(&self) {
+        let victim = &self.workers[fastrand::usize(..self.workers.len())];
+        let signal = |signal: &str| {
+            let sent = Command::new("kill")
+                .args([signal, &victim.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(sent.success(), "kill {signal}");
+        };
+        signal("-STOP");
+        tokio::time::sleep(STALL).await;
+        signal("-CONT");
     }
 
     /// SIGTERM every worker and waits for each to finish its in-flight batches and exit 0
@@ -265,9 +286,9 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
     // Act: the fleet works while the faults happen.
     let started = Instant::now();
     let mut fleet = Fleet::start(&env);
-    let limit = Duration::from_secs(120 + recipients as u64 / 50);
+    let limit = STALL + Duration::from_secs(120 + recipients as u64 / 50);
     let queue = env.names().work;
-    let mut kills = 0;
+    let (mut kills, mut stalls) = (0, 0);
     for (share, fault) in SCHEDULE {
         while (smtp.count() as f64) < share * recipients as f64 {
             assert!(started.elapsed() < limit, "stalled before {fault:?}");
@@ -277,6 +298,10 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
             Fault::KillWorker => {
                 fleet.kill_one();
                 kills += 1;
+            }
+            Fault::StallWorker => {
+                fleet.stall_one().await;
+                stalls += 1;
             }
             Fault::CloseConnections => tokio::task::block_in_place(|| {
                 node.close_connections_named(&format!("sunset {queue}"));
@@ -340,7 +365,7 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
     ];
     println!(
         "\nchaos run: {recipients} recipients, {WORKERS} workers (concurrency {CONCURRENCY}), \
-         {kills} SIGKILLs, 1 connection close, 1 broker restart, 451 once to 10 %, 550 to 1 %, \
+         {kills} SIGKILLs, {stalls} stall of {STALL:?}, 1 connection close, 1 broker restart, 451 once to 10 %, 550 to 1 %, \
          push 503 once to 5 %; settled in {:.1} s\n",
         elapsed.as_secs_f64()
     );
@@ -380,8 +405,8 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
     }
     let duplicated: usize = tallies.iter().map(|t| t.duplicated).sum();
     assert!(
-        duplicated <= kills * CONCURRENCY,
-        "{duplicated} duplicates from {kills} kills of workers with {CONCURRENCY} sends in flight"
+        duplicated <= (kills + stalls) * CONCURRENCY,
+        "{duplicated} duplicates from {kills} kills and {stalls} stalls of workers with {CONCURRENCY} sends in flight"
     );
     assert_eq!(
         dead.get(&Channel::Email).cloned().unwrap_or_default(),

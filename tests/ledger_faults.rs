@@ -96,16 +96,30 @@ fn duplicates(push: &PushSink) -> usize {
     pushes_per_user(push).values().map(|n| n - 1).sum()
 }
 
-/// `sunset worker` with its wall clock `offset` ahead (Debian's faketime: the process's clock
-/// and nothing else).
+/// Debian's libfaketime (package `faketime`), multi-threaded flavour: preloaded, it moves the
+/// process's wall clock and nothing else, and the process stays one process that a signal
+/// reaches. Hosts' wall clocks disagree; each host's monotonic clock is its own and is left be.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// `sunset worker` with its clocks `offset` ahead.
 fn skewed_worker(env: &TestEnv, offset: &str) -> Command {
-    let mut command = Command::new("faketime");
-    command
-        .args(["-f", offset, env!("CARGO_BIN_EXE_sunset"), "worker"])
-        .current_dir(env.path())
-        .env("SUNSET__METRICS__LISTEN", "");
-    command
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime"
+    );
+    env.command(
+        &["worker"],
+        &[
+            ONE_BATCH,
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
 }
+
+/// One unacked batch per worker: a copy published while a worker is stopped goes to another.
+const ONE_BATCH: (&str, &str) = ("SUNSET__BROKER__PREFETCH", "1");
 
 /// Worker A sends a 300-user batch; it is stopped for 20 s while a second copy of the batch
 /// goes to worker B, which takes A's claims over once A's beat has stood still long enough;
@@ -123,7 +137,7 @@ async fn a_stalled_worker_duplicates_at_most_its_sends_in_flight(skewed: bool) {
     let campaign = unique("stall");
     env.write("audience.csv", &audience_csv(N, |_| "example.com".into()));
     enqueue(&env, &campaign, "300").await;
-    let a = WorkerProcess::spawn(env.command(&["worker"], &[]));
+    let a = WorkerProcess::spawn(env.command(&["worker"], &[ONE_BATCH]));
     push.wait_for(50, Duration::from_secs(30)).await;
 
     a.signal("-STOP");
@@ -133,7 +147,7 @@ async fn a_stalled_worker_duplicates_at_most_its_sends_in_flight(skewed: bool) {
     let b = WorkerProcess::spawn(if skewed {
         skewed_worker(&env, "+30s")
     } else {
-        env.command(&["worker"], &[])
+        env.command(&["worker"], &[ONE_BATCH])
     });
     tokio::time::sleep_until((stopped + STALL).into()).await;
     let taken_over = push.requests().len() - at_stop;
@@ -346,7 +360,14 @@ async fn a_pause_stops_sends_within_2_s_in_front_of_a_slow_gateway() {
     );
     let status = status_json(&env, &campaign).await;
     assert_eq!(status["state"], "paused", "{status}");
-    assert_eq!(status["total"]["failed"], 0, "held pairs are not failures: {status}");
-    assert_eq!(status["eta_seconds"], Value::Null, "no ETA while paused: {status}");
+    assert_eq!(
+        status["total"]["failed"], 0,
+        "held pairs are not failures: {status}"
+    );
+    assert_eq!(
+        status["eta_seconds"],
+        Value::Null,
+        "no ETA while paused: {status}"
+    );
     worker.terminate().await;
 }
