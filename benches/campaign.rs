@@ -35,7 +35,8 @@
 //! `SUNSET_BENCH_REPEAT` (sunset runs per measurement, interleaved with reference runs; default 3),
 //! `SUNSET_BENCH_BIN` (another `sunset` binary), `SUNSET_BENCH_KEEP=1` (keep temp folders),
 //! `SUNSET_BENCH_SCALE` (comma list of ledger sizes for `status`, default `1000000,10000000`;
-//! PostgreSQL takes the first).
+//! PostgreSQL takes the first), `SUNSET_BENCH_LEDGER_CONCURRENCY` (`worker.concurrency` of the
+//! ledger push runs, default 64). `ledger` runs `ledger-email`, `ledger-push` and `ledger-scale`.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -135,8 +136,18 @@ impl Options {
             .collect();
         for name in &only {
             ensure!(
-                ["email", "push", "enqueue", "rss", "ledger"].contains(&name.as_str()),
-                "unknown measurement `{name}` (email, push, enqueue, rss, ledger)"
+                [
+                    "email",
+                    "push",
+                    "enqueue",
+                    "rss",
+                    "ledger",
+                    "ledger-email",
+                    "ledger-push",
+                    "ledger-scale"
+                ]
+                .contains(&name.as_str()),
+                "unknown measurement `{name}` (email, push, enqueue, rss, ledger, ledger-email, ledger-push, ledger-scale)"
             );
         }
         let (n, push_n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
@@ -167,7 +178,11 @@ impl Options {
     }
 
     fn wants(&self, name: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| o == name)
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|o| o == name || (o == "ledger" && name.starts_with("ledger-")))
     }
 }
 
@@ -1153,9 +1168,7 @@ impl Bench {
                 );
             }
         }
-        self.ledger_push()?;
-        self.ledger_scale()?;
-        self.forget_postgres_campaigns()
+        Ok(())
     }
 
     /// The ledger's cost for push at the default concurrency, in rounds off → SQLite → two
@@ -1163,6 +1176,7 @@ impl Bench {
     /// (and the two workers against one on SQLite).
     fn ledger_push(&mut self) -> anyhow::Result<()> {
         let n = self.options.push_n;
+        let concurrency = env_usize("SUNSET_BENCH_LEDGER_CONCURRENCY")?.unwrap_or(64);
         let (url, stats) = self.runtime.block_on(start_push_sink())?;
         let postgres = format!("[ledger]\nurl = \"{POSTGRES_LEDGER}\"\n");
         let setups = [
@@ -1185,7 +1199,14 @@ impl Bench {
                     "push-{}-{round}",
                     name.to_lowercase().replace([',', ' '], "")
                 );
-                rates[i].push(self.sunset_push(&url, &stats, n, &label, ledger, workers)?);
+                rates[i].push(self.sunset_push(
+                    &url,
+                    &stats,
+                    (n, concurrency),
+                    &label,
+                    ledger,
+                    workers,
+                )?);
             }
         }
         for (i, goal) in [(1, 0.9), (3, 0.8)] {
@@ -1213,7 +1234,7 @@ impl Bench {
         &mut self,
         url: &str,
         stats: &PushStats,
-        n: usize,
+        (n, concurrency): (usize, usize),
         label: &str,
         ledger: &str,
         workers: usize,
@@ -1221,7 +1242,7 @@ impl Bench {
         let work = Workdir::new(
             self.runtime.handle(),
             self.options.keep,
-            "concurrency = 64\n",
+            &format!("concurrency = {concurrency}\n"),
             &format!("[push]\ntransport = \"http\"\nurl = \"{url}\"\n{UNLIMITED}{ledger}"),
         )?;
         work.audience("audience.csv", n)?;
@@ -1302,7 +1323,11 @@ impl Bench {
                 let db = rusqlite::Connection::open(work.path().join("sunset-ledger.db"))?;
                 db.execute_batch("BEGIN")?;
                 for sql in fill {
-                    db.execute(sql, rusqlite::params![campaign, n as i64])?;
+                    // `?N` binds by number; SQLite numbers `$N` markers in order of appearance.
+                    db.execute(
+                        &sql.replace('$', "?"),
+                        rusqlite::params![campaign, n as i64],
+                    )?;
                 }
                 db.execute_batch("COMMIT")?;
             } else {
@@ -1710,8 +1735,17 @@ fn main() -> anyhow::Result<()> {
         if bench.options.wants("push") {
             bench.push()?;
         }
-        if bench.options.wants("ledger") {
+        if bench.options.wants("ledger-email") {
             bench.ledger()?;
+        }
+        if bench.options.wants("ledger-push") {
+            bench.ledger_push()?;
+        }
+        if bench.options.wants("ledger-scale") {
+            bench.ledger_scale()?;
+        }
+        if !bench.postgres_campaigns.is_empty() {
+            bench.forget_postgres_campaigns()?;
         }
         if bench.options.wants("enqueue") || bench.options.wants("rss") {
             let sink = if bench.options.wants("rss") {

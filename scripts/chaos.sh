@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full-size chaos run (README "Reliability"): 100,000 recipients by default, in release.
-# Needs RabbitMQ on 127.0.0.1:5672 and PostgreSQL on 127.0.0.1:5432 (as for `cargo test`), and
-# restarts the RabbitMQ app once: run it on a machine where nothing else uses that broker.
+# Needs PostgreSQL on 127.0.0.1:5432 (as for `cargo test`); the test starts a RabbitMQ node of
+# its own, so the broker on 127.0.0.1:5672 is left alone.
 # Usage: scripts/chaos.sh [RECIPIENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

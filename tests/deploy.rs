@@ -315,10 +315,11 @@ fn the_kubernetes_worker_drains_within_its_termination_grace_period() {
     else {
         panic!("enqueue parses");
     };
-    // SIGTERM waits for every batch the worker holds; at worst each send runs to its timeout,
-    // `worker.concurrency` at a time.
+    // SIGTERM waits for every batch the worker holds; at worst each send runs to its timeouts
+    // (an email's commands, then its final reply), `worker.concurrency` at a time.
     let held = u64::from(config.broker.prefetch) * args.batch_size as u64;
-    let worst_ms = held * (config.email.timeout_ms + config.push.timeout_ms)
+    let worst_ms = held
+        * (config.email.timeout_ms + config.email.final_reply_timeout_ms + config.push.timeout_ms)
         / config.worker.concurrency as u64;
     let pod = &k8s("Deployment")["spec"]["template"]["spec"];
     let grace_s = pod["terminationGracePeriodSeconds"]

@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::shipped_templates;
+use futures::future::BoxFuture;
 use serde_json::json;
 use sunset::batch::{Batch, CampaignId, EmailAddress, Recipient, UserId, VERSION};
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{PerDomainRates, RateConfig};
-use sunset::ledger::{CampaignState, Ledger, Pair};
+use sunset::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
-use sunset::worker::{Deps, Owed, RetryPolicy, Verdict, process_batch};
+use sunset::worker::{Books, DeadLetterKind, Deps, Owed, RetryPolicy, Verdict, process_batch};
 
 /// Records what it is asked to send by its channel and answers from a table (default: delivered).
 struct MemorySender {
@@ -497,4 +498,198 @@ async fn a_paused_campaign_holds_the_whole_batch_and_a_cancelled_one_sends_nothi
     assert!(cancelled.owed.is_empty());
     let status = ledger.status(&batch.campaign_id).await.expect("status");
     assert_eq!(status.total().cancelled, 2);
+}
+
+/// The ledger as the worker sees it, faked: a state per call (the last one repeats), a claim
+/// answer, whether sends may start, and every outcome recorded.
+struct FakeBooks {
+    states: Mutex<Vec<CampaignState>>,
+    claim: fn() -> Result<Claims, LedgerError>,
+    may_send: bool,
+    recorded: Mutex<Vec<Entry>>,
+}
+
+impl FakeBooks {
+    fn new(claim: fn() -> Result<Claims, LedgerError>) -> FakeBooks {
+        FakeBooks {
+            states: Mutex::new(vec![CampaignState::Running]),
+            claim,
+            may_send: true,
+            recorded: Mutex::default(),
+        }
+    }
+
+    fn marks(&self) -> Vec<(String, Channel, Mark)> {
+        let mut marks: Vec<_> = self
+            .recorded
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| (e.pair.user_id.to_string(), e.pair.channel, e.mark))
+            .collect();
+        marks.sort();
+        marks
+    }
+}
+
+impl Books for FakeBooks {
+    fn state<'a>(
+        &'a self,
+        _: &'a CampaignId,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<CampaignState, LedgerError>> {
+        let mut states = self.states.lock().expect("lock");
+        let state = if states.len() > 1 {
+            states.remove(0)
+        } else {
+            states[0]
+        };
+        Box::pin(async move { Ok(state) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        _: &'a CampaignId,
+        _: &'a [Pair],
+    ) -> BoxFuture<'a, Result<Claims, LedgerError>> {
+        Box::pin(async move { (self.claim)() })
+    }
+
+    fn may_send(&self, _: &Claims) -> bool {
+        self.may_send
+    }
+
+    fn record<'a>(
+        &'a self,
+        _: &'a Claims,
+        entry: Entry,
+    ) -> BoxFuture<'a, Result<Recorded, LedgerError>> {
+        self.recorded.lock().expect("lock").push(entry);
+        Box::pin(async { Ok(Recorded::Written) })
+    }
+
+    fn give_up(&self, _: Vec<Entry>) -> BoxFuture<'_, Result<(), LedgerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn finished(&self, _: i64) {}
+}
+
+fn all_ours() -> Result<Claims, LedgerError> {
+    Ok(Claims::all(1, "fake"))
+}
+
+fn with_books(
+    email: MemorySender,
+    push: MemorySender,
+    books: &Arc<FakeBooks>,
+) -> Deps<MemorySender, MemorySender> {
+    deps(email, push).with_books(Arc::clone(books) as Arc<dyn Books>)
+}
+
+#[tokio::test]
+async fn a_ledger_error_waiting_cannot_fix_dead_letters_the_batch_and_one_it_can_holds_it() {
+    let one = batch(vec![recipient("u1", Some("u1@example.com"), "en")]);
+    let refused = Arc::new(FakeBooks::new(|| {
+        Err(LedgerError::Corrupt("a value sunset never writes".into()))
+    }));
+    let deps = with_books(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+        &refused,
+    );
+    let verdict = process(&one, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    let Some(Owed::DeadLetter { reason, kinds, .. }) = verdict.owed.first() else {
+        panic!("a dead letter: {verdict:?}");
+    };
+    assert!(reason.contains("ledger refused"), "{reason}");
+    assert!(kinds.iter().all(|k| *k == DeadLetterKind::LedgerRefused));
+
+    let away = Arc::new(FakeBooks::new(|| Err(LedgerError::NoLease)));
+    let deps = with_books(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+        &away,
+    );
+    let verdict = process(&one, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    assert_eq!(retries(&verdict).len(), 1, "held back: {verdict:?}");
+}
+
+#[tokio::test]
+async fn no_send_starts_without_a_lease_and_a_pause_seen_at_the_send_records_the_pairs_held() {
+    let one = batch(vec![recipient("u1", Some("u1@example.com"), "en")]);
+    let lapsed = Arc::new(FakeBooks {
+        may_send: false,
+        ..FakeBooks::new(all_ours)
+    });
+    let deps = with_books(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+        &lapsed,
+    );
+    let verdict = process(&one, 2, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    let retries = retries(&verdict);
+    assert_eq!(
+        (retries.len(), retries[0].2),
+        (1, 2),
+        "held at the same attempt"
+    );
+
+    // Running when the batch is admitted, paused when its sends get their slots.
+    let paused = Arc::new(FakeBooks {
+        states: Mutex::new(vec![CampaignState::Running, CampaignState::Paused]),
+        ..FakeBooks::new(all_ours)
+    });
+    let deps = with_books(
+        MemorySender::new(Channel::Email),
+        MemorySender::new(Channel::Push),
+        &paused,
+    );
+    let verdict = process(&one, 1, &deps).await;
+    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    assert_eq!(
+        paused.marks(),
+        [
+            ("u1".to_string(), Channel::Email, Mark::Held),
+            ("u1".to_string(), Channel::Push, Mark::Held)
+        ]
+    );
+    assert!(
+        dead_letter(&verdict).is_none(),
+        "held pairs are not failures"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_email_is_recorded_unknown_and_dead_lettered_while_an_unknown_push_is_retried() {
+    let one = batch(vec![recipient("u1", Some("u1@example.com"), "en")]);
+    let books = Arc::new(FakeBooks::new(all_ours));
+    let deps = with_books(
+        MemorySender::answering(Channel::Email, "u1", Outcome::unknown("no final reply")),
+        MemorySender::answering(Channel::Push, "u1", Outcome::unknown("no status")),
+        &books,
+    );
+    let verdict = process(&one, 1, &deps).await;
+    assert_eq!(
+        books.marks(),
+        [
+            ("u1".to_string(), Channel::Email, Mark::Unknown),
+            ("u1".to_string(), Channel::Push, Mark::Failed)
+        ]
+    );
+    let Some(Owed::DeadLetter { batch, kinds, .. }) = verdict
+        .owed
+        .iter()
+        .find(|o| matches!(o, Owed::DeadLetter { .. }))
+    else {
+        panic!("a dead letter: {verdict:?}");
+    };
+    assert_eq!(batch.failures[0].channel, Channel::Email);
+    assert_eq!(kinds, &[DeadLetterKind::Unknown]);
+    let retries = retries(&verdict);
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].0.channels, [Channel::Push]);
 }

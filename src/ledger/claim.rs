@@ -14,7 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::Mark;
+use super::rows::{Mark, Pair};
+use crate::batch::CampaignId;
 
 /// How often a worker renews its lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -89,6 +90,17 @@ impl Lease {
         }
         Arc::clone(&held.owner)
     }
+}
+
+/// Everything one claim needs to decide, shared with the thread or task that runs it.
+#[derive(Clone)]
+pub(super) struct ClaimJob {
+    pub(super) campaign: CampaignId,
+    pub(super) pairs: Vec<Pair>,
+    pub(super) owner: Arc<str>,
+    pub(super) token: i64,
+    pub(super) active: HashSet<i64>,
+    pub(super) watch: Arc<Watch>,
 }
 
 /// What this worker has seen of other workers' beats, and since when (its own clock).

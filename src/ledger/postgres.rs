@@ -10,12 +10,11 @@ use sqlx::{Connection, PgPool, Row};
 use tokio::sync::Mutex;
 
 use super::LedgerError;
-use super::claim::{Decision, Found, decide};
+use super::claim::{ClaimJob, Decision, Found, decide};
 use super::rows::{
     Campaign, CampaignState, Claims, Entry, Fenced, Mark, Pair, RATE_BUCKET_MS, Recorded, Tally,
 };
 use super::status::Snapshot;
-use super::store::ClaimJob;
 use crate::batch::CampaignId;
 
 /// How long a query waits for a connection before the ledger counts as unreachable.

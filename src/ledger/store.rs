@@ -1,13 +1,10 @@
 //! The two databases behind the same operations, and the schema's migrations.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-use super::claim::Watch;
-use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, Pair, RATE_BUCKET_MS, Recorded};
+use super::claim::ClaimJob;
+use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, RATE_BUCKET_MS, Recorded};
 use super::{LedgerError, now_ms, postgres, sqlite, status};
 use crate::batch::CampaignId;
 
@@ -17,18 +14,8 @@ pub(super) enum Store {
     Postgres(Box<postgres::Store>),
 }
 
-/// Everything one claim needs to decide, shared with the thread or task that runs it.
-#[derive(Clone)]
-pub(super) struct ClaimJob {
-    pub(super) campaign: CampaignId,
-    pub(super) pairs: Vec<Pair>,
-    pub(super) owner: Arc<str>,
-    pub(super) token: i64,
-    pub(super) active: HashSet<i64>,
-    pub(super) watch: Arc<Watch>,
-}
-
-pub(super) fn migrator() -> Migrator {
+/// The schema's migrations; from version 5 on, some are written for one database only.
+pub(super) fn migrator(sqlite: bool) -> Migrator {
     let migration = |version, description: &'static str, sql: &'static str| {
         Migration::new(
             version,
@@ -59,14 +46,27 @@ pub(super) fn migrator() -> Migrator {
             "leases and counters",
             include_str!("../../migrations/0004_leases_and_counters.sql"),
         ),
+        if sqlite {
+            migration(
+                5,
+                "clustered deliveries",
+                include_str!("../../migrations/0005_sqlite_clustered_deliveries.sql"),
+            )
+        } else {
+            migration(
+                5,
+                "clustered deliveries",
+                include_str!("../../migrations/0005_postgres_nothing.sql"),
+            )
+        },
     ])
 }
 
 impl Store {
     pub(super) async fn migrate(&self) -> Result<(), LedgerError> {
         match self {
-            Store::Sqlite(s) => s.migrate(migrator()).await,
-            Store::Postgres(s) => s.migrate(migrator()).await,
+            Store::Sqlite(s) => s.migrate(migrator(true)).await,
+            Store::Postgres(s) => s.migrate(migrator(false)).await,
         }
     }
 

@@ -298,7 +298,7 @@ async fn a_file_written_by_the_earlier_release_opens_with_its_rows_counted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
     {
-        let old = Migrator::with_migrations(migrator().iter().take(3).cloned().collect());
+        let old = Migrator::with_migrations(migrator(true).iter().take(3).cloned().collect());
         let mut conn = sqlx::ConnectOptions::connect(
             &sqlx::sqlite::SqliteConnectOptions::from_str(&url)
                 .expect("url")
