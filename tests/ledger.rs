@@ -13,8 +13,8 @@ use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::signal;
 use common::{
-    POSTGRES, TestEnv, assert_everyone_told_once, audience_csv, campaign_args,
-    close_connections_named, emails_per_address, exit_by, pushes_per_user, sinks_config, unique,
+    Db, TestEnv, assert_everyone_told_once, audience_csv, campaign_args, close_connections_named,
+    emails_per_address, exit_by, pushes_per_user, sample_vars, sinks_config, status_json, unique,
     until_emails,
 };
 use serde_json::Value;
@@ -31,22 +31,6 @@ fn email_rate(email: u32) -> String {
 const UNREACHABLE_LEDGER: &str = "[ledger]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n";
 
 /// Which ledger a test runs on.
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    /// `sunset-ledger.db` in the test's folder (the default URL, relative).
-    Sqlite,
-    Postgres,
-}
-
-impl Db {
-    fn section(self) -> String {
-        match self {
-            Db::Sqlite => "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n".into(),
-            Db::Postgres => format!("[ledger]\nurl = \"{POSTGRES}\"\n"),
-        }
-    }
-}
-
 /// Sinks, `db`, `rate` and a `[worker]` section with quick retries and `worker` keys.
 fn config(smtp: &SmtpSink, push: &PushSink, db: Db, rate: &str, worker: &str) -> String {
     sinks_config(
@@ -63,20 +47,6 @@ async fn enqueue(env: &TestEnv, campaign: &str, extra: &[&str]) {
     env.sunset_async(&campaign_args("enqueue", campaign, extra))
         .await
         .expect_code(0);
-}
-
-/// The campaign variables of the template's `sample.json`.
-fn sample_vars(env: &TestEnv) -> Value {
-    let sample = std::fs::read_to_string(env.template_file("sample.json")).expect("sample.json");
-    serde_json::from_str::<Value>(&sample).expect("JSON")["vars"].clone()
-}
-
-async fn status_json(env: &TestEnv, campaign: &str) -> Value {
-    let run = env
-        .sunset_async(&["status", "--campaign", campaign, "--json"])
-        .await
-        .expect_code(0);
-    serde_json::from_str(&run.stdout()).expect("status --json is JSON")
 }
 
 fn number(value: &Value, path: &[&str]) -> u64 {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
 use common::worker_process::WorkerProcess;
-use common::{POSTGRES, TestEnv, audience_csv, campaign_args, exit_by, pushes_per_user, unique};
+use common::{
+    Db, POSTGRES, TestEnv, audience_csv, campaign_args, exit_by, pushes_per_user, sample_vars,
+    status_json, unique,
+};
 use serde_json::Value;
 use sunset::batch::Batch;
 
@@ -19,21 +22,6 @@ use sunset::batch::Batch;
 const STALL: Duration = Duration::from_secs(20);
 /// How long the database is locked.
 const LOCK: Duration = Duration::from_secs(40);
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-impl Db {
-    fn section(self) -> String {
-        match self {
-            Db::Sqlite => "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n".into(),
-            Db::Postgres => format!("[ledger]\nurl = \"{POSTGRES}\"\n"),
-        }
-    }
-}
 
 /// Push into `push` at `per_second` (0 = unlimited), `db`, and `[worker]` keys.
 fn config(push: &PushSink, db: Db, per_second: u32, worker: &str) -> String {
@@ -56,14 +44,6 @@ async fn enqueue(env: &TestEnv, campaign: &str, batch_size: &str) {
     .expect_code(0);
 }
 
-async fn status_json(env: &TestEnv, campaign: &str) -> Value {
-    let run = env
-        .sunset_async(&["status", "--campaign", campaign, "--json"])
-        .await
-        .expect_code(0);
-    serde_json::from_str(&run.stdout()).expect("status --json is JSON")
-}
-
 /// Waits until every one of `n` users got a push and the ledger has all `n` delivered and
 /// nothing pending; fails after `limit`.
 async fn until_everyone_recorded(env: &TestEnv, push: &PushSink, campaign: &str, n: usize) {
@@ -84,12 +64,6 @@ async fn until_everyone_recorded(env: &TestEnv, push: &PushSink, campaign: &str,
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The campaign variables of the template's `sample.json`.
-fn sample_vars(env: &TestEnv) -> Value {
-    let sample = std::fs::read_to_string(env.template_file("sample.json")).expect("sample.json");
-    serde_json::from_str::<Value>(&sample).expect("JSON")["vars"].clone()
 }
 
 fn duplicates(push: &PushSink) -> usize {

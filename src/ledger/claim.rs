@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::rows::{Mark, Pair};
-use crate::batch::CampaignId;
+use super::rows::{Claims, Mark, Pair};
+use crate::batch::{CampaignId, UserId};
+use crate::channel::Channel;
 
 /// How often a worker renews its lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -99,7 +100,8 @@ pub(super) struct ClaimJob {
     pub(super) pairs: Vec<Pair>,
     pub(super) owner: Arc<str>,
     pub(super) token: i64,
-    pub(super) active: HashSet<i64>,
+    /// This worker's claims still at work, as they stand when the claim decides.
+    pub(super) active: Arc<Active>,
     pub(super) watch: Arc<Watch>,
 }
 
@@ -181,12 +183,37 @@ pub(super) enum Decision {
     Judge(String),
 }
 
-/// Decides about `found` for a claim by `me`; `active` holds this worker's claims still at work,
+impl Decision {
+    /// Files the pair `key` under `claims` when the claim does not take it; when it does,
+    /// returns the stalled worker to evict first, if any.
+    pub(super) fn settle(
+        self,
+        claims: &mut Claims,
+        key: (UserId, Channel),
+    ) -> Option<Option<(String, i64)>> {
+        match self {
+            Decision::Delivered => {
+                claims.delivered.insert(key);
+            }
+            Decision::Cancelled => {
+                claims.cancelled.insert(key);
+            }
+            Decision::Held | Decision::Judge(_) => {
+                claims.held.insert(key);
+            }
+            Decision::Take(evict) => return Some(evict),
+        }
+        None
+    }
+}
+
+/// Decides about `found` for a claim by `me`; `active` says whether a claim of this worker is
+/// still at work (asked at decision time: a claim made meanwhile by another batch counts),
 /// `liveness` what is known of the owner (asked for with `Decision::Judge` when unknown).
 pub(super) fn decide(
     found: &Found,
     me: &str,
-    active: &HashSet<i64>,
+    active: &dyn Fn(i64) -> bool,
     liveness: Option<Liveness>,
 ) -> Decision {
     match found.mark {
@@ -195,7 +222,7 @@ pub(super) fn decide(
         Mark::Failed | Mark::Dead | Mark::Unknown | Mark::Held => Decision::Take(None),
         Mark::Sending => match (&found.owner, found.token) {
             (Some(owner), Some(token)) if owner == me => {
-                if active.contains(&token) {
+                if active(token) {
                     Decision::Held
                 } else {
                     Decision::Take(None)
@@ -231,11 +258,11 @@ impl Active {
             .remove(&token);
     }
 
-    pub(super) fn snapshot(&self) -> HashSet<i64> {
+    pub(super) fn contains(&self, token: i64) -> bool {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .contains(&token)
     }
 }
 
@@ -254,7 +281,7 @@ mod tests {
 
     #[test]
     fn delivered_and_cancelled_rows_are_never_taken_and_failed_ones_always() {
-        let none = HashSet::new();
+        let none = |_: i64| false;
         let row = |mark| Found {
             mark,
             owner: None,
@@ -276,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_row_of_another_worker_is_taken_only_once_it_has_stalled_or_gone() {
-        let none = HashSet::new();
+        let none = |_: i64| false;
         let row = sending("other", 1);
         assert_eq!(
             decide(&row, "me", &none, None),
@@ -294,7 +321,8 @@ mod tests {
             decide(&row, "me", &none, Some(Liveness::Stalled(7))),
             Decision::Take(Some(("other".into(), 7)))
         );
-        let active = HashSet::from([1]);
+        let set = HashSet::from([1]);
+        let active = |t: i64| set.contains(&t);
         assert_eq!(
             decide(&sending("me", 1), "me", &active, None),
             Decision::Held

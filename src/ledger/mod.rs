@@ -147,7 +147,7 @@ pub struct Ledger {
     ready: OnceCell<()>,
     lease: Lease,
     watch: Arc<Watch>,
-    active: Active,
+    active: Arc<Active>,
     tokens: AtomicI64,
     states: Mutex<HashMap<CampaignId, (CampaignState, Instant)>>,
     writes: mpsc::UnboundedSender<Waiting>,
@@ -186,7 +186,7 @@ impl Ledger {
             ready: OnceCell::new(),
             lease: Lease::new(),
             watch: Arc::default(),
-            active: Active::default(),
+            active: Arc::default(),
             tokens: AtomicI64::new(1),
             states: Mutex::default(),
             writes,
@@ -382,7 +382,7 @@ impl Ledger {
             pairs,
             owner,
             token,
-            active: self.active.snapshot(),
+            active: Arc::clone(&self.active),
             watch: Arc::clone(&self.watch),
         };
         self.active.insert(token);

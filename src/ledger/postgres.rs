@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool, Row};
 use tokio::sync::Mutex;
 
 use super::LedgerError;
-use super::claim::{ClaimJob, Decision, Found, decide};
+use super::claim::{ClaimJob, Found, decide};
 use super::rows::{
     Campaign, CampaignState, Claims, Entry, Fenced, Mark, Pair, RATE_BUCKET_MS, Recorded, Tally,
 };
@@ -368,35 +368,26 @@ impl Store {
                     job.watch.judge(o, beats.get(o).copied())
                 }
             });
-            match decide(found, owner, &job.active, liveness) {
-                Decision::Delivered => {
-                    claims.delivered.insert(key);
-                }
-                Decision::Cancelled => {
-                    claims.cancelled.insert(key);
-                }
-                Decision::Held | Decision::Judge(_) => {
+            let decision = decide(found, owner, &|t| job.active.contains(t), liveness);
+            let Some(evict) = decision.settle(&mut claims, key.clone()) else {
+                continue;
+            };
+            if let Some((other, beat)) = evict
+                && !evicted.contains(&other)
+            {
+                let gone = sqlx::query(EVICT)
+                    .bind(&other)
+                    .bind(beat)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
                     claims.held.insert(key);
+                    continue;
                 }
-                Decision::Take(evict) => {
-                    if let Some((other, beat)) = evict
-                        && !evicted.contains(&other)
-                    {
-                        let gone = sqlx::query(EVICT)
-                            .bind(&other)
-                            .bind(beat)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                        if gone == 0 {
-                            claims.held.insert(key);
-                            continue;
-                        }
-                        evicted.insert(other);
-                    }
-                    take.push((p, found));
-                }
+                evicted.insert(other);
             }
+            take.push((p, found));
         }
         if !take.is_empty() {
             let taken = sqlx::query(TAKE)

@@ -319,56 +319,46 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
             claims.held.insert(key);
             continue;
         };
-        let mut decision = decide(&row, owner, &job.active, None);
+        let mut decision = decide(&row, owner, &|t| job.active.contains(t), None);
         if let Decision::Judge(other) = &decision {
             let liveness = job.watch.judge(other, beat_of(c, other)?);
-            decision = decide(&row, owner, &job.active, Some(liveness));
+            decision = decide(&row, owner, &|t| job.active.contains(t), Some(liveness));
         }
-        match decision {
-            Decision::Delivered => {
-                claims.delivered.insert(key);
-            }
-            Decision::Cancelled => {
-                claims.cancelled.insert(key);
-            }
-            Decision::Held | Decision::Judge(_) => {
-                claims.held.insert(key);
-            }
-            Decision::Take(evict) => {
-                if let Some((other, beat)) = evict
-                    && c.prepare_cached(EVICT)?.execute(params![other, beat])? == 0
-                    && beat_of(c, &other)?.is_some()
-                {
-                    // It beat after all.
-                    claims.held.insert(key);
-                    continue;
-                }
-                let taken = c.prepare_cached(TAKE)?.execute(params![
+        let Some(evict) = decision.settle(&mut claims, key.clone()) else {
+            continue;
+        };
+        if let Some((other, beat)) = evict
+            && c.prepare_cached(EVICT)?.execute(params![other, beat])? == 0
+            && beat_of(c, &other)?.is_some()
+        {
+            // It beat after all.
+            claims.held.insert(key);
+            continue;
+        }
+        let taken = c.prepare_cached(TAKE)?.execute(params![
+            campaign,
+            p.user_id.as_str(),
+            p.channel.as_str(),
+            owner,
+            job.token,
+            p.locale,
+            now,
+            row.mark.as_str(),
+            row.owner,
+            row.token
+        ])?;
+        if taken == 1 {
+            if row.mark != Mark::Sending {
+                tally.add(
                     campaign,
-                    p.user_id.as_str(),
                     p.channel.as_str(),
-                    owner,
-                    job.token,
-                    p.locale,
-                    now,
+                    &row.locale,
                     row.mark.as_str(),
-                    row.owner,
-                    row.token
-                ])?;
-                if taken == 1 {
-                    if row.mark != Mark::Sending {
-                        tally.add(
-                            campaign,
-                            p.channel.as_str(),
-                            &row.locale,
-                            row.mark.as_str(),
-                            -1,
-                        );
-                    }
-                } else {
-                    claims.held.insert(key);
-                }
+                    -1,
+                );
             }
+        } else {
+            claims.held.insert(key);
         }
     }
     apply(c, &tally)?;

@@ -337,3 +337,29 @@ async fn a_file_written_by_the_earlier_release_opens_with_its_rows_counted() {
     let taken = ledger.claim(&campaign, &c).await.expect("claim");
     assert!(taken.all_ours(), "{taken:?}");
 }
+
+async fn concurrent_claims_of_the_same_pairs_give_each_pair_to_one(ledger: &Arc<Ledger>) {
+    let campaign = campaign("race");
+    let pairs: Vec<Pair> = (0..200)
+        .map(|i| pair(&format!("u{i}"), Channel::Push))
+        .collect();
+    let claims = futures::future::try_join_all((0..8).map(|_| ledger.claim(&campaign, &pairs)))
+        .await
+        .expect("claims");
+    let ours: usize = claims.iter().map(|c| pairs.len() - c.held.len()).sum();
+    assert_eq!(ours, pairs.len(), "each pair goes to exactly one claim");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claims_of_the_same_pairs_give_each_pair_to_one_on_sqlite() {
+    let (_dir, _url, ledger) = sqlite().await;
+    concurrent_claims_of_the_same_pairs_give_each_pair_to_one(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claims_of_the_same_pairs_give_each_pair_to_one_on_postgres() {
+    let ledger = Ledger::open(POSTGRES).expect("open");
+    for _ in 0..5 {
+        concurrent_claims_of_the_same_pairs_give_each_pair_to_one(&ledger).await;
+    }
+}

@@ -115,20 +115,11 @@ pub(super) struct Failed {
 
 /// The whole batch, dead-lettered with `reason` (the ledger refused it).
 pub(super) fn rejected(batch: &Batch, attempt: u32, reason: &str) -> Vec<Owed> {
-    let everyone: Vec<Failure> = batch
-        .recipients
-        .iter()
-        .flat_map(|r| {
-            batch
-                .channels
-                .iter()
-                .map(|c| failure(r, *c, reason.to_string()))
-        })
-        .collect();
-    let kinds = vec![DeadLetterKind::LedgerRefused; everyone.len()];
+    let failures = everyone(batch, reason);
+    let kinds = vec![DeadLetterKind::LedgerRefused; failures.len()];
     vec![dead_letter(
         batch,
-        everyone,
+        failures,
         kinds,
         reason.to_string(),
         attempt,
@@ -137,7 +128,12 @@ pub(super) fn rejected(batch: &Batch, attempt: u32, reason: &str) -> Vec<Owed> {
 
 /// The whole batch, back to a delay queue at the same attempt (waiting does not use up attempts).
 pub(super) fn hold(batch: &Batch, attempt: u32, reason: &str, policy: &RetryPolicy) -> Vec<Owed> {
-    let everyone: Vec<Failure> = batch
+    held_back(batch, attempt, everyone(batch, reason), policy)
+}
+
+/// Every recipient × channel of `batch`, failed for `reason`.
+fn everyone(batch: &Batch, reason: &str) -> Vec<Failure> {
+    batch
         .recipients
         .iter()
         .flat_map(|r| {
@@ -146,8 +142,7 @@ pub(super) fn hold(batch: &Batch, attempt: u32, reason: &str, policy: &RetryPoli
                 .iter()
                 .map(|c| failure(r, *c, reason.to_string()))
         })
-        .collect();
-    held_back(batch, attempt, everyone, policy)
+        .collect()
 }
 
 /// Pairs that were not tried (held back), to a delay queue at the same attempt; with no

@@ -419,3 +419,36 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Which ledger a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    /// `sunset-ledger.db` in the test's folder (the default URL, relative).
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    /// The `[ledger]` table for it.
+    pub fn section(self) -> String {
+        match self {
+            Db::Sqlite => "[ledger]\nurl = \"sqlite://sunset-ledger.db\"\n".into(),
+            Db::Postgres => format!("[ledger]\nurl = \"{POSTGRES}\"\n"),
+        }
+    }
+}
+
+/// `sunset status --campaign CAMPAIGN --json`, parsed.
+pub async fn status_json(env: &TestEnv, campaign: &str) -> serde_json::Value {
+    let run = env
+        .sunset_async(&["status", "--campaign", campaign, "--json"])
+        .await
+        .expect_code(0);
+    serde_json::from_str(&run.stdout()).expect("status --json is JSON")
+}
+
+/// The campaign variables of the template's `sample.json`.
+pub fn sample_vars(env: &TestEnv) -> serde_json::Value {
+    let sample = std::fs::read_to_string(env.template_file("sample.json")).expect("sample.json");
+    serde_json::from_str::<serde_json::Value>(&sample).expect("JSON")["vars"].clone()
+}
