@@ -433,15 +433,7 @@ impl Store {
                     p.user_id.as_str().to_string(),
                     p.channel.as_str().to_string(),
                 )) {
-                    if found.mark != Mark::Sending {
-                        tally.add(
-                            campaign,
-                            p.channel.as_str(),
-                            &found.locale,
-                            found.mark.as_str(),
-                            -1,
-                        );
-                    }
+                    tally.taken(campaign, p.channel.as_str(), &found.locale, found.mark);
                 } else {
                     claims.held.insert((p.user_id.clone(), p.channel));
                 }
@@ -522,9 +514,7 @@ impl Store {
                 .await?;
             if let Some(row) = row {
                 let locale: String = row.try_get(0)?;
-                let (campaign, channel) = (e.campaign.as_str(), e.pair.channel.as_str());
-                tally.add(campaign, channel, &locale, Mark::Failed.as_str(), -1);
-                tally.add(campaign, channel, &locale, Mark::Dead.as_str(), 1);
+                tally.given_up(e.campaign.as_str(), e.pair.channel.as_str(), &locale);
             }
         }
         apply(&mut tx, &tally).await?;

@@ -223,6 +223,20 @@ impl Tally {
             .or_default() += n;
     }
 
+    /// A claim took a row it found as `found`: the row leaves its status's count (a row taken
+    /// from another worker was `sending`, which is not counted).
+    pub(super) fn taken(&mut self, campaign: &str, channel: &str, locale: &str, found: Mark) {
+        if found != Mark::Sending {
+            self.add(campaign, channel, locale, found.as_str(), -1);
+        }
+    }
+
+    /// A failed row that will not be retried is dead now.
+    pub(super) fn given_up(&mut self, campaign: &str, channel: &str, locale: &str) {
+        self.add(campaign, channel, locale, Mark::Failed.as_str(), -1);
+        self.add(campaign, channel, locale, Mark::Dead.as_str(), 1);
+    }
+
     pub(super) fn delivered(&mut self, campaign: &str, now_ms: i64) {
         *self
             .delivered

@@ -348,15 +348,7 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
             row.token
         ])?;
         if taken == 1 {
-            if row.mark != Mark::Sending {
-                tally.add(
-                    campaign,
-                    p.channel.as_str(),
-                    &row.locale,
-                    row.mark.as_str(),
-                    -1,
-                );
-            }
+            tally.taken(campaign, p.channel.as_str(), &row.locale, row.mark);
         } else {
             claims.held.insert(key);
         }
@@ -424,9 +416,7 @@ fn give_up(c: &Connection, entries: &[Entry], now: i64) -> Result<(), LedgerErro
                 )
                 .optional()?;
             if let Some(locale) = locale {
-                let (campaign, channel) = (e.campaign.as_str(), e.pair.channel.as_str());
-                tally.add(campaign, channel, &locale, Mark::Failed.as_str(), -1);
-                tally.add(campaign, channel, &locale, Mark::Dead.as_str(), 1);
+                tally.given_up(e.campaign.as_str(), e.pair.channel.as_str(), &locale);
             }
         }
     }
