@@ -448,8 +448,14 @@ impl Ledger {
         status::build(campaign, self.store.snapshot(campaign).await?)
     }
 
-    /// Closes the database.
+    /// Removes this process from `workers` (a command such as `status` registers too) and
+    /// closes the database.
     pub async fn close(&self) {
+        if self.ready.initialized()
+            && let Err(e) = self.store.retire(&self.lease.owner()).await
+        {
+            warn!(error = %e, "could not remove this process from the ledger's workers");
+        }
         self.store.close().await;
     }
 }

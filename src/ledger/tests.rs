@@ -208,6 +208,36 @@ async fn outcomes_are_written_only_by_the_claims_holder_and_a_stalled_worker_los
 }
 
 #[tokio::test]
+async fn a_closed_ledger_leaves_no_worker_behind() {
+    let (_dir, url, ledger) = sqlite().await;
+    let campaign = campaign("close");
+    ledger
+        .claim(&campaign, &[pair("a", Channel::Push)])
+        .await
+        .expect("claim");
+    let other = Ledger::open(&url).expect("open");
+    let held = other
+        .claim(&campaign, &[pair("a", Channel::Push)])
+        .await
+        .expect("claim");
+    assert_eq!(
+        held.held.len(),
+        1,
+        "the first process is registered and beating"
+    );
+    other.finished(held.token);
+    ledger.close().await;
+    let taken = other
+        .claim(&campaign, &[pair("a", Channel::Push)])
+        .await
+        .expect("claim");
+    assert!(
+        taken.all_ours(),
+        "a closed process holds nothing: {taken:?}"
+    );
+}
+
+#[tokio::test]
 async fn rows_this_worker_left_sending_are_held_while_their_batch_runs_then_taken_back() {
     let (_dir, _url, ledger) = sqlite().await;
     let campaign = campaign("own");
