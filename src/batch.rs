@@ -298,6 +298,22 @@ fn all_channels() -> Vec<Channel> {
 }
 
 impl Batch {
+    /// The batch as a dead letter of `failures`: only the recipients they name, each failure
+    /// with them.
+    pub fn failed(&self, failures: Vec<Failure>) -> Batch {
+        let recipients = self
+            .recipients
+            .iter()
+            .filter(|r| failures.iter().any(|f| f.user_id == r.user_id))
+            .cloned()
+            .collect();
+        Batch {
+            recipients,
+            failures,
+            ..self.clone()
+        }
+    }
+
     /// The recipient × channel pairs of `failures` as new batches, one per set of channels a
     /// recipient still needs (so a channel that worked is never sent again), without `failures`.
     pub fn regroup(&self, failures: &[Failure]) -> Vec<Batch> {

@@ -265,18 +265,8 @@ impl DeadLetter {
             }
             let failures: Vec<Failure> =
                 picked.iter().map(|&i| batch.failures[i].clone()).collect();
-            let recipients = batch
-                .recipients
-                .iter()
-                .filter(|r| failures.iter().any(|f| f.user_id == r.user_id))
-                .cloned()
-                .collect();
             Some(DeadLetter {
-                content: Content::Batch(Batch {
-                    recipients,
-                    failures,
-                    ..batch.clone()
-                }),
+                content: Content::Batch(batch.failed(failures)),
                 reason: self.reason.clone(),
                 attempts: self.attempts,
                 since: self.since,

@@ -29,11 +29,10 @@ use tracing::{info, warn};
 
 use crate::batch::CampaignId;
 use crate::broker::redact;
-use claim::{Active, ClaimJob, Lease, Watch};
+use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
 
-pub use claim::{CLAIM_EXPIRES, HEARTBEAT, LEASE};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
 pub use status::{Counts, Status};
 

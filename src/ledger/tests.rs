@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use sqlx::migrate::Migrator;
 
+use super::claim::CLAIM_EXPIRES;
 use super::store::migrator;
 use super::*;
 use crate::batch::UserId;

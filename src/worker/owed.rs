@@ -254,18 +254,8 @@ fn dead_letter(
     reason: String,
     attempt: u32,
 ) -> Owed {
-    let recipients = batch
-        .recipients
-        .iter()
-        .filter(|r| failures.iter().any(|f| f.user_id == r.user_id))
-        .cloned()
-        .collect();
     Owed::DeadLetter {
-        batch: Box::new(Batch {
-            recipients,
-            failures,
-            ..batch.clone()
-        }),
+        batch: Box::new(batch.failed(failures)),
         reason,
         attempt,
         kinds,
