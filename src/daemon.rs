@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{Batch, CampaignId, UserId};
-use crate::broker::{Broker, BrokerError, QueueNames, attempt_of, within};
+use crate::broker::{Broker, BrokerError, QueueNames, attempt_of, not_before_of, within};
 use crate::channel::{Channel, Sender};
 use crate::config::BrokerConfig;
 use crate::events::{self, BatchVerdict};
@@ -383,6 +383,18 @@ async fn handle<E: Sender, P: Sender>(
     delivery: Delivery,
 ) -> Handled {
     let attempt = attempt_of(&delivery.properties);
+    // The peer asked for a longer wait than the delay queue gave: back to wait, unsent.
+    if let Some(not_before) = not_before_of(&delivery.properties) {
+        let parked = broker.repark(&delivery.data, attempt, not_before).await;
+        return settle(
+            &delivery,
+            parked,
+            BatchVerdict::Held,
+            None,
+            Report::default(),
+        )
+        .await;
+    }
     let batch = match Batch::decode(&delivery.data) {
         Ok(batch) => batch,
         Err(e) => {
@@ -483,12 +495,13 @@ async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError>
                 batch,
                 queue,
                 attempt,
+                not_before,
             } => {
                 info!(
                     recipients = batch.recipients.len(),
                     queue, attempt, "scheduling a retry"
                 );
-                broker.retry(batch, *queue, *attempt).await?;
+                broker.retry(batch, *queue, *attempt, *not_before).await?;
             }
             Owed::DeadLetter {
                 batch,

@@ -210,6 +210,32 @@ async fn retry_after_is_honoured_as_the_least_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wait_longer_than_every_delay_is_honoured() {
+    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
+    push.respond_times("u1", 503, Some(2), 1);
+    // Every delay queue is far shorter than the 2 s asked for: the retry is parked again,
+    // attempt unchanged, until its x-sunset-not-before time.
+    let env = TestEnv::with_broker(&config(
+        &smtp,
+        &push,
+        UNLIMITED,
+        "[worker]\nmax_attempts = 2\nretry_delays_ms = [100, 300]\n",
+    ));
+    env.write("audience.csv", &audience(1));
+    enqueue(&env, &["--channels", "push"]).await;
+    env.sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
+    let requests = push.requests();
+    assert_eq!(requests.len(), 2, "503, then delivered");
+    assert!(requests[1].delivered());
+    let waited = requests[1].at - requests[0].at;
+    println!("measured: retried {waited:?} after a 503 asking for 2 s");
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert!(dead_letters(&env).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_deadline_in_the_past_sends_nothing_and_dead_letters_everyone() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
     let env = TestEnv::with_broker(&config(&smtp, &push, UNLIMITED, QUICK_RETRIES));

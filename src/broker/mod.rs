@@ -1,12 +1,13 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
 
+mod park;
 mod tls;
 pub mod topology;
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -18,6 +19,7 @@ use lapin::{
     DefaultConnectionBuilder,
 };
 
+pub use park::{NOT_BEFORE_HEADER, not_before_of};
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
@@ -267,26 +269,16 @@ impl Broker {
             .await
     }
 
-    /// Publishes a retry to delay queue `queue` (0-based) with its attempt number.
+    /// Publishes a retry to delay queue `queue` (0-based) with its attempt number and, when the
+    /// peer asked for a longer wait than the queue's delay, the time before which it is not sent.
     pub async fn retry(
         &self,
         batch: &Batch,
         queue: usize,
         attempt: u32,
+        not_before: Option<SystemTime>,
     ) -> Result<(), BrokerError> {
-        let name = self
-            .names
-            .retry
-            .get(queue)
-            .or(self.names.retry.last())
-            .map(|(name, _)| name.as_str())
-            .ok_or_else(|| BrokerError::Returned("retry queue (none configured)".into()))?;
-        self.publish(
-            Route::Queue(name),
-            &batch.encode(),
-            attempt_headers(attempt),
-        )
-        .await
+        self.park(&batch.encode(), queue, attempt, not_before).await
     }
 
     /// Publishes a dead letter: the batch (failed recipients and `failures`) with its reason,

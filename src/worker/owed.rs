@@ -1,6 +1,6 @@
 //! What a processed batch owes before its ack: retries on delay queues and dead letters.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 
@@ -20,6 +20,9 @@ pub enum Owed {
         queue: usize,
         /// The attempt number the retry will be.
         attempt: u32,
+        /// When the peer asked for a longer wait than the queue's delay: not sent before then
+        /// (the worker parks it again if it comes back sooner).
+        not_before: Option<SystemTime>,
     },
     /// Permanent failures, exhausted attempts or a passed deadline: publish `batch` (failed
     /// recipients with per-recipient `failures`) to the dead-letter queue.
@@ -169,6 +172,7 @@ pub(super) fn held_back(
             batch: Box::new(batch),
             queue,
             attempt,
+            not_before: None,
         })
         .collect()
 }
@@ -217,8 +221,9 @@ pub(super) fn owed(
     let mut owed = Vec::new();
     if !retry.is_empty() {
         let queue = policy.queue(attempt, at_least);
-        let delay =
-            chrono::Duration::from_std(policy.delays[queue]).unwrap_or(chrono::Duration::MAX);
+        let wait = policy.delays[queue].max(at_least);
+        let not_before = (at_least > policy.delays[queue]).then(|| SystemTime::now() + at_least);
+        let delay = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
         let too_late = batch
             .deadline
             .is_some_and(|deadline| Utc::now() + delay >= deadline);
@@ -236,6 +241,7 @@ pub(super) fn owed(
                 batch: Box::new(batch),
                 queue,
                 attempt: attempt + 1,
+                not_before,
             }));
         }
     }
@@ -332,6 +338,56 @@ mod tests {
             ]
         );
         assert_eq!(kinds.len(), batch.failures.len());
+    }
+
+    #[test]
+    fn a_wait_longer_than_every_delay_sets_a_not_before_time() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
+        };
+        let asked = Duration::from_secs(2);
+        let owed = owed(
+            &batch(),
+            1,
+            vec![failed("a", "503", Fate::Retry(Some(asked)))],
+            &policy,
+        );
+        let [
+            Owed::Retry {
+                queue, not_before, ..
+            },
+        ] = owed.as_slice()
+        else {
+            panic!("one retry: {owed:?}");
+        };
+        assert_eq!(*queue, 1, "the longest delay queue");
+        let left = not_before
+            .expect("a not-before time")
+            .duration_since(SystemTime::now())
+            .expect("still to come");
+        assert!(left > Duration::from_millis(1500), "{left:?}");
+        let owed = super::owed(
+            &batch(),
+            1,
+            vec![failed(
+                "a",
+                "503",
+                Fate::Retry(Some(Duration::from_millis(200))),
+            )],
+            &policy,
+        );
+        assert!(
+            matches!(
+                owed.as_slice(),
+                [Owed::Retry {
+                    queue: 1,
+                    not_before: None,
+                    ..
+                }]
+            ),
+            "a delay queue long enough needs no not-before: {owed:?}"
+        );
     }
 
     #[test]
