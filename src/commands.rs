@@ -19,7 +19,7 @@ use crate::exporter::Exporter;
 use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
 use crate::preview;
-use crate::worker::{Deps, Report, RetryPolicy};
+use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -190,6 +190,8 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
                 .collect(),
         },
     );
+    let breakers = Arc::new(Breakers::new(BreakerPolicy::from_config(&config.worker)?));
+    let deps = deps.with_breakers(breakers);
     Ok(Arc::new(match open_ledger(config)? {
         Some(ledger) => deps.with_ledger(ledger),
         None => deps,
@@ -205,8 +207,13 @@ async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyh
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let readiness = Readiness::default();
     let stop_exporter = CancellationToken::new();
-    let exporter =
-        exporter.map(|exporter| exporter.spawn(readiness.clone(), stop_exporter.clone()));
+    let exporter = exporter.map(|exporter| {
+        exporter.spawn(
+            readiness.clone(),
+            Arc::clone(deps.breakers()),
+            stop_exporter.clone(),
+        )
+    });
     let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
     let ledger = deps.ledger().cloned();
     if let Some(ledger) = &ledger {

@@ -86,6 +86,11 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// Delay before the N-th retry; one delay queue per entry.
     pub retry_delays_ms: Vec<u64>,
+    /// Sends in a row that find a channel's relay or gateway unreachable before its sends are
+    /// held (the breaker opens); 0 = never.
+    pub breaker_after: u32,
+    /// While a breaker is open, one send every this often probes the transport.
+    pub breaker_probe_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +99,8 @@ impl Default for WorkerConfig {
             concurrency: 64,
             max_attempts: 5,
             retry_delays_ms: vec![30_000, 120_000, 600_000, 1_800_000],
+            breaker_after: 5,
+            breaker_probe_ms: 5_000,
         }
     }
 }

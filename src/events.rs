@@ -26,6 +26,9 @@ pub const INFLIGHT_SENDS: &str = "sunset_inflight_sends";
 pub const DOMAIN_RATE: &str = "sunset_domain_rate";
 /// Counter: recipient × channel pairs dead-lettered, by `reason` kind.
 pub const DEAD_LETTERS: &str = "sunset_dead_letters_total";
+/// Gauge: 1 while a channel's breaker is open (its transport unreachable, its sends held), by
+/// `channel`.
+pub const BREAKER_OPEN: &str = "sunset_channel_breaker_open";
 
 /// Upper bounds of the [`SEND_SECONDS`] buckets: an SMTP or HTTP round trip on a LAN, up to
 /// the default timeouts (5 s push, 10 s email).
@@ -64,6 +67,13 @@ pub fn describe() {
         DEAD_LETTERS,
         "Recipient x channel pairs dead-lettered, by reason kind."
     );
+    describe_gauge!(
+        BREAKER_OPEN,
+        "1 while a channel's transport is unreachable and its sends are held, by channel."
+    );
+    for channel in Channel::ALL {
+        gauge!(BREAKER_OPEN, "channel" => channel.as_str()).set(0.0);
+    }
 }
 
 /// A send was tried and came to `outcome`: counted; a failure is logged (the reason masked,
@@ -74,6 +84,7 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
         Outcome::Transient { .. } => "transient",
         Outcome::Permanent { .. } => "permanent",
         Outcome::Unknown { .. } => "unknown",
+        Outcome::Unreachable { .. } => "unreachable",
     };
     counter!(SENDS, "channel" => channel.as_str(), "locale" => locale.to_string(), "outcome" => label)
         .increment(1);
@@ -103,6 +114,71 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
             reason = %MaskedText(reason),
             "sent, and no answer came back: delivered or not is unknown"
         ),
+        // The channel's breaker says it once for all of them.
+        Outcome::Unreachable { reason } => tracing::debug!(
+            event = "send_held",
+            %user,
+            %channel,
+            outcome = label,
+            reason = %MaskedText(reason),
+            "transport unreachable; the send is held"
+        ),
+    }
+}
+
+/// A channel's transport stopped answering: its sends are held and probed.
+pub fn breaker_opened(channel: Channel, cause: &str, probe_every: Duration) {
+    gauge!(BREAKER_OPEN, "channel" => channel.as_str()).set(1.0);
+    tracing::error!(
+        event = "breaker_opened",
+        %channel,
+        "{}; holding {channel} sends, probing every {}",
+        MaskedText(cause),
+        Seconds(probe_every)
+    );
+}
+
+/// A channel's transport is still unreachable (said at most every 30 s).
+pub fn breaker_still_open(
+    channel: Channel,
+    cause: &str,
+    open_for: Duration,
+    probe_every: Duration,
+) {
+    tracing::error!(
+        event = "breaker_still_open",
+        %channel,
+        open_for_s = open_for.as_secs(),
+        "{}; {channel} sends held for {}, probing every {}",
+        MaskedText(cause),
+        Seconds(open_for),
+        Seconds(probe_every)
+    );
+}
+
+/// A channel's transport answered a probe: its sends resume.
+pub fn breaker_closed(channel: Channel, open_for: Duration) {
+    gauge!(BREAKER_OPEN, "channel" => channel.as_str()).set(0.0);
+    tracing::info!(
+        event = "breaker_closed",
+        %channel,
+        open_for_s = open_for.as_secs(),
+        "{channel} transport answers again after {}; sends resume",
+        Seconds(open_for)
+    );
+}
+
+/// A duration as seconds, one decimal below ten ("0.5 s", "5 s", "42 s").
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs_f64();
+        if secs < 10.0 && self.0.subsec_millis() != 0 {
+            write!(f, "{secs:.1} s")
+        } else {
+            write!(f, "{} s", self.0.as_secs())
+        }
     }
 }
 

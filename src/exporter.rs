@@ -1,8 +1,11 @@
 //! The operations listener on `metrics.listen`: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is up) and `/readyz` (the worker is consuming), served beside the worker.
+//! (the process is up) and `/readyz` (the worker is consuming; open breakers named in the
+//! body), served beside the worker.
 
+use std::fmt::Write as _;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +23,8 @@ use crate::cli::InvalidInput;
 use crate::config::MetricsConfig;
 use crate::daemon::Readiness;
 use crate::events;
+use crate::logging::MaskedText;
+use crate::worker::Breakers;
 
 /// How often histogram samples are folded into their buckets between scrapes, so memory stays
 /// flat when nobody scrapes.
@@ -69,15 +74,20 @@ impl Exporter {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` is cancelled; `/readyz` answers from `readiness`.
-    pub fn spawn(self, readiness: Readiness, stop: CancellationToken) -> JoinHandle<()> {
+    /// Serves until `stop` is cancelled; `/readyz` answers from `readiness` and `breakers`.
+    pub fn spawn(
+        self,
+        readiness: Readiness,
+        breakers: Arc<Breakers>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
         if let Ok(address) = self.local_addr() {
             tracing::info!(%address, "serving /metrics, /healthz and /readyz");
         }
         let app = Router::new()
             .route("/metrics", get(metrics).with_state(self.handle.clone()))
             .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz).with_state(readiness));
+            .route("/readyz", get(readyz).with_state((readiness, breakers)));
         let handle = self.handle;
         let upkeep = async move {
             let mut ticks = tokio::time::interval(UPKEEP_EVERY);
@@ -121,15 +131,30 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {
-    if readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+/// 200 while consuming, 503 otherwise. An open breaker leaves the status alone — the worker
+/// still sends on the other channel and holds the rest without loss — and adds a line
+/// `breaker open: <channel> for <N> s: <cause>` per channel.
+async fn readyz(
+    State((readiness, breakers)): State<(Readiness, Arc<Breakers>)>,
+) -> (StatusCode, String) {
+    let (status, mut body) = if readiness.is_ready() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not consuming from RabbitMQ\n",
+            "not ready: not consuming from RabbitMQ\n".to_string(),
         )
+    };
+    for open in breakers.open() {
+        let _ = writeln!(
+            body,
+            "breaker open: {} for {} s: {}",
+            open.channel,
+            open.open_for.as_secs(),
+            MaskedText(&open.cause)
+        );
     }
+    (status, body)
 }
 
 #[cfg(test)]

@@ -345,7 +345,7 @@ async fn a_4xx_that_says_we_are_too_fast_is_throttled_and_other_4xx_are_not() {
 }
 
 #[tokio::test]
-async fn a_refused_connection_is_transient() {
+async fn a_refused_connection_is_unreachable() {
     let sender = relay(&format!("smtp://127.0.0.1:{}", free_port()));
 
     let outcome = send(
@@ -356,18 +356,16 @@ async fn a_refused_connection_is_transient() {
     .await;
 
     match outcome {
-        Outcome::Transient {
-            reason, throttled, ..
-        } => {
-            assert!(reason.contains("connect"), "{reason}");
-            assert!(!throttled, "a refused connection is not throttling");
+        Outcome::Unreachable { reason } => {
+            assert!(reason.contains("cannot connect"), "{reason}");
+            assert!(reason.contains("127.0.0.1:"), "names the relay: {reason}");
         }
-        other => panic!("expected transient, got {other:?}"),
+        other => panic!("expected unreachable, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn a_relay_that_never_answers_is_transient_within_the_timeout() {
+async fn a_relay_that_never_greets_is_unreachable_within_the_timeout() {
     // Arrange: accepts connections and holds them without a greeting.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -394,8 +392,8 @@ async fn a_relay_that_never_answers_is_transient_within_the_timeout() {
     // Assert
     let elapsed = started.elapsed();
     match outcome {
-        Outcome::Transient { reason, .. } => assert!(reason.contains("300 ms"), "{reason}"),
-        other => panic!("expected transient, got {other:?}"),
+        Outcome::Unreachable { reason } => assert!(reason.contains("300 ms"), "{reason}"),
+        other => panic!("expected unreachable, got {other:?}"),
     }
     assert!(
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
@@ -404,7 +402,7 @@ async fn a_relay_that_never_answers_is_transient_within_the_timeout() {
 }
 
 #[tokio::test]
-async fn required_tls_against_a_relay_without_it_is_transient() {
+async fn required_tls_against_a_relay_without_it_is_unreachable() {
     let sink = SmtpSink::start();
     let starttls = relay(&format!("{}?tls=required", sink.url()));
     let implicit = relay(&format!("smtps://127.0.0.1:{}", sink.port()));
@@ -416,8 +414,8 @@ async fn required_tls_against_a_relay_without_it_is_transient() {
     ];
 
     let reasons = outcomes.map(|outcome| match outcome {
-        Outcome::Transient { reason, .. } => reason,
-        other => panic!("expected transient, got {other:?}"),
+        Outcome::Unreachable { reason } => reason,
+        other => panic!("expected unreachable, got {other:?}"),
     });
     assert!(reasons[0].contains("STARTTLS"), "{}", reasons[0]);
     assert!(reasons[1].contains("SMTP session failed"), "{}", reasons[1]);

@@ -227,7 +227,7 @@ async fn a_wrong_path_is_permanent() {
 }
 
 #[tokio::test]
-async fn a_refused_connection_is_transient() {
+async fn a_refused_connection_is_unreachable() {
     // A port that was free a moment ago: nothing listens there now.
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -239,8 +239,10 @@ async fn a_refused_connection_is_transient() {
         .send(fixture.delivery())
         .await;
 
-    let (reason, _) = assert_transient(&outcome);
-    assert!(reason.contains("connect"), "{reason}");
+    let Outcome::Unreachable { reason } = outcome else {
+        panic!("expected unreachable, got {outcome:?}");
+    };
+    assert!(reason.contains("cannot connect"), "{reason}");
 }
 
 #[tokio::test]

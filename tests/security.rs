@@ -234,7 +234,9 @@ async fn send_one(sender: &EmailSender) -> Outcome {
 async fn assert_refused_for_the_certificate(outcome: &Outcome, seen: &Handshakes) {
     let reason = match outcome {
         Outcome::Delivered => panic!("delivered over TLS to an untrusted certificate"),
-        Outcome::Transient { reason, .. } | Outcome::Permanent { reason } => reason,
+        Outcome::Transient { reason, .. }
+        | Outcome::Permanent { reason }
+        | Outcome::Unreachable { reason } => reason,
         Outcome::Unknown { reason } => panic!("nothing is handed over before TLS: {reason}"),
     };
     assert!(

@@ -15,7 +15,9 @@ use sunset::config::{PerDomainRates, RateConfig};
 use sunset::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
-use sunset::worker::{Books, DeadLetterKind, Deps, Owed, RetryPolicy, Verdict, process_batch};
+use sunset::worker::{
+    Books, BreakerPolicy, Breakers, DeadLetterKind, Deps, Owed, RetryPolicy, Verdict, process_batch,
+};
 
 /// Records what it is asked to send by its channel and answers from a table (default: delivered).
 struct MemorySender {
@@ -121,6 +123,7 @@ fn retries(verdict: &Verdict) -> Vec<(&Batch, usize, u32)> {
                 batch,
                 queue,
                 attempt,
+                ..
             } => Some((batch.as_ref(), *queue, *attempt)),
             Owed::DeadLetter { .. } => None,
         })
@@ -692,4 +695,48 @@ async fn an_unknown_email_is_recorded_unknown_and_dead_lettered_while_an_unknown
     let retries = retries(&verdict);
     assert_eq!(retries.len(), 1);
     assert_eq!(retries[0].0.channels, [Channel::Push]);
+}
+
+#[tokio::test]
+async fn an_unreachable_relay_holds_email_at_the_same_attempt_and_push_still_goes() {
+    let refused = Outcome::unreachable("SMTP relay 127.0.0.1:9 unreachable: connection refused");
+    let users: Vec<String> = (1..=8).map(|i| format!("u{i}")).collect();
+    let email = MemorySender {
+        answers: users.iter().map(|u| (u.clone(), refused.clone())).collect(),
+        ..MemorySender::new(Channel::Email)
+    };
+    let breakers = Arc::new(Breakers::new(BreakerPolicy {
+        after: 3,
+        probe_every: Duration::from_secs(3600),
+    }));
+    let deps = deps(email, MemorySender::new(Channel::Push)).with_breakers(Arc::clone(&breakers));
+    let recipients = users
+        .iter()
+        .map(|u| recipient(u, Some(&format!("{u}@example.com")), "en"))
+        .collect();
+    let batch = batch(recipients);
+
+    let verdict = process(&batch, 2, &deps).await;
+
+    assert!(dead_letter(&verdict).is_none(), "{verdict:?}");
+    let held = retries(&verdict);
+    assert_eq!(held.len(), 1, "{verdict:?}");
+    let (held, _, attempt) = held[0];
+    assert_eq!(attempt, 2, "holding spends no attempt");
+    assert_eq!(held.recipients.len(), 8);
+    assert_eq!(held.channels, [Channel::Email]);
+    assert_eq!(deps.push.sent().len(), 8, "push still goes");
+    let by_channel = verdict.report.by_channel();
+    assert_eq!(by_channel.get(&Channel::Email).map_or(0, |c| c.failed), 0);
+    let open = breakers.open();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].channel, Channel::Email);
+    let tried = deps.email.sent().len();
+    let again = process(&batch, 2, &deps).await;
+    assert_eq!(
+        deps.email.sent().len(),
+        tried,
+        "an open breaker starts no send until its probe is due"
+    );
+    assert_eq!(retries(&again).len(), 1);
 }

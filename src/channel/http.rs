@@ -72,7 +72,9 @@ pub(crate) enum HttpFailure {
 /// How far one request got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Progress {
-    /// Connecting, or writing the request.
+    /// Opening a connection (TCP, TLS).
+    Connecting,
+    /// Writing the request.
     Sending,
     /// The whole request is written; nothing of the answer came yet.
     Sent,
@@ -171,7 +173,7 @@ impl Origin {
         within: Duration,
     ) -> Result<Answer, HttpFailure> {
         let request = self.request(headers, body);
-        let mut progress = Progress::Sending;
+        let mut progress = Progress::Connecting;
         let attempts = self.attempts(&request, read_at_most, &mut progress);
         let timed = tokio::time::timeout(within, attempts).await;
         match timed {
@@ -179,6 +181,14 @@ impl Origin {
             Err(_) if progress.unanswered() => Err(HttpFailure::UnansweredInTime {
                 origin: self.to_string(),
                 within,
+            }),
+            // A connect that takes the whole time is the origin not answering at all.
+            Err(_) if progress == Progress::Connecting => Err(HttpFailure::Connect {
+                origin: self.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {} ms", within.as_millis()),
+                ),
             }),
             Err(_) => Err(HttpFailure::TimedOut {
                 origin: self.to_string(),
@@ -196,11 +206,14 @@ impl Origin {
     ) -> Result<Answer, HttpFailure> {
         let mut reused = self.lock_idle().pop();
         loop {
-            *progress = Progress::Sending;
             let (mut connection, fresh) = match reused.take() {
                 Some(connection) => (connection, false),
-                None => (self.connect().await?, true),
+                None => {
+                    *progress = Progress::Connecting;
+                    (self.connect().await?, true)
+                }
             };
+            *progress = Progress::Sending;
             match exchange(&mut connection, request, read_at_most, progress).await {
                 Ok((answer, reusable)) => {
                     if reusable {

@@ -77,8 +77,8 @@ pub struct Delivery<'a> {
 pub enum Outcome {
     /// Accepted by the relay or gateway (or written to the outbox).
     Delivered,
-    /// Worth trying again later: SMTP 4xx, HTTP 408/429/5xx, and connection errors and
-    /// timeouts before the message was handed over (after it: [`Outcome::Unknown`]).
+    /// Worth trying again later: SMTP 4xx, HTTP 408/429/5xx, and errors and timeouts on an
+    /// open connection before the message was handed over (after it: [`Outcome::Unknown`]).
     Transient {
         /// Short reason, for logs and dead letters.
         reason: String,
@@ -87,6 +87,14 @@ pub enum Outcome {
         /// The peer said we are too fast (SMTP 421/451/452 with rate wording, HTTP 429): the
         /// domain's (or gateway's) rate should come down.
         throttled: bool,
+    },
+    /// The relay or gateway did not answer at all: the connection was refused or timed out,
+    /// the TLS handshake failed, or no greeting came. Nothing was handed over, and it says
+    /// nothing about the recipient; the worker holds such sends (its breaker) rather than
+    /// spending attempts on them.
+    Unreachable {
+        /// Short reason naming the transport, for logs.
+        reason: String,
     },
     /// Will not succeed as is: SMTP 5xx for this recipient, other HTTP 4xx, render failures.
     Permanent {
@@ -119,6 +127,13 @@ impl Outcome {
     /// A permanent outcome.
     pub fn permanent(reason: impl Into<String>) -> Outcome {
         Outcome::Permanent {
+            reason: reason.into(),
+        }
+    }
+
+    /// An unreachable outcome: the transport did not answer.
+    pub fn unreachable(reason: impl Into<String>) -> Outcome {
+        Outcome::Unreachable {
             reason: reason.into(),
         }
     }

@@ -185,6 +185,9 @@ impl Sender for PushGateway {
             Err(
                 failure @ (HttpFailure::Unanswered { .. } | HttpFailure::UnansweredInTime { .. }),
             ) => Outcome::unknown(format!("push gateway: {}", chain(&failure))),
+            Err(failure @ HttpFailure::Connect { .. }) => {
+                Outcome::unreachable(format!("push gateway: {}", chain(&failure)))
+            }
             Err(failure) => Outcome::transient(format!("push gateway: {}", chain(&failure))),
         }
     }
@@ -303,8 +306,8 @@ fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
 
 /// The one place a gateway's answer becomes an outcome: 2xx delivered; 408, 429 and 5xx
 /// transient (with `Retry-After`); anything else permanent. (Without an answer, see
-/// [`PushGateway::send`]: connect errors and timeouts before the request is written are
-/// transient, a request written with no status back is unknown.)
+/// [`PushGateway::send`]: connect errors are unreachable, other errors and timeouts before the
+/// request is written transient, a request written with no status back unknown.)
 fn classify(answer: Answer) -> Outcome {
     let status = answer.status;
     if status.is_success() {

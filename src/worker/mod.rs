@@ -20,10 +20,13 @@ use crate::limit::Limits;
 use crate::render::{Renderer, TemplateError, TemplateName};
 
 mod books;
+mod breaker;
 mod owed;
 mod plan;
 
 pub use books::Books;
+use breaker::Gate;
+pub use breaker::{BreakerPolicy, Breakers, OpenBreaker};
 pub use owed::{DeadLetterKind, Owed, RetryPolicy};
 use owed::{Failed, Fate, failure, held_back, hold, owed, rejected};
 use plan::{Item, Plan, Unsendable, plan};
@@ -119,6 +122,8 @@ pub struct Deps<E, P> {
     ledger: Option<Arc<Ledger>>,
     /// The ledger as the worker step asks it (a fake in tests).
     books: Option<Arc<dyn Books>>,
+    /// Whether each channel's transport answers.
+    breakers: Arc<Breakers>,
 }
 
 impl<E: Sender, P: Sender> Deps<E, P> {
@@ -143,7 +148,14 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             retry,
             ledger: None,
             books: None,
+            breakers: Arc::new(Breakers::new(BreakerPolicy::default())),
         }
+    }
+
+    /// The same, with `breakers` (shared with `/readyz`) deciding when a channel is held.
+    pub fn with_breakers(mut self, breakers: Arc<Breakers>) -> Deps<E, P> {
+        self.breakers = breakers;
+        self
     }
 
     /// The same, asking `ledger` before each send and recording every outcome in it.
@@ -157,6 +169,11 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     pub fn with_books(mut self, books: Arc<dyn Books>) -> Deps<E, P> {
         self.books = Some(books);
         self
+    }
+
+    /// The channels' breakers.
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
     }
 
     /// The ledger, if there is one.
@@ -230,9 +247,10 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         }
     }
 
-    /// Waits for the rate limits and a send slot; then, immediately before sending, checks the
-    /// campaign's state (at most a second old), the deadline and the claim's lease; sends, and
-    /// records the outcome before giving back the slot.
+    /// Holds the send while the channel's breaker is open (unless it is the probe); waits for
+    /// the rate limits and a send slot; then, immediately before sending, checks the campaign's
+    /// state (at most a second old), the deadline and the claim's lease; sends, and records the
+    /// outcome before giving back the slot.
     async fn send(
         &self,
         channel: Channel,
@@ -240,13 +258,6 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         batch: &Batch,
         claims: Option<&Claims>,
     ) -> Sent {
-        let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
-        let waiting = Instant::now();
-        self.limits.acquire(channel, domain).await;
-        events::rate_limit_waited(channel, waiting.elapsed());
-        let Ok(_permit) = self.sends.acquire().await else {
-            return Sent::Outcome(Outcome::transient("worker is shutting down"));
-        };
         let entry = |mark: Mark, error: Option<String>| Entry {
             campaign: delivery.campaign_id.clone(),
             pair: Pair {
@@ -256,6 +267,21 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             },
             mark,
             error,
+        };
+        let _probe = match self.breakers.gate(channel) {
+            Gate::Go(probe) => probe,
+            Gate::Hold(reason) => {
+                self.note(claims, entry(Mark::Held, Some(reason.clone())))
+                    .await;
+                return Sent::Held(reason);
+            }
+        };
+        let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
+        let waiting = Instant::now();
+        self.limits.acquire(channel, domain).await;
+        events::rate_limit_waited(channel, waiting.elapsed());
+        let Ok(_permit) = self.sends.acquire().await else {
+            return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
         if let (Some(books), Some(claims)) = (&self.books, claims) {
             match books
@@ -293,6 +319,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             Channel::Push => Box::pin(self.push.send(delivery)).await,
         };
         events::send_took(channel, sending.elapsed());
+        self.breakers.record(channel, &outcome);
         if let Outcome::Transient {
             throttled: true, ..
         } = outcome
@@ -303,6 +330,8 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             Outcome::Delivered => (Mark::Delivered, None),
             Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
             Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+            // Nothing was handed over, and the recipient is not at fault: no attempt is spent.
+            Outcome::Unreachable { reason } => (Mark::Held, Some(reason.clone())),
             // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
             // second copy. Email has no such key: an unknown email is not sent again unless asked.
             Outcome::Unknown { reason } if channel == Channel::Push => {
@@ -534,10 +563,12 @@ async fn decide<E: Sender, P: Sender>(
             }
             Sent::Cancelled => continue,
         };
-        verdict
-            .report
-            .count(channel, locale, outcome == Outcome::Delivered);
         events::sent(&recipient.user_id, channel, locale, &outcome);
+        if !matches!(outcome, Outcome::Unreachable { .. }) {
+            verdict
+                .report
+                .count(channel, locale, outcome == Outcome::Delivered);
+        }
         match outcome {
             Outcome::Delivered => verdict.delivered.push((recipient.user_id.clone(), channel)),
             Outcome::Transient {
@@ -554,6 +585,8 @@ async fn decide<E: Sender, P: Sender>(
             Outcome::Permanent { reason } => {
                 failed.push(fail(reason, Fate::Dead(DeadLetterKind::Rejected)))
             }
+            // Nothing was handed over: held, with no attempt spent.
+            Outcome::Unreachable { reason } => held.push(failure(recipient, channel, reason)),
         }
     }
     // Transient failures that will not be retried (attempts exhausted, deadline) are dead now.

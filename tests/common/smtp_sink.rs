@@ -67,7 +67,12 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts a sink on a free port.
     pub fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        SmtpSink::start_on(0)
+    }
+
+    /// Starts a sink on `port` (0: a free one), e.g. where a relay was down until now.
+    pub fn start_on(port: u16) -> SmtpSink {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
         let port = listener.local_addr().expect("local address").port();
         let shared = Arc::new(Shared::default());
         let mut server = Server::new(Session {

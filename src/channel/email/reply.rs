@@ -14,18 +14,19 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 const REASON_MAX: usize = 300;
 
 /// The one place an SMTP failure becomes an outcome: a 5xx reply to the message is permanent
-/// for that recipient; a 4xx reply, a failed session (even 5xx: the relay or our credentials,
-/// not the recipient), connection errors, TLS errors and timeouts are transient — as long as
-/// the message was not handed over. No reply to the final `.` (a timeout, a broken connection)
-/// is unknown: the relay may have taken the message.
+/// for that recipient; a 4xx reply, a failed session with a reply (even 5xx: the relay or our
+/// credentials, not the recipient), errors and timeouts on an open session are transient — as
+/// long as the message was not handed over. A relay that does not answer at all (connect
+/// refused or timed out, TLS handshake failed, no greeting, no session in time) is
+/// unreachable. No reply to the final `.` (a timeout, a broken connection) is unknown: the
+/// relay may have taken the message.
 ///
 /// A 4xx reply to the message that says we are too fast (see [`throttling`]) is marked
 /// `throttled`, so the recipient's domain slows down. A failed session is never marked: its
 /// greeting, `EHLO`, TLS or `AUTH` reply comes from the relay, whatever the recipient's domain.
 pub(super) fn classify(failure: &SmtpFailure) -> Outcome {
     let reply = |error: &lettre::transport::smtp::Error| {
-        let text = std::error::Error::source(error).map_or(String::new(), |s| s.to_string());
-        (error.status().map(u16::from), text)
+        (error.status().map(u16::from), source_text(error))
     };
     match failure {
         SmtpFailure::Transaction(error) | SmtpFailure::Session(error) if error.is_transient() => {
@@ -42,11 +43,22 @@ pub(super) fn classify(failure: &SmtpFailure) -> Outcome {
             Outcome::permanent(short(&format!("{} {text}", code_text(code))))
         }
         SmtpFailure::Unsupported(_) => Outcome::permanent(short(&failure.to_string())),
+        SmtpFailure::Connect(_) | SmtpFailure::NoSession(_) => {
+            Outcome::unreachable(short(&failure.to_string()))
+        }
+        SmtpFailure::Session(error) if error.status().is_none() => {
+            Outcome::unreachable(short(&format!("{failure}: {}", source_text(error))))
+        }
         SmtpFailure::FinalReplyTimedOut(_) | SmtpFailure::FinalReplyLost(_) => {
             Outcome::unknown(short(&failure.to_string()))
         }
         _ => Outcome::transient(short(&failure.to_string())),
     }
+}
+
+/// What lies under a lettre error ("Connection refused", "invalid peer certificate").
+fn source_text(error: &lettre::transport::smtp::Error) -> String {
+    std::error::Error::source(error).map_or(String::new(), |s| s.to_string())
 }
 
 /// A reply code as its three digits, or nothing.

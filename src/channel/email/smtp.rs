@@ -314,6 +314,9 @@ pub(super) enum SmtpFailure {
     /// The relay does not offer an extension this message needs; nothing was sent.
     #[error("the SMTP relay does not offer {0}")]
     Unsupported(&'static str),
+    /// No session in time: connect, greeting, TLS and `AUTH` took longer than the timeout.
+    #[error("no SMTP session with the relay within {} ms", .0.as_millis())]
+    NoSession(Duration),
     /// No answer in time, before the message was handed over.
     #[error("no answer from the SMTP relay within {} ms", .0.as_millis())]
     TimedOut(Duration),
@@ -409,12 +412,10 @@ impl SmtpRelay {
             return Err(SmtpFailure::Connect(io::Error::other("SMTP relay closed")));
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let opened = async {
-            let mut session = self.checkout().await?;
-            session.open_data(email).await?;
-            Ok(session)
-        };
-        let mut session = tokio::time::timeout_at(deadline, opened)
+        let mut session = tokio::time::timeout_at(deadline, self.checkout())
+            .await
+            .unwrap_or(Err(SmtpFailure::NoSession(self.timeout)))?;
+        tokio::time::timeout_at(deadline, session.open_data(email))
             .await
             .unwrap_or(Err(SmtpFailure::TimedOut(self.timeout)))?;
         self.hand_over(&mut session, email, deadline).await?;
@@ -543,7 +544,13 @@ impl Sender for SmtpRelay {
         match self.transmit(&email).await {
             Ok(()) => Outcome::Delivered,
             Err(failure) => {
-                let outcome = classify(&failure);
+                let outcome = match classify(&failure) {
+                    Outcome::Unreachable { reason } => Outcome::unreachable(format!(
+                        "SMTP relay {}:{} unreachable: {reason}",
+                        self.url.host, self.url.port
+                    )),
+                    outcome => outcome,
+                };
                 tracing::debug!(
                     event = "email_not_delivered",
                     recipient = %delivery.recipient.email.as_ref().map_or(MaskedEmail("-"), |a| MaskedEmail(a.as_str())),
