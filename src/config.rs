@@ -87,7 +87,8 @@ pub struct WorkerConfig {
     /// Delay before the N-th retry; one delay queue per entry.
     pub retry_delays_ms: Vec<u64>,
     /// Sends in a row that find a channel's relay or gateway unreachable before its sends are
-    /// held (the breaker opens); 0 = never.
+    /// held (the breaker opens); 0 = off: such sends then spend attempts like any transient
+    /// failure.
     pub breaker_after: u32,
     /// While a breaker is open, one send every this often probes the transport.
     pub breaker_probe_ms: u64,

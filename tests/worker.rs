@@ -740,3 +740,25 @@ async fn an_unreachable_relay_holds_email_at_the_same_attempt_and_push_still_goe
     );
     assert_eq!(retries(&again).len(), 1);
 }
+
+#[tokio::test]
+async fn with_the_breaker_off_an_unreachable_relay_spends_attempts() {
+    let email = MemorySender::answering(
+        Channel::Email,
+        "u1",
+        Outcome::unreachable("SMTP relay 127.0.0.1:9 unreachable: connection refused"),
+    );
+    let off = Arc::new(Breakers::new(BreakerPolicy {
+        after: 0,
+        probe_every: Duration::from_secs(1),
+    }));
+    let deps = deps(email, MemorySender::new(Channel::Push)).with_breakers(off);
+    let batch = batch(vec![recipient("u1", Some("a@example.com"), "en")]);
+
+    let verdict = process(&batch, 1, &deps).await;
+
+    let retries = retries(&verdict);
+    assert_eq!(retries.len(), 1, "{verdict:?}");
+    assert_eq!(retries[0].2, 2, "the next attempt");
+    assert_eq!(verdict.report.by_channel()[&Channel::Email].failed, 1);
+}

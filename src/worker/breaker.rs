@@ -121,6 +121,11 @@ impl Breakers {
         }
     }
 
+    /// Whether breakers never open (`worker.breaker_after = 0`).
+    pub(super) fn off(&self) -> bool {
+        self.policy.after == 0
+    }
+
     /// The breakers open now.
     pub fn open(&self) -> Vec<OpenBreaker> {
         let states = self.lock();
@@ -160,7 +165,7 @@ impl Breakers {
 
     /// Counts a send's outcome: unreachable ones in a row open the breaker; any answer closes it.
     pub(super) fn record(&self, channel: Channel, outcome: &Outcome) {
-        if self.policy.after == 0 {
+        if self.off() {
             return;
         }
         let mut states = self.lock();

@@ -320,6 +320,12 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         };
         events::send_took(channel, sending.elapsed());
         self.breakers.record(channel, &outcome);
+        // With the breaker off, a transport that does not answer fails sends like any other
+        // transient error: they spend attempts, and each is logged.
+        let outcome = match outcome {
+            Outcome::Unreachable { reason } if self.breakers.off() => Outcome::transient(reason),
+            outcome => outcome,
+        };
         if let Outcome::Transient {
             throttled: true, ..
         } = outcome
