@@ -132,7 +132,7 @@ pub fn breaker_opened(channel: Channel, cause: &str, probe_every: Duration) {
     tracing::error!(
         event = "breaker_opened",
         %channel,
-        "{}; holding {channel} sends, probing every {}",
+        "{}; holding {channel} sends, probing at most every {}",
         MaskedText(cause),
         Seconds(probe_every)
     );
@@ -149,7 +149,7 @@ pub fn breaker_still_open(
         event = "breaker_still_open",
         %channel,
         open_for_s = open_for.as_secs(),
-        "{}; {channel} sends held for {}, probing every {}",
+        "{}; {channel} sends held for {}, probing at most every {}",
         MaskedText(cause),
         Seconds(open_for),
         Seconds(probe_every)
