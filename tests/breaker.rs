@@ -1,7 +1,8 @@
-//! A relay that is down opens the email breaker end to end: sends are held without spending
-//! attempts, one error is logged (not one per recipient), `/readyz` and `/metrics` show it,
-//! push keeps flowing, and once an SMTP server answers on the relay's port everyone is told
-//! exactly once — real RabbitMQ, SMTP and HTTP sinks, a real worker process.
+//! A relay or gateway that is down opens its channel's breaker end to end: sends are held
+//! without spending attempts, one error is logged (not one per recipient), `/readyz` and
+//! `/metrics` show it, the other channel keeps flowing, and once a server answers on the
+//! transport's port everyone is told exactly once — real RabbitMQ, SMTP and HTTP sinks, a
+//! real worker process.
 
 mod common;
 
@@ -12,6 +13,7 @@ use common::scrape::{self, free_address};
 use common::smtp_sink::SmtpSink;
 use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, campaign_args, emails_per_address, pushes_per_user, unique};
+use sunset::Channel;
 
 const USERS: usize = 40;
 
@@ -35,32 +37,50 @@ async fn until_readyz(address: &str, timeout: Duration, wanted: impl Fn(u16, &st
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_relay_holds_email_without_spending_attempts_until_it_answers() {
-    outage(Duration::from_secs(3)).await;
+    outage(Channel::Email, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_push_gateway_holds_push_while_email_goes_until_it_answers() {
+    outage(Channel::Push, Duration::from_secs(2)).await;
 }
 
 /// The measurement of docs/benchmarks.md: log lines over a 30 s outage.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a 30 s measurement: cargo test --test breaker -- --ignored --nocapture"]
 async fn a_30_s_outage_logs_one_error() {
-    outage(Duration::from_secs(30)).await;
+    outage(Channel::Email, Duration::from_secs(30)).await;
 }
 
-/// Runs a campaign while the relay is down for `down` (after the breaker opened), then starts
-/// an SMTP server on its port, and checks everyone is told once with one error logged.
-async fn outage(down: Duration) {
-    // Arrange: nothing listens on the relay's port; two attempts 0.3 s apart would dead-letter
-    // everyone within a second if holding spent attempts.
-    let relay_port = free_address()
+/// A port free a moment ago: nothing listens there now.
+fn closed_port() -> u16 {
+    free_address()
         .rsplit_once(':')
-        .and_then(|(_, port)| port.parse::<u16>().ok())
-        .expect("a port");
-    let push = PushSink::start().await;
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("a port")
+}
+
+/// Runs a campaign while `channel`'s transport is down for `down` after its breaker opened,
+/// then starts a server on its port, and checks everyone is told once with one error logged.
+async fn outage(channel: Channel, down: Duration) {
+    // Arrange: nothing listens on the down transport's port; two attempts 0.3 s apart would
+    // dead-letter everyone within a second if holding spent attempts.
+    let port = closed_port();
+    let (smtp_up, push_up) = match channel {
+        Channel::Email => (None, Some(PushSink::start().await)),
+        Channel::Push => (Some(SmtpSink::start()), None),
+    };
+    let smtp_url = smtp_up
+        .as_ref()
+        .map_or(format!("smtp://127.0.0.1:{port}"), SmtpSink::url);
+    let push_url = push_up
+        .as_ref()
+        .map_or(format!("http://127.0.0.1:{port}/push"), PushSink::url);
     let env = TestEnv::with_broker(&format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"smtp://127.0.0.1:{relay_port}\"\n\
-         [push]\ntransport = \"http\"\nurl = \"{}\"\n\
+        "[email]\ntransport = \"smtp\"\nurl = \"{smtp_url}\"\n\
+         [push]\ntransport = \"http\"\nurl = \"{push_url}\"\n\
          [rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\
-         [worker]\nmax_attempts = 2\nretry_delays_ms = [200, 300]\nbreaker_after = 3\nbreaker_probe_ms = 500\n",
-        push.url()
+         [worker]\nmax_attempts = 2\nretry_delays_ms = [200, 300]\nbreaker_after = 3\nbreaker_probe_ms = 500\n"
     ));
     env.write(
         "audience.csv",
@@ -83,41 +103,51 @@ async fn outage(down: Duration) {
     command.stderr(std::fs::File::create(&log_path).expect("log file"));
     let worker = WorkerProcess::spawn(command);
 
-    // Act and assert: push flows while the relay is down; the breaker shows.
-    push.wait_for(USERS, Duration::from_secs(30)).await;
+    // Act and assert: the other channel flows while this one is down; the breaker shows.
+    match (&smtp_up, &push_up) {
+        (Some(smtp), _) => drop(smtp.wait_for_async(USERS, Duration::from_secs(30)).await),
+        (_, Some(push)) => drop(push.wait_for(USERS, Duration::from_secs(30)).await),
+        (None, None) => unreachable!("one transport is up"),
+    }
     until_readyz(&address, Duration::from_secs(30), |status, body| {
-        status == 200 && body.contains("breaker open: email")
+        status == 200 && body.contains(&format!("breaker open: {channel}"))
     })
     .await;
     let (_, metrics) = scrape::get(&address, "/metrics").expect("/metrics answers");
-    assert_eq!(
-        scrape::sum(
+    for other in Channel::ALL {
+        let open = scrape::sum(
             &metrics,
             "sunset_channel_breaker_open",
-            &[("channel", "email")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        scrape::sum(
-            &metrics,
-            "sunset_channel_breaker_open",
-            &[("channel", "push")]
-        ),
-        0.0
-    );
+            &[("channel", other.as_str())],
+        );
+        assert_eq!(open, f64::from(other == channel), "{other}");
+    }
     // The outage lasts several probe intervals and many trips through the delay queues.
     tokio::time::sleep(down).await;
-    let smtp = SmtpSink::start_on(relay_port);
     let back = Instant::now();
-    let received = smtp.wait_for_async(USERS, Duration::from_secs(30)).await;
-    let resumed_in = received
-        .iter()
-        .map(|message| message.at)
-        .max()
-        .expect("messages")
-        - back;
-    println!("measured: every email delivered {resumed_in:?} after the relay came back");
+    let (smtp, push) = match channel {
+        Channel::Email => (SmtpSink::start_on(port), push_up.expect("push is up")),
+        Channel::Push => (
+            smtp_up.expect("email is up"),
+            PushSink::start_on(port).await,
+        ),
+    };
+    let last = match channel {
+        Channel::Email => smtp
+            .wait_for_async(USERS, Duration::from_secs(30))
+            .await
+            .iter()
+            .map(|m| m.at)
+            .max(),
+        Channel::Push => push
+            .wait_for(USERS, Duration::from_secs(30))
+            .await
+            .iter()
+            .map(|r| r.at)
+            .max(),
+    };
+    let resumed_in = last.expect("sends") - back;
+    println!("measured: every {channel} sent {resumed_in:?} after its transport came back");
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
         .await
         .expect("the worker exits once idle");
@@ -134,12 +164,12 @@ async fn outage(down: Duration) {
     let log = std::fs::read_to_string(&log_path).expect("worker log");
     let opened: Vec<&str> = log
         .lines()
-        .filter(|line| line.contains("holding email sends"))
+        .filter(|line| line.contains(&format!("holding {channel} sends")))
         .collect();
     assert_eq!(opened.len(), 1, "{log}");
     assert!(
-        opened[0].contains(&format!("127.0.0.1:{relay_port} unreachable")),
-        "{}",
+        opened[0].contains(&format!("127.0.0.1:{port}")),
+        "names the transport: {}",
         opened[0]
     );
     assert!(

@@ -94,7 +94,12 @@ pub struct PushSink {
 impl PushSink {
     /// Starts the sink on a free port of 127.0.0.1, answering 200 `{}` to everyone.
     pub async fn start() -> PushSink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        PushSink::start_on(0).await
+    }
+
+    /// The same on `port` (0: a free one), e.g. where a gateway was down until now.
+    pub async fn start_on(port: u16) -> PushSink {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the push sink");
         let addr = listener.local_addr().expect("push sink address");
