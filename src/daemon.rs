@@ -383,8 +383,11 @@ async fn handle<E: Sender, P: Sender>(
     delivery: Delivery,
 ) -> Handled {
     let attempt = attempt_of(&delivery.properties);
-    // The peer asked for a longer wait than the delay queue gave: back to wait, unsent.
-    if let Some(not_before) = not_before_of(&delivery.properties) {
+    // The peer asked for a longer wait than the delay queue gave: back to wait, unsent (with
+    // no delay queue configured any more, it is sent now).
+    if let Some(not_before) = not_before_of(&delivery.properties)
+        && !broker.names().retry.is_empty()
+    {
         let parked = broker.repark(&delivery.data, attempt, not_before).await;
         return settle(
             &delivery,

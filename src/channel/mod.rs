@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{CampaignId, Recipient};
 use crate::render::Notice;
 
+/// The longest wait taken from a peer (`Retry-After`, "try again in N s"): anything longer is
+/// a misparse or not worth obeying.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
+
 /// A way of reaching a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::channel::http::{Answer, HttpFailure, Origin};
-use crate::channel::{Delivery, Outcome, Sender};
+use crate::channel::{Delivery, Outcome, RETRY_AFTER_MAX, Sender};
 use crate::config::{PushConfig, PushTransport};
 
 /// The environment variable holding the gateway's bearer token (`_FILE` appended: a file holding it).
@@ -336,16 +336,17 @@ fn classify(answer: Answer) -> Outcome {
     }
 }
 
-/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP-date (RFC 9110).
-/// A date in the past, or a value that is neither, asks for nothing.
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP-date (RFC 9110), at
+/// most [`RETRY_AFTER_MAX`]. A date in the past, or a value that is neither, asks for nothing.
 fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds).min(RETRY_AFTER_MAX));
     }
     // IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is a valid RFC 2822 date.
     let date = DateTime::parse_from_rfc2822(value).ok()?;
-    (date.with_timezone(&Utc) - now).to_std().ok()
+    let wait = (date.with_timezone(&Utc) - now).to_std().ok()?;
+    Some(wait.min(RETRY_AFTER_MAX))
 }
 
 /// The start of a response body, on one line, at most [`EXCERPT_BYTES`] bytes of it.
@@ -399,6 +400,11 @@ mod tests {
         );
         assert_eq!(retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), None);
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(
+            retry_after("99999999999999", now),
+            Some(RETRY_AFTER_MAX),
+            "a wait of millennia is a day"
+        );
     }
 
     #[test]

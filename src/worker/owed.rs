@@ -222,7 +222,9 @@ pub(super) fn owed(
     if !retry.is_empty() {
         let queue = policy.queue(attempt, at_least);
         let wait = policy.delays[queue].max(at_least);
-        let not_before = (at_least > policy.delays[queue]).then(|| SystemTime::now() + at_least);
+        let not_before = (at_least > policy.delays[queue])
+            .then(|| SystemTime::now().checked_add(at_least))
+            .flatten();
         let delay = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
         let too_late = batch
             .deadline

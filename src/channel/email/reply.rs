@@ -4,11 +4,8 @@
 use std::time::Duration;
 
 use super::smtp::SmtpFailure;
-use crate::channel::Outcome;
+use crate::channel::{Outcome, RETRY_AFTER_MAX};
 use crate::render::one_line;
-
-/// The longest wait taken from a reply text: anything longer is a misparse or not worth obeying.
-const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest reason kept from a reply, in characters (reasons end up in dead letters).
 const REASON_MAX: usize = 300;
