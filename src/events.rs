@@ -41,7 +41,8 @@ pub const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// Registers the help text of every metric with the installed recorder.
+/// Registers the help text of every metric with the installed recorder, and shows each
+/// channel's breaker closed before any send.
 pub fn describe() {
     describe_counter!(
         SENDS,
