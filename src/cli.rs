@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::channel::Channel;
 use crate::config::ConfigError;
+use crate::enqueue::Delimiter;
 use crate::ledger::LedgerError;
 use crate::lint::CheckFailed;
 use crate::render::{RenderError, TemplateError};
@@ -131,9 +132,12 @@ pub struct CampaignArgs {
     /// Template folder name under `templates.dir`.
     #[arg(long)]
     pub template: String,
-    /// Audience: .csv (header user_id,email,locale,name) or .jsonl.
+    /// Audience: .csv (header user_id,email,locale,name in any case) or .jsonl.
     #[arg(long, value_name = "FILE")]
     pub audience: PathBuf,
+    /// The audience CSV's field delimiter: `,` `;` `|` or `\t` [default: detected from the header].
+    #[arg(long, value_name = "CHAR")]
+    pub delimiter: Option<Delimiter>,
     /// Channels to send by.
     #[arg(long, value_delimiter = ',', default_value = "email,push")]
     pub channels: Vec<Channel>,

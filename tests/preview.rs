@@ -17,6 +17,9 @@ fn preview_of_each_locale_is_in_that_language_and_script() {
         ("zh-CN", "请尽快导出您的数据"),
         ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
         ("zh-TW", "請盡快匯出您的資料"),
+        ("zh_TW", "請盡快匯出您的資料"),
+        ("yue-HK", "請盡快匯出您的資料"),
+        ("cmn-Hans-CN", "请尽快导出您的数据"),
     ];
     for (locale, expected) in cases {
         let run = env

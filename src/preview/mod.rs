@@ -10,13 +10,13 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context as _;
-use icu::locale::Locale;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::cli::{InvalidInput, PreviewArgs};
 use crate::config::Config;
 use crate::lint::{self, CheckFailed};
+use crate::locale;
 use crate::render::{self, Notice, Renderer, Sample, TemplateName, Vars};
 
 /// Runs `sunset preview` with its arguments.
@@ -40,7 +40,7 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
         .into());
     }
     if let Some(tag) = &args.locale
-        && Locale::try_from_str(tag).is_err()
+        && locale::normalise(tag).is_none()
     {
         return Err(InvalidInput(format!("--locale `{tag}` is not a BCP 47 language tag")).into());
     }
