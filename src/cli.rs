@@ -141,7 +141,8 @@ pub struct CampaignArgs {
     /// Channels to send by.
     #[arg(long, value_delimiter = ',', default_value = "email,push")]
     pub channels: Vec<Channel>,
-    /// JSON object of campaign variables [default: the template's sample.json vars].
+    /// JSON object of campaign variables, each replacing the same-named one of the template's
+    /// sample.json vars (as `preview --vars` does).
     #[arg(long, value_name = "FILE")]
     pub vars: Option<PathBuf>,
     /// Recipients per batch.
@@ -181,7 +182,8 @@ pub struct PreviewArgs {
     /// Only this channel's parts (email or push) [default: both].
     #[arg(long)]
     pub channel: Option<Channel>,
-    /// JSON object of campaign variables, overriding the template's sample.json.
+    /// JSON object of campaign variables, each replacing the same-named one of the template's
+    /// sample.json vars (as `enqueue --vars` and `send --vars` do).
     #[arg(long, value_name = "FILE")]
     pub vars: Option<PathBuf>,
     /// Also write `<locale>.html` and `<locale>.txt` into this folder.

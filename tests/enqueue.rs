@@ -207,7 +207,7 @@ fn bad_arguments_exit_2_with_the_reason() {
     let env = TestEnv::new();
     env.write("audience.csv", "user_id\nu1\n");
     env.write("audience.txt", "u1\n");
-    env.write("partial.json", r#"{"shutdown_date": "2021-02-05"}"#);
+    env.write("bad-date.json", r#"{"shutdown_date": "5 Feb"}"#);
     let cases: [(&[&str], &str); 8] = [
         (
             &["--audience", "audience.txt"],
@@ -222,7 +222,7 @@ fn bad_arguments_exit_2_with_the_reason() {
             "--batch-size must be at least 1",
         ),
         (
-            &["--audience", "audience.csv", "--vars", "partial.json"],
+            &["--audience", "audience.csv", "--vars", "bad-date.json"],
             "the campaign variables do not render",
         ),
         (
@@ -492,6 +492,49 @@ fn an_ambiguous_header_asks_for_the_delimiter_and_the_flag_settles_it() {
         .expect_code(0)
         .stdout();
     assert!(out.contains("would be 2 recipients"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vars_merge_over_the_sample_vars_in_preview_and_enqueue_alike() {
+    let env = TestEnv::with_broker("");
+    env.write(
+        "vars.json",
+        r#"{"export_url": "https://export.example/me"}"#,
+    );
+    env.write("audience.csv", "user_id\nu1\n");
+    let preview = env
+        .sunset(&[
+            "preview",
+            "--template",
+            "xiami-shutdown",
+            "--vars",
+            "vars.json",
+        ])
+        .expect_code(0)
+        .stdout();
+    env.sunset_async(&args(&[
+        "--audience",
+        "audience.csv",
+        "--vars",
+        "vars.json",
+    ]))
+    .await
+    .expect_code(0);
+    let batches = work_queue(&env).await;
+
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path().join("templates/xiami-shutdown/sample.json"))
+            .expect("sample.json"),
+    )
+    .expect("JSON");
+    let mut expected = sample["vars"].as_object().expect("vars").clone();
+    expected.insert("export_url".into(), "https://export.example/me".into());
+    assert_eq!(batches[0].0.vars, expected);
+    assert!(preview.contains("https://export.example/me"), "{preview}");
+    assert!(
+        preview.contains("February 5, 2021") && preview.contains("https://music.conch.example/"),
+        "the sample's other vars stay: {preview}"
+    );
 }
 
 #[test]

@@ -247,15 +247,12 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
         .into());
     }
     let sample = Sample::load(&render::template_dir(dir, &template)?)?;
-    let vars = match &options.vars {
-        Some(path) => crate::preview::read_vars(path)?,
-        None => {
-            eprintln!(
-                "warning: no --vars given; using the campaign variables of {template}/sample.json"
-            );
-            sample.vars.clone()
-        }
-    };
+    if options.vars.is_none() {
+        eprintln!(
+            "warning: no --vars given; using the campaign variables of {template}/sample.json"
+        );
+    }
+    let vars = crate::preview::campaign_vars(sample.vars.clone(), options.vars.as_deref())?;
     check_campaign_vars(&vars).map_err(|e| InvalidInput(format!("--vars: {e}")))?;
     let renderer = Renderer::load(dir, &template, default_locale)?;
     for locale in renderer.locales().iter() {
