@@ -6,6 +6,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
+use crate::locale;
 use crate::render::{TemplateName, Vars};
 
 /// The only wire-format version this build reads and writes.
@@ -19,10 +20,6 @@ pub const MAX_RECIPIENTS: usize = 10_000;
 /// Longest display name, in bytes (UTF-8): far above any real name (341 CJK characters), far
 /// below a name that would bloat every email it is written into.
 pub const NAME_MAX: usize = 1024;
-
-/// Longest locale tag, in bytes: RFC 5646 §4.4.1 finds 35 characters enough for any
-/// practical tag; anything longer is not one a template folder could be named by anyway.
-pub const LOCALE_MAX: usize = 64;
 
 /// Longest email address, in bytes (RFC 5321 §4.5.3.1: a 256-byte path, angle brackets included).
 pub const EMAIL_MAX: usize = 254;
@@ -215,7 +212,9 @@ pub struct Recipient {
     /// Without one, the email channel is skipped for this user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailAddress>,
-    /// Requested locale tag as the product stored it; negotiated at render time.
+    /// The recipient's locale tag in BCP 47 form ([`locale::normalise`]d when read, absent
+    /// when the data's tag was not one); negotiated to a template locale at render time, and
+    /// kept whole for formatting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
     /// Display name.
@@ -227,7 +226,7 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    /// Checks what the types do not: the lengths of `name`, `locale` and `vars`, and that the
+    /// Checks what the types do not: the lengths of `name` and `vars`, and that the
     /// name is one line. Both `sunset enqueue` and the worker's decoder apply it.
     pub fn check(&self) -> Result<(), FieldError> {
         let too_long = |field, bytes, max| {
@@ -242,9 +241,6 @@ impl Recipient {
             if name.chars().any(char::is_control) {
                 return Err(FieldError::NameControl(quoted(name)));
             }
-        }
-        if let Some(locale) = &self.locale {
-            too_long("locale", locale.len(), LOCALE_MAX)?;
         }
         if !self.vars.is_empty() {
             let bytes = serde_json::to_string(&self.vars).map_or(usize::MAX, |json| json.len());
@@ -405,7 +401,9 @@ impl Batch {
     /// 128 levels), campaign vars over [`CAMPAIGN_VARS_MAX`], more than [`MAX_RECIPIENTS`] and
     /// recipients failing [`Recipient::check`] are errors, and so is an empty `channels` list.
     /// A user listed twice (ids equal once trimmed, as `enqueue` compares them) keeps its first
-    /// entry, and a channel listed twice counts once: each user is told once per channel.
+    /// entry, and a channel listed twice counts once: each user is told once per channel. A
+    /// locale tag never makes a recipient invalid: it is normalised, or dropped when it is not
+    /// one (the recipient gets the default locale).
     pub fn decode(body: &[u8]) -> Result<Batch, DecodeError> {
         let mut batch: Batch = serde_json::from_slice(body)?;
         if batch.version != VERSION {
@@ -422,12 +420,17 @@ impl Batch {
         if batch.recipients.len() > MAX_RECIPIENTS {
             return Err(DecodeError::TooManyRecipients(batch.recipients.len()));
         }
-        for (index, recipient) in batch.recipients.iter().enumerate() {
+        for (index, recipient) in batch.recipients.iter_mut().enumerate() {
             recipient.check().map_err(|error| DecodeError::Recipient {
                 index,
                 user_id: recipient.user_id.clone(),
                 error,
             })?;
+            recipient.locale = recipient
+                .locale
+                .as_deref()
+                .and_then(locale::normalise)
+                .map(|l| l.to_string());
         }
         Ok(batch)
     }
@@ -589,5 +592,42 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_locale_in_a_batch_is_normalised_or_dropped_never_a_reason_to_refuse_it() {
+        let long = "x".repeat(10_240);
+        let locales = [
+            "zh_TW",
+            "en_US.UTF-8",
+            "yue-Hant-HK",
+            "not a tag!",
+            long.as_str(),
+        ];
+        let recipients: Vec<String> = locales
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!(r#"{{"user_id": "u-{i}", "locale": "{l}"}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"version": 1, "campaign_id": "c", "template": "t", "recipients": [{}]}}"#,
+            recipients.join(",")
+        );
+        let batch = Batch::decode(body.as_bytes()).expect("decodes");
+        let got: Vec<Option<&str>> = batch
+            .recipients
+            .iter()
+            .map(|r| r.locale.as_deref())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some("zh-TW"),
+                Some("en-US"),
+                Some("yue-Hant-HK"),
+                None,
+                None
+            ]
+        );
     }
 }

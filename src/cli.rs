@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::channel::Channel;
 use crate::config::ConfigError;
+use crate::enqueue::Delimiter;
 use crate::ledger::LedgerError;
 use crate::lint::CheckFailed;
 use crate::render::{RenderError, TemplateError};
@@ -131,13 +132,17 @@ pub struct CampaignArgs {
     /// Template folder name under `templates.dir`.
     #[arg(long)]
     pub template: String,
-    /// Audience: .csv (header user_id,email,locale,name) or .jsonl.
+    /// Audience: .csv (header user_id,email,locale,name in any case) or .jsonl.
     #[arg(long, value_name = "FILE")]
     pub audience: PathBuf,
+    /// The audience CSV's field delimiter: `,` `;` `|` or `\t` [default: detected from the header].
+    #[arg(long, value_name = "CHAR")]
+    pub delimiter: Option<Delimiter>,
     /// Channels to send by.
     #[arg(long, value_delimiter = ',', default_value = "email,push")]
     pub channels: Vec<Channel>,
-    /// JSON object of campaign variables [default: the template's sample.json vars].
+    /// JSON object of campaign variables, each replacing the same-named one of the template's
+    /// sample.json vars (as `preview --vars` does).
     #[arg(long, value_name = "FILE")]
     pub vars: Option<PathBuf>,
     /// Recipients per batch.
@@ -177,7 +182,8 @@ pub struct PreviewArgs {
     /// Only this channel's parts (email or push) [default: both].
     #[arg(long)]
     pub channel: Option<Channel>,
-    /// JSON object of campaign variables, overriding the template's sample.json.
+    /// JSON object of campaign variables, each replacing the same-named one of the template's
+    /// sample.json vars (as `enqueue --vars` and `send --vars` do).
     #[arg(long, value_name = "FILE")]
     pub vars: Option<PathBuf>,
     /// Also write `<locale>.html` and `<locale>.txt` into this folder.

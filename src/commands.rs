@@ -56,6 +56,7 @@ fn options(args: &CampaignArgs) -> Options {
         audience: args.audience.clone(),
         channels: args.channels.clone(),
         vars: args.vars.clone(),
+        delimiter: args.delimiter,
         batch_size: args.batch_size,
         deadline: args.deadline.clone(),
         skip_invalid: args.skip_invalid,

@@ -104,7 +104,7 @@ pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Probl
                         .or_default()
                         .insert(tag.clone(), usage_of(&template));
                 }
-                Err(e) => problems.push(problem(at, error_text(&e))),
+                Err(e) => problems.push(load_problem(at, &e)),
             }
         }
     }
@@ -116,16 +116,69 @@ pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Probl
                 match render::read_source(&path).and_then(|source| render::compile(&path, &source))
                 {
                     Ok(template) => partial_usage.push((at, usage_of(&template))),
-                    Err(e) => problems.push(problem(at, error_text(&e))),
+                    Err(e) => problems.push(load_problem(at, &e)),
                 }
             }
         }
         Err(e) => problems.push(problem(name.to_string(), e.to_string())),
     }
 
+    // What sample.json and the recipient fields define; without a sample, every name counts
+    // as defined (the sample's own problem is reported).
+    let defined: Option<BTreeSet<&str>> = sample.as_ref().map(|sample| {
+        sample
+            .vars
+            .keys()
+            .chain(sample.recipient.vars.keys())
+            .map(String::as_str)
+            .chain(RECIPIENT_FIELDS)
+            .collect()
+    });
+    let is_defined = |var: &str| defined.as_ref().is_none_or(|d| d.contains(var));
+    let files = usage.iter().flat_map(|(part, by_locale)| {
+        by_locale
+            .iter()
+            .map(move |(tag, u)| (format!("{name}/{tag}/{}", part.file_name()), u, false))
+    });
+    // A partial reads the parameters its caller passes, so only what it tests is checked.
+    let partials = partial_usage.iter().map(|(at, u)| (at.clone(), u, true));
+    for (at, u, partial) in files.chain(partials) {
+        let checked = u
+            .read_at
+            .iter()
+            .filter(|(v, _)| !is_defined(v) && (!partial || u.tested.contains(*v)));
+        for (var, (line, column)) in checked {
+            let message = if u.tested.contains(var) {
+                format!(
+                    "`{{{{#if {var}}}}}` tests `{var}`, which {} does not define",
+                    render::SAMPLE_FILE
+                )
+            } else {
+                let near = defined
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .find(|d| near_miss(var, d));
+                format!(
+                    "`{var}` is not a variable ({} and the recipient fields define no such name){}",
+                    render::SAMPLE_FILE,
+                    near.map(|d| format!("; did you mean `{d}`?"))
+                        .unwrap_or_default()
+                )
+            };
+            problems.push(problem(format!("{at}:{line}:{column}"), message));
+        }
+    }
+
+    // A file reading an undefined name is reported above, once; the locales are out of step
+    // only in the defined variables some use and others do not.
     for (part, by_locale) in &usage {
         for (tag, file) in by_locale {
-            for var in by_locale.values().flat_map(|u| &u.used) {
+            if file.read_at.keys().any(|v| !is_defined(v)) {
+                continue;
+            }
+            let vars = by_locale.values().flat_map(|u| &u.used);
+            for var in vars.filter(|v| is_defined(v)) {
                 if file.used.contains(var) {
                     continue;
                 }
@@ -149,33 +202,6 @@ pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Probl
         }
     }
 
-    if let Some(sample) = &sample {
-        let defined: BTreeSet<&str> = sample
-            .vars
-            .keys()
-            .chain(sample.recipient.vars.keys())
-            .map(String::as_str)
-            .chain(RECIPIENT_FIELDS)
-            .collect();
-        let files = usage.iter().flat_map(|(part, by_locale)| {
-            by_locale
-                .iter()
-                .map(move |(tag, u)| (format!("{name}/{tag}/{}", part.file_name()), u))
-        });
-        let partials = partial_usage.iter().map(|(at, u)| (at.clone(), u));
-        for (at, u) in files.chain(partials) {
-            for var in u.tested.iter().filter(|v| !defined.contains(v.as_str())) {
-                problems.push(problem(
-                    at.clone(),
-                    format!(
-                        "`{{{{#if {var}}}}}` tests `{var}`, which {} does not define",
-                        render::SAMPLE_FILE
-                    ),
-                ));
-            }
-        }
-    }
-
     // Rendering needs every file present and valid; only then is a strict-mode render meaningful.
     if problems.is_empty()
         && let Some(sample) = sample
@@ -194,12 +220,7 @@ fn render_every_locale(
 ) -> Vec<Problem> {
     let renderer = match Renderer::load(dir, name, default_locale) {
         Ok(renderer) => renderer,
-        Err(e) => {
-            return vec![Problem {
-                at: name.to_string(),
-                message: error_text(&e),
-            }];
-        }
+        Err(e) => return vec![load_problem(name.to_string(), &e)],
     };
     let mut problems = Vec::new();
     for locale in renderer.locales().iter() {
@@ -236,10 +257,30 @@ fn render_every_locale(
     problems
 }
 
-/// A load error without the path prefix when it already names the file.
-fn error_text(e: &render::TemplateError) -> String {
+/// A load error at `at` (a file, or the template): a syntax error at its line and column.
+fn load_problem(at: String, e: &render::TemplateError) -> Problem {
     match e {
-        render::TemplateError::Syntax { at, reason, .. } => format!("{at}{reason}"),
-        other => other.to_string(),
+        render::TemplateError::Syntax { mistake, .. } => Problem {
+            at: format!("{at}:{}:{}", mistake.line, mistake.column),
+            message: mistake.message.clone(),
+        },
+        other => Problem {
+            at,
+            message: other.to_string(),
+        },
     }
+}
+
+/// Whether `typed` is one slip from `name`: a character added, dropped, changed, or two
+/// neighbours swapped.
+fn near_miss(typed: &str, name: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (typed.chars().collect(), name.chars().collect());
+    if a == b || a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    let swapped =
+        a.len() == b.len() && a.len() >= 2 && a[0] == b[1] && a[1] == b[0] && a[2..] == b[2..];
+    swapped || a.get(1..) == b.get(1..) || a.get(1..) == Some(b) || Some(a) == b.get(1..)
 }

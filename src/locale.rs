@@ -2,7 +2,56 @@
 
 use std::fmt;
 
+use icu::locale::subtags::{Language, Script, language, script};
 use icu::locale::{LanguageIdentifier, Locale, LocaleDirectionality, LocaleExpander};
+
+/// Longest tag read, in bytes: RFC 5646 §4.4.1 finds 35 characters enough for any practical
+/// tag; a longer value is not one, and is not worth parsing.
+pub const TAG_MAX: usize = 64;
+
+/// A tag as data carries it — `zh_TW`, `en_US.UTF-8`, `sr@latin`, any case, spaces around —
+/// as a BCP 47 locale (`zh-TW`, `en-US`, `sr-Latn`), or `None` when it is not one even then
+/// (or names no language: `und`).
+pub fn normalise(raw: &str) -> Option<Locale> {
+    let raw = raw.trim();
+    if raw.len() > TAG_MAX {
+        return None;
+    }
+    // POSIX form: language[_territory][.codeset][@modifier].
+    let (tag, modifier) = raw.split_once('@').unwrap_or((raw, ""));
+    let tag = tag.split_once('.').map_or(tag, |(tag, _charset)| tag);
+    let mut locale = Locale::try_from_str(&tag.replace('_', "-")).ok()?;
+    if locale.id.language.is_unknown() {
+        return None;
+    }
+    // The only glibc modifiers that say something BCP 47 can: the script.
+    if locale.id.script.is_none() {
+        locale.id.script = match modifier.to_ascii_lowercase().as_str() {
+            "latin" => Some(script!("Latn")),
+            "cyrillic" => Some(script!("Cyrl")),
+            _ => None,
+        };
+    }
+    Some(locale)
+}
+
+/// Cantonese and Mandarin tags as the Chinese templates are named: `yue` is written in
+/// Traditional characters unless its script says Simplified, `cmn` is `zh` with its region
+/// or script deciding as for `zh` (`cmn-TW` → Traditional, `cmn-CN` → Simplified).
+fn as_chinese(mut id: LanguageIdentifier) -> LanguageIdentifier {
+    const HANS: Script = script!("Hans");
+    const YUE: Language = language!("yue");
+    const CMN: Language = language!("cmn");
+    if id.language == YUE {
+        id.language = language!("zh");
+        if id.script != Some(HANS) {
+            id.script = Some(script!("Hant"));
+        }
+    } else if id.language == CMN {
+        id.language = language!("zh");
+    }
+    id
+}
 
 /// Writing direction of a locale, as HTML's `dir` attribute spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,19 +194,22 @@ impl Locales {
         self.all.iter().find(|l| l.id == id)
     }
 
-    /// Picks the template locale for a recipient's requested tag: the exact tag, then the same
-    /// language and script (after adding likely subtags, so `zh-TW` is `zh-Hant` and `zh-SG` is
-    /// `zh-Hans`), then the same language, then the default. Unparsable or absent → the default.
+    /// Picks the template locale for a recipient's requested tag: [`Locales::matched`], or the
+    /// default when nothing matches or no tag is given.
     pub fn negotiate(&self, requested: Option<&str>) -> &TemplateLocale {
-        let Some(wanted) = requested
-            .and_then(|tag| Locale::try_from_str(tag.trim()).ok())
-            .map(|locale| locale.id)
-            .filter(|id| !id.language.is_unknown())
-        else {
-            return self.default_locale();
-        };
+        requested
+            .and_then(|tag| self.matched(tag))
+            .unwrap_or_else(|| self.default_locale())
+    }
+
+    /// The template locale for a tag as data carries it ([`normalise`]d, `yue`/`cmn` read as
+    /// Chinese): the exact tag, then the same language and script (after adding likely
+    /// subtags, so `zh-TW` is `zh-Hant` and `zh-SG` is `zh-Hans`), then the same language.
+    /// `None` when the tag is unreadable or no locale shares its language.
+    pub fn matched(&self, requested: &str) -> Option<&TemplateLocale> {
+        let wanted = as_chinese(normalise(requested)?.id);
         if let Some(exact) = self.all.iter().find(|l| l.id == wanted) {
-            return exact;
+            return Some(exact);
         }
         let mut likely = wanted.clone();
         LocaleExpander::new_extended().maximize(&mut likely);
@@ -177,7 +229,6 @@ impl Locales {
                     .filter(same_language)
                     .min_by_key(least_specific)
             })
-            .unwrap_or_else(|| self.default_locale())
     }
 }
 
@@ -217,6 +268,21 @@ mod tests {
             ("fr-FR", "en"),
             ("ja", "en"),
             ("und", "en"),
+            ("zh_TW", "zh-Hant"),
+            ("zh_CN.GB18030", "zh"),
+            ("en_US.UTF-8", "en"),
+            ("AR_eg.utf8@euro", "ar"),
+            ("sr@latin", "en"),
+            ("yue", "zh-Hant"),
+            ("yue-HK", "zh-Hant"),
+            ("yue-Hant-HK", "zh-Hant"),
+            ("yue-Hans", "zh"),
+            ("yue-Hans-CN", "zh"),
+            ("cmn", "zh"),
+            ("cmn-CN", "zh"),
+            ("cmn-Hans-CN", "zh"),
+            ("cmn-TW", "zh-Hant"),
+            ("cmn-Hant", "zh-Hant"),
         ];
         for (requested, expected) in cases {
             assert_eq!(
@@ -251,6 +317,42 @@ mod tests {
             assert_eq!(got, expected, "negotiating {garbage:?}");
         }
         assert_eq!(locales.negotiate(None).tag(), "en");
+    }
+
+    #[test]
+    fn tags_as_systems_export_them_normalise_to_bcp_47() {
+        for (raw, expected) in [
+            ("zh_TW", Some("zh-TW")),
+            ("en_US.UTF-8", Some("en-US")),
+            (" EN_gb ", Some("en-GB")),
+            ("sr@latin", Some("sr-Latn")),
+            ("sr_RS@cyrillic", Some("sr-Cyrl-RS")),
+            ("de_DE.ISO-8859-1@euro", Some("de-DE")),
+            ("yue-Hant-HK", Some("yue-Hant-HK")),
+            ("und", None),
+            ("!!", None),
+            ("en\r\nX: y", None),
+            ("", None),
+        ] {
+            let got = normalise(raw).map(|l| l.to_string());
+            assert_eq!(got.as_deref(), expected, "normalising {raw:?}");
+        }
+        assert_eq!(normalise(&"x".repeat(TAG_MAX + 1)), None);
+    }
+
+    #[test]
+    fn only_tags_that_match_no_locale_fall_back() {
+        let locales = shipped();
+        assert_eq!(
+            locales.matched("en_GB").map(TemplateLocale::tag),
+            Some("en")
+        );
+        for unmatched in ["fr-FR", "ja", "garbage tag", "und", "sr@latin"] {
+            assert!(
+                locales.matched(unmatched).is_none(),
+                "{unmatched:?} matched"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::batch::{EmailAddress, Recipient};
 use crate::channel::Channel;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
+use crate::syntax::{self, Mistake};
 use crate::variables::usage_of;
 
 /// Campaign variables (`vars` of a batch): names to JSON values.
@@ -165,14 +166,12 @@ pub enum TemplateError {
         source: std::io::Error,
     },
     /// A file is not valid handlebars.
-    #[error("{path}: {at}{reason}")]
+    #[error("{}:{}:{}: {}", path.display(), mistake.line, mistake.column, mistake.message)]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// `line L, column C: ` when the parser knows.
-        at: String,
-        /// The parser's complaint.
-        reason: String,
+        /// What is wrong, where, in plain words.
+        mistake: Mistake,
     },
     /// A locale folder name or the default locale is wrong.
     #[error("template {path}: {source}")]
@@ -538,11 +537,7 @@ pub fn read_source(path: &Path) -> Result<String, TemplateError> {
 pub fn compile(path: &Path, source: &str) -> Result<handlebars::Template, TemplateError> {
     handlebars::Template::compile(source).map_err(|e| TemplateError::Syntax {
         path: path.to_owned(),
-        at: e
-            .pos()
-            .map(|(line, column)| format!("line {line}, column {column}: "))
-            .unwrap_or_default(),
-        reason: e.reason().to_string(),
+        mistake: syntax::explain(source, &e),
     })
 }
 

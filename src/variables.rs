@@ -1,7 +1,7 @@
 //! Which variables a handlebars template reads: for `preview --check`, and to know which parts
 //! render alike for every recipient of a batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Path as VarPath, Template};
@@ -15,6 +15,9 @@ pub struct Usage {
     pub used: BTreeSet<String>,
     /// Top-level variables tested by `#if`/`#unless` outside `each`/`with`.
     pub tested: BTreeSet<String>,
+    /// Top-level variables read outside `each`/`with`, each with the line and column of its
+    /// first read.
+    pub read_at: BTreeMap<String, (usize, usize)>,
     /// The file may read more than `used`: it includes a partial or a decorator, or has a path
     /// that leaves its block's context (`../x`, `@root.x`, a bare `this` at the top).
     pub open: bool,
@@ -27,23 +30,35 @@ pub fn usage_of(template: &Template) -> Usage {
     usage
 }
 
+impl Usage {
+    /// Notes a read of `var` at `at` (line, column), `scoped` inside `each`/`with`.
+    fn read(&mut self, var: String, scoped: bool, at: (usize, usize)) {
+        if !scoped {
+            self.read_at.entry(var.clone()).or_insert(at);
+        }
+        self.used.insert(var);
+    }
+}
+
 /// Walks the template; `scoped` is true inside blocks that change the context (`each`, `with`),
 /// where names are relative to an item rather than campaign variables.
 fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
-    for element in &template.elements {
+    for (index, element) in template.elements.iter().enumerate() {
+        // Handlebars keeps each element's line and column beside it.
+        let at = template.mapping.get(index).map_or((1, 1), |m| (m.0, m.1));
         match element {
             TemplateElement::Expression(helper) | TemplateElement::HtmlExpression(helper) => {
                 if helper.params.is_empty() && helper.hash.is_empty() {
                     note_path(&helper.name, scoped, usage);
                     if let Some(var) = name_var(&helper.name) {
-                        usage.used.insert(var);
+                        usage.read(var, scoped, at);
                     }
                 } else {
-                    params(helper, scoped, usage);
+                    params(helper, scoped, at, usage);
                 }
             }
             TemplateElement::HelperBlock(helper) => {
-                params(helper, scoped, usage);
+                params(helper, scoped, at, usage);
                 let block = helper.name.as_name().unwrap_or_default();
                 if !scoped && matches!(block, "if" | "unless") {
                     usage
@@ -58,13 +73,14 @@ fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
             TemplateElement::PartialExpression(partial)
             | TemplateElement::PartialBlock(partial) => {
                 usage.open = true;
-                usage.used.extend(
-                    partial
-                        .params
-                        .iter()
-                        .chain(partial.hash.values())
-                        .filter_map(param_var),
-                );
+                for var in partial
+                    .params
+                    .iter()
+                    .chain(partial.hash.values())
+                    .filter_map(param_var)
+                {
+                    usage.read(var, scoped, at);
+                }
                 if let Some(inner) = &partial.template {
                     collect(inner, scoped, usage);
                 }
@@ -76,16 +92,18 @@ fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
     }
 }
 
-fn params(helper: &HelperTemplate, scoped: bool, usage: &mut Usage) {
+fn params(helper: &HelperTemplate, scoped: bool, at: (usize, usize), usage: &mut Usage) {
     for param in helper.params.iter().chain(helper.hash.values()) {
         match param {
             Parameter::Subexpression(sub) => match sub.as_element() {
-                TemplateElement::Expression(inner) => params(inner, scoped, usage),
+                TemplateElement::Expression(inner) => params(inner, scoped, at, usage),
                 _ => usage.open = true,
             },
             other => {
                 note_path(other, scoped, usage);
-                usage.used.extend(param_var(other));
+                if let Some(var) = param_var(other) {
+                    usage.read(var, scoped, at);
+                }
             }
         }
     }
@@ -156,6 +174,23 @@ mod tests {
         assert_eq!(used, ["a", "b", "c", "d", "e", "g", "h", "i", "j"]);
         let tested: Vec<&str> = u.tested.iter().map(String::as_str).collect();
         assert_eq!(tested, ["d", "h"]);
+    }
+
+    #[test]
+    fn each_variable_read_outside_a_scope_has_the_place_of_its_first_read() {
+        let u =
+            usage("Hi\n  {{name}} {{#if a}}\n{{date b}}{{name}}{{/if}}{{#each c}}{{d}}{{/each}}");
+        let read: Vec<(&str, (usize, usize))> =
+            u.read_at.iter().map(|(v, at)| (v.as_str(), *at)).collect();
+        assert_eq!(
+            read,
+            [
+                ("a", (2, 12)),
+                ("b", (3, 1)),
+                ("c", (3, 26)),
+                ("name", (2, 3))
+            ]
+        );
     }
 
     #[test]

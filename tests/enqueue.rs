@@ -207,8 +207,8 @@ fn bad_arguments_exit_2_with_the_reason() {
     let env = TestEnv::new();
     env.write("audience.csv", "user_id\nu1\n");
     env.write("audience.txt", "u1\n");
-    env.write("partial.json", r#"{"shutdown_date": "2021-02-05"}"#);
-    let cases: [(&[&str], &str); 6] = [
+    env.write("bad-date.json", r#"{"shutdown_date": "5 Feb"}"#);
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--audience", "audience.txt"],
             "must be a .csv or .jsonl file",
@@ -222,7 +222,7 @@ fn bad_arguments_exit_2_with_the_reason() {
             "--batch-size must be at least 1",
         ),
         (
-            &["--audience", "audience.csv", "--vars", "partial.json"],
+            &["--audience", "audience.csv", "--vars", "bad-date.json"],
             "the campaign variables do not render",
         ),
         (
@@ -230,6 +230,14 @@ fn bad_arguments_exit_2_with_the_reason() {
             "unknown channel `fax`",
         ),
         (&["--audience", "missing.csv"], "missing.csv"),
+        (
+            &["--audience", "audience.csv", "--delimiter", ":"],
+            "`:` is not a delimiter",
+        ),
+        (
+            &["--audience", "audience.txt", "--delimiter", ";"],
+            "must be a .csv or .jsonl file",
+        ),
     ];
     for (extra, expected) in cases {
         let run = env.sunset(&args(extra));
@@ -300,4 +308,257 @@ fn an_unreachable_broker_is_a_runtime_error_that_hides_the_password() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// The users and locales of every published batch, in order.
+fn published_locales(batches: &[(Batch, u32)]) -> Vec<(String, Option<String>)> {
+    batches
+        .iter()
+        .flat_map(|(b, _)| &b.recipients)
+        .map(|r| (r.user_id.to_string(), r.locale.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locale_tags_as_systems_export_them_are_normalised_and_never_reject_a_row() {
+    let env = TestEnv::with_broker("");
+    let tags = [
+        "zh_TW",
+        "en_US.UTF-8",
+        "sr@latin",
+        "yue-HK",
+        "yue-Hant-HK",
+        "cmn-TW",
+        "cmn-Hans-CN",
+        "not a tag!",
+        "fr_FR",
+        "fr-FR",
+    ];
+    let mut csv = String::from("user_id,locale\n");
+    for (i, tag) in tags.iter().enumerate() {
+        let _ = writeln!(csv, "u{i},{tag}");
+    }
+    env.write("audience.csv", &csv);
+
+    let run = env
+        .sunset_async(&args(&["--audience", "audience.csv", "--channels", "push"]))
+        .await
+        .expect_code(0);
+
+    let err = run.stderr();
+    assert!(
+        err.contains(
+            "4 recipient(s) get the default locale `en`: their locale tag matches no locale of xiami-shutdown: `fr-FR` ×2, `not a tag!` ×1, `sr-Latn` ×1"
+        ),
+        "{err}"
+    );
+    let expected: Vec<(String, Option<String>)> = [
+        Some("zh-TW"),
+        Some("en-US"),
+        Some("sr-Latn"),
+        Some("yue-HK"),
+        Some("yue-Hant-HK"),
+        Some("cmn-TW"),
+        Some("cmn-Hans-CN"),
+        None,
+        Some("fr-FR"),
+        Some("fr-FR"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, tag)| (format!("u{i}"), tag.map(str::to_string)))
+    .collect();
+    assert_eq!(published_locales(&work_queue(&env).await), expected);
+}
+
+#[test]
+fn the_fallback_list_is_bounded_with_a_count_of_the_rest() {
+    let env = TestEnv::new();
+    let mut csv = String::from("user_id,locale\n");
+    for i in 0..30 {
+        let _ = writeln!(csv, "u{i},x{i:02}-bad!");
+    }
+    env.write("audience.csv", &csv);
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv", "--dry-run"]))
+        .expect_code(0)
+        .stderr();
+    assert!(
+        err.contains("30 recipient(s) get the default locale `en`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`x00-bad!` ×1") && err.contains("`x09-bad!` ×1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("x10-bad!"),
+        "more than ten tags listed: {err}"
+    );
+    assert!(err.contains("… and 20 more"), "{err}");
+}
+
+#[test]
+fn a_crlf_csv_reports_each_bad_row_at_its_own_line() {
+    let env = TestEnv::new();
+    // Line 3's quoted name spans two lines (and is refused for its line break).
+    let rows = "user_id,email,name\n,a@example.com,A\nu2,b@example.com,\"Two\nLines\"\nu3,broken@,C\nu4,also-broken,D\nu5,e@example.com,E\n";
+    for (file, text) in [
+        ("lf.csv", rows.to_string()),
+        ("crlf.csv", rows.replace('\n', "\r\n")),
+    ] {
+        env.write(file, &text);
+        let err = env
+            .sunset(&args(&["--audience", file, "--dry-run"]))
+            .expect_code(2)
+            .stderr();
+        for expected in [
+            format!("{file}: line 2: user_id is missing"),
+            format!("{file}: line 3: name `Two\\nLines` holds control characters"),
+            format!("{file}: line 5: `broken@` is not an email address"),
+            format!("{file}: line 6: `also-broken` is not an email address"),
+        ] {
+            assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_excel_csv_with_a_bom_semicolons_and_capitalised_headers_is_read() {
+    let env = TestEnv::with_broker("");
+    env.write(
+        "audience.csv",
+        "\u{feff} User_ID ;E-mail;LOCALE\r\nu1;a@example.com;zh_TW\r\nu2;b@example.com;\r\n",
+    );
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv", "--dry-run"]))
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("audience.csv: line 1: unknown column `E-mail`"),
+        "{err}"
+    );
+
+    env.write(
+        "audience.csv",
+        "\u{feff} User_ID ;Email;LOCALE\r\nu1;a@example.com;zh_TW\r\nu2;b@example.com;\r\n",
+    );
+    env.sunset_async(&args(&[
+        "--audience",
+        "audience.csv",
+        "--channels",
+        "email",
+    ]))
+    .await
+    .expect_code(0);
+    let batches = work_queue(&env).await;
+    let recipients = &batches[0].0.recipients;
+    assert_eq!(recipients.len(), 2);
+    assert_eq!(recipients[0].user_id.as_str(), "u1");
+    assert_eq!(
+        recipients[0].email.as_ref().map(|e| e.as_str()),
+        Some("a@example.com")
+    );
+    assert_eq!(recipients[0].locale.as_deref(), Some("zh-TW"));
+}
+
+#[test]
+fn an_ambiguous_header_asks_for_the_delimiter_and_the_flag_settles_it() {
+    let env = TestEnv::new();
+    env.write("audience.csv", "user_id;name,full\nu1;Ann,Lee\n");
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv", "--dry-run"]))
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("audience.csv: line 1: cannot tell the delimiter: the header has `,` and `;`; say which with --delimiter"),
+        "{err}"
+    );
+    env.write("audience.csv", "user_id;name\nu1;Lee, Ann\n");
+    let out = env
+        .sunset(&args(&["--audience", "audience.csv", "--dry-run"]))
+        .expect_code(0)
+        .stdout();
+    assert!(out.contains("would be 1 recipients"), "{out}");
+    env.write("audience.csv", "user_id|name\nu1|Lee; Ann\nu2|Bo\n");
+    let out = env
+        .sunset(&args(&[
+            "--audience",
+            "audience.csv",
+            "--delimiter",
+            "|",
+            "--dry-run",
+        ]))
+        .expect_code(0)
+        .stdout();
+    assert!(out.contains("would be 2 recipients"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vars_merge_over_the_sample_vars_in_preview_and_enqueue_alike() {
+    let env = TestEnv::with_broker("");
+    env.write(
+        "vars.json",
+        r#"{"export_url": "https://export.example/me"}"#,
+    );
+    env.write("audience.csv", "user_id\nu1\n");
+    let preview = env
+        .sunset(&[
+            "preview",
+            "--template",
+            "xiami-shutdown",
+            "--vars",
+            "vars.json",
+        ])
+        .expect_code(0)
+        .stdout();
+    env.sunset_async(&args(&[
+        "--audience",
+        "audience.csv",
+        "--vars",
+        "vars.json",
+    ]))
+    .await
+    .expect_code(0);
+    let batches = work_queue(&env).await;
+
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path().join("templates/xiami-shutdown/sample.json"))
+            .expect("sample.json"),
+    )
+    .expect("JSON");
+    let mut expected = sample["vars"].as_object().expect("vars").clone();
+    expected.insert("export_url".into(), "https://export.example/me".into());
+    assert_eq!(batches[0].0.vars, expected);
+    assert!(preview.contains("https://export.example/me"), "{preview}");
+    assert!(
+        preview.contains("February 5, 2021") && preview.contains("https://music.conch.example/"),
+        "the sample's other vars stay: {preview}"
+    );
+}
+
+#[test]
+fn a_jsonl_with_a_bom_is_read_and_a_csv_column_named_twice_is_refused() {
+    let env = TestEnv::new();
+    env.write(
+        "audience.jsonl",
+        "\u{feff}{\"user_id\": \"u1\", \"locale\": \"zh_TW\"}\n",
+    );
+    let out = env
+        .sunset(&args(&["--audience", "audience.jsonl", "--dry-run"]))
+        .expect_code(0)
+        .stdout();
+    assert!(out.contains("would be 1 recipients"), "{out}");
+    env.write(
+        "audience.csv",
+        "user_id,Email, email \nu1,a@example.com,b@example.com\n",
+    );
+    let err = env
+        .sunset(&args(&["--audience", "audience.csv", "--dry-run"]))
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("audience.csv: line 1: column `email` appears twice"),
+        "{err}"
+    );
 }

@@ -13,8 +13,7 @@ use lettre::message::Mailbox;
 use serde_json::{Value, json};
 use sunset::Channel;
 use sunset::batch::{
-    Batch, CampaignId, EMAIL_MAX, LOCALE_MAX, MAX_RECIPIENTS, NAME_MAX, RECIPIENT_VARS_MAX,
-    Recipient,
+    Batch, CampaignId, EMAIL_MAX, MAX_RECIPIENTS, NAME_MAX, RECIPIENT_VARS_MAX, Recipient,
 };
 use sunset::broker::{Route, attempt_headers};
 use sunset::channel::Delivery;
@@ -165,7 +164,6 @@ fn a_ten_megabyte_field_is_refused_by_its_size_without_being_quoted() {
     let big = "x".repeat(MB10);
     let cases = [
         ("name", json!({"user_id": "u-1", "name": big})),
-        ("locale", json!({"user_id": "u-1", "locale": big})),
         (
             "email",
             json!({"user_id": "u-1", "email": format!("{big}@example.com")}),
@@ -178,6 +176,9 @@ fn a_ten_megabyte_field_is_refused_by_its_size_without_being_quoted() {
         assert!(error.contains(field), "{field}: {error}");
         assert!(error.len() < 500, "{field}: the error quotes the value");
     }
+    // A locale is no reason to refuse a recipient: one that is no tag is dropped.
+    let locale = decode(&batch(vec![json!({"user_id": "u-1", "locale": big})]));
+    assert_eq!(locale.expect("decodes").recipients[0].locale, None);
     let mut campaign_vars = batch(vec![recipient("u-1")]);
     campaign_vars["vars"]["export_url"] = json!(big);
     let error = decode(&campaign_vars).expect_err("campaign vars");
@@ -201,14 +202,12 @@ fn each_field_limit_is_inclusive() {
             "c".repeat(63),
             "d".repeat(EMAIL_MAX - 64 - 1 - 64 - 64 - 8)
         ),
-        "locale": "x".repeat(LOCALE_MAX),
         "name": "名".repeat(NAME_MAX / 3),
         "vars": {"v": "x".repeat(RECIPIENT_VARS_MAX - 8)},
     });
     decode(&batch(vec![at_limit.clone()])).expect("every field at its limit");
     for (field, over) in [
         ("name", json!("n".repeat(NAME_MAX + 1))),
-        ("locale", json!("x".repeat(LOCALE_MAX + 1))),
         ("vars", json!({"v": "x".repeat(RECIPIENT_VARS_MAX - 7)})),
     ] {
         let mut row = at_limit.clone();
@@ -410,21 +409,28 @@ fn hostile_csv_rows_are_each_rejected_with_their_line_and_field() {
 
     for (line, field) in [
         (2, "name is 10485760 bytes"),
-        (3, "locale is 10200 bytes"),
         (4, "invalid UTF-8"),
         (5, "holds control characters"),
         (7, "holds control characters"),
         (8, "user_id"),
         (10, "not an email address"),
-        (12, "BCP 47"),
     ] {
         let reason = rejection(&rows, line);
         assert!(reason.contains(field), "line {line}: {reason}");
         assert!(reason.len() < 500, "line {line} quotes megabytes");
     }
+    // A locale is never a reason to refuse a row: one that is no tag is dropped (the
+    // recipient gets the default locale) and reported, escaped and cut short.
     let accepted: Vec<_> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
-    assert_eq!(accepted.len(), 1, "{rows:?}");
-    assert_eq!(accepted[0].line, 14);
+    let lines: Vec<u64> = accepted.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [3, 12, 14], "{rows:?}");
+    assert_eq!(accepted[0].recipient.locale, None);
+    assert_eq!(
+        accepted[0].unreadable_locale.as_deref().map(str::len),
+        Some(64)
+    );
+    assert_eq!(accepted[1].unreadable_locale.as_deref(), Some("en\\nX: y"));
+    assert_eq!(accepted[2].recipient.locale.as_deref(), Some("en"));
 }
 
 #[test]
@@ -467,9 +473,7 @@ fn hostile_jsonl_rows_are_each_rejected_with_their_line_and_the_rest_still_read(
         (3, "not UTF-8".to_string()),
         (4, "recursion limit exceeded".to_string()),
         (5, "holds control characters".to_string()),
-        (6, "BCP 47".to_string()),
         (7, "vars is 5008 bytes".to_string()),
-        (8, "locale is 10240 bytes".to_string()),
     ] {
         let reason = rejection(&rows, line);
         assert!(reason.contains(&field), "line {line}: {reason}");
@@ -479,7 +483,11 @@ fn hostile_jsonl_rows_are_each_rejected_with_their_line_and_the_rest_still_read(
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|r| r.line))
         .collect();
-    assert_eq!(accepted, [9]);
+    assert_eq!(
+        accepted,
+        [6, 8, 9],
+        "an unreadable locale never refuses a row"
+    );
 }
 
 #[test]
@@ -509,9 +517,8 @@ fn enqueue_lists_each_hostile_row_briefly_and_publishes_nothing() {
     assert!(stderr.len() < 4096, "{} bytes of errors", stderr.len());
     for expected in [
         "audience.csv: line 2: name is 10485760 bytes; at most 1024 are allowed",
-        "audience.csv: line 3: locale is 10240 bytes; at most 64 are allowed",
-        "audience.csv: line 4: name `a\\r\\nb` holds control characters",
-        "3 invalid row(s); nothing was published",
+        "audience.csv: line 4: name `a\\nb` holds control characters",
+        "2 invalid row(s); nothing was published",
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
@@ -603,14 +610,6 @@ async fn hostile_batches_on_the_work_queue_are_dead_lettered_with_a_short_reason
         ),
         (invalid_utf8, "invalid batch"),
         (deep.into_bytes(), "recursion limit exceeded"),
-        (
-            batch(vec![
-                json!({"user_id": "u-1", "locale": "x".repeat(10_240)}),
-            ])
-            .to_string()
-            .into_bytes(),
-            "locale is 10240 bytes",
-        ),
         (
             batch(vec![
                 json!({"user_id": "u-1", "email": "a@example.com", "name": "E\r\nBcc: v@x.org"}),

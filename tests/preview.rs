@@ -17,6 +17,9 @@ fn preview_of_each_locale_is_in_that_language_and_script() {
         ("zh-CN", "请尽快导出您的数据"),
         ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
         ("zh-TW", "請盡快匯出您的資料"),
+        ("zh_TW", "請盡快匯出您的資料"),
+        ("yue-HK", "請盡快匯出您的資料"),
+        ("cmn-Hans-CN", "请尽快导出您的数据"),
     ];
     for (locale, expected) in cases {
         let run = env
@@ -272,8 +275,29 @@ fn check_fails_on_a_syntax_error_naming_file_and_line() {
         )
         .expect("write")
     });
-    assert!(err.contains("xiami-shutdown/ar/email.txt.hbs:"), "{err}");
-    assert!(err.contains("line"), "{err}");
+    assert!(
+        err.contains("xiami-shutdown/ar/email.txt.hbs:2:1: `{{#if name}}` is never closed: add `{{/if}}` where it ends"),
+        "{err}"
+    );
+}
+
+#[test]
+fn preview_names_a_syntax_error_by_file_line_and_column_in_plain_words() {
+    let env = TestEnv::new();
+    fs::write(
+        env.template_file("en/push_title.hbs"),
+        "Xiami\n{{#each songs}}{{title}}{{/if}}",
+    )
+    .expect("write");
+    let err = env
+        .sunset(&["preview", "--template", "xiami-shutdown"])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("en/push_title.hbs:2:25: `{{/if}}` closes the `{{#each}}` opened at line 2, column 1; close that with `{{/each}}` first"),
+        "{err}"
+    );
+    assert!(!err.contains("expected"), "parser jargon: {err}");
 }
 
 #[test]
@@ -285,10 +309,34 @@ fn check_fails_on_a_variable_missing_under_strict_mode() {
             fs::write(&path, format!("{} {{{{coupon_code}}}}", subject.trim())).expect("write");
         }
     });
+    assert!(err.contains("xiami-shutdown/ar/subject.hbs:1:"), "{err}");
     assert!(
-        err.contains("xiami-shutdown/ar/subject.hbs: variable `coupon_code` is not defined"),
+        err.contains("`coupon_code` is not a variable (sample.json and the recipient fields define no such name)"),
         "{err}"
     );
+}
+
+#[test]
+fn check_reports_a_variable_typo_once_where_it_is() {
+    let err = check_after(|env| {
+        let path = env.template_file("ar/subject.hbs");
+        let subject = fs::read_to_string(&path)
+            .expect("read")
+            .replace("shutdown_date", "shutdwn_date");
+        fs::write(&path, subject).expect("write");
+    });
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("xiami-shutdown/"))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "xiami-shutdown/ar/subject.hbs:1:27: `shutdwn_date` is not a variable (sample.json and the recipient fields define no such name); did you mean `shutdown_date`?"
+        ],
+        "{err}"
+    );
+    assert!(!err.contains("out of step"), "{err}");
 }
 
 #[test]
@@ -320,7 +368,7 @@ fn check_fails_when_if_tests_a_variable_the_sample_does_not_define() {
         }
     });
     assert!(
-        err.contains("xiami-shutdown/en/push_body.hbs: `{{#if vip}}` tests `vip`, which sample.json does not define"),
+        err.contains("xiami-shutdown/en/push_body.hbs:1:1: `{{#if vip}}` tests `vip`, which sample.json does not define"),
         "{err}"
     );
 }

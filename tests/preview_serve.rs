@@ -208,7 +208,10 @@ fn a_broken_locale_shows_its_error_inline_and_the_other_locales_still_render() {
 
     assert_eq!(status, 200, "{page}");
     let cases = [
-        ("ar", "ar/subject.hbs: line 1"),
+        (
+            "ar",
+            "ar/subject.hbs:1:1: `{{#if shutdown_date}}` is never closed",
+        ),
         (
             "zh",
             "xiami-shutdown/zh/push_title.hbs: variable `app_nmae` is not defined",

@@ -288,3 +288,34 @@ fn a_part_with_a_partial_or_a_recipient_field_is_rendered_for_each_recipient() {
     bo.user_id = UserId::parse("u-2").expect("valid id");
     assert_cache_changes_nothing(&renderer, &sample.vars, &[recipient("en", "Ann"), bo]);
 }
+
+#[test]
+fn tags_as_systems_export_them_render_in_the_matching_template_locale() {
+    let (renderer, sample) = shipped();
+    let cases = [
+        ("zh_TW", "zh-Hant"),
+        ("zh_CN.UTF-8", "zh"),
+        ("en_US.UTF-8", "en"),
+        ("sr@latin", "en"),
+        ("yue-HK", "zh-Hant"),
+        ("yue-Hant-HK", "zh-Hant"),
+        ("cmn-TW", "zh-Hant"),
+        ("cmn-Hans-CN", "zh"),
+        ("ar_EG", "ar"),
+        ("garbage!", "en"),
+    ];
+    let recipients: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (tag, _))| json!({"user_id": format!("u-{i}"), "locale": tag}))
+        .collect();
+    let body = json!({"version": 1, "campaign_id": "c", "template": "xiami-shutdown", "recipients": recipients});
+    // Through the worker's decoder, as a batch from any producer arrives.
+    let batch = sunset::batch::Batch::decode(body.to_string().as_bytes()).expect("decodes");
+    for ((tag, expected), recipient) in cases.iter().zip(&batch.recipients) {
+        let notice = renderer
+            .render(&sample.vars, recipient, &[Channel::Push])
+            .expect("renders");
+        assert_eq!(notice.locale, *expected, "{tag}");
+    }
+}

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use icu::locale::Locale;
 use serde::Deserialize;
 
+use super::csv_rows::{self, Delimiter};
 use super::repeats::{Repeats, Suspects, TooManySuspects};
-use crate::batch::{EmailAddress, Recipient, UserId, bounded, json_error};
+use crate::batch::{EmailAddress, Recipient, UserId, json_error};
 use crate::cli::InvalidInput;
+use crate::locale::{self, TAG_MAX};
 use crate::render::Vars;
 
 /// Which audience file format, from the extension.
@@ -59,26 +60,32 @@ pub struct Row {
     pub line: u64,
     /// The recipient, parsed.
     pub recipient: Recipient,
+    /// The row's locale when it is no language tag even normalised (escaped, cut to a tag's
+    /// length): the recipient has none, and gets the default locale.
+    pub unreadable_locale: Option<String>,
 }
 
 /// The fields of a row before they are parsed.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRow {
+pub(super) struct RawRow {
     #[serde(default)]
-    user_id: Option<String>,
+    pub(super) user_id: Option<String>,
     #[serde(default)]
-    email: Option<String>,
+    pub(super) email: Option<String>,
     #[serde(default)]
-    locale: Option<String>,
+    pub(super) locale: Option<String>,
     #[serde(default)]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     #[serde(default)]
     vars: Vars,
 }
 
+/// A recipient and its unreadable locale tag, if it had one (see [`Row`]).
+type Parsed = (Recipient, Option<String>);
+
 impl RawRow {
-    fn parse(self) -> Result<Recipient, String> {
+    fn parse(self) -> Result<Parsed, String> {
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let user_id = non_empty(self.user_id).ok_or("user_id is missing")?;
         let user_id = UserId::parse(&user_id).map_err(|e| e.to_string())?;
@@ -86,26 +93,32 @@ impl RawRow {
             .map(|e| EmailAddress::parse(&e))
             .transpose()
             .map_err(|e| e.to_string())?;
+        let raw_locale = non_empty(self.locale);
+        let locale = raw_locale.as_deref().and_then(locale::normalise);
+        let unreadable_locale = match (&raw_locale, &locale) {
+            (Some(raw), None) => Some(
+                raw.trim()
+                    .chars()
+                    .take(TAG_MAX)
+                    .flat_map(char::escape_debug)
+                    .collect(),
+            ),
+            _ => None,
+        };
         let recipient = Recipient {
             user_id,
             email,
-            locale: non_empty(self.locale).map(|l| l.trim().to_string()),
+            locale: locale.map(|l| l.to_string()),
             name: non_empty(self.name).map(|n| n.trim().to_string()),
             vars: self.vars,
         };
-        // Lengths first: a 10 KB locale is reported by its size, not quoted.
         recipient.check().map_err(|e| e.to_string())?;
-        if let Some(tag) = &recipient.locale
-            && Locale::try_from_str(tag).is_err()
-        {
-            return Err(format!("locale `{tag}` is not a BCP 47 language tag"));
-        }
-        Ok(recipient)
+        Ok((recipient, unreadable_locale))
     }
 }
 
 /// An audience file's rows as read, each with its line: the recipient, or why it is not one.
-type Parsed = Box<dyn Iterator<Item = (u64, Result<Recipient, String>)> + Send>;
+type ParsedRows = Box<dyn Iterator<Item = (u64, Result<Parsed, String>)> + Send>;
 
 /// The rows of an audience file, audience validation and all.
 pub type Rows = Box<dyn Iterator<Item = Result<Row, Rejected>> + Send>;
@@ -113,42 +126,58 @@ pub type Rows = Box<dyn Iterator<Item = Result<Row, Rejected>> + Send>;
 /// Reads an audience file row by row without loading it whole, rejecting a user id seen on an
 /// earlier valid row. The same file always gives the same rows. Reads the file two or three
 /// times (see [`Repeats`]); [`validate`] and [`publish`] share that work through the plan.
+/// A CSV's delimiter is detected from its header.
 pub fn rows(path: &Path) -> anyhow::Result<Rows> {
     let mut suspects = Suspects::for_file(file_size(path));
-    for (_, recipient) in parsed(path)? {
-        if let Ok(recipient) = recipient {
+    for (_, parsed) in parsed(path, None)? {
+        if let Ok((recipient, _)) = parsed {
             suspects.see(recipient.user_id.as_str()).map_err(too_many)?;
         }
     }
-    let repeats = confirm(path, suspects)?;
-    rows_with(path, Arc::new(repeats))
+    let repeats = confirm(path, None, suspects)?;
+    rows_with(path, None, Arc::new(repeats))
 }
 
-/// The rows of an audience file, rejecting every valid row whose user id `repeats` has on an
-/// earlier line.
-pub fn rows_with(path: &Path, repeats: Arc<Repeats>) -> anyhow::Result<Rows> {
-    Ok(Box::new(parsed(path)?.map(move |(line, recipient)| {
-        let recipient = recipient.map_err(|reason| Rejected { line, reason })?;
-        match repeats.first_line(recipient.user_id.as_str()) {
-            Some(first) if first != line => Err(Rejected {
-                line,
-                reason: format!(
-                    "duplicate user_id `{}` (first on line {first})",
-                    recipient.user_id
-                ),
-            }),
-            _ => Ok(Row { line, recipient }),
-        }
-    })))
+/// The rows of an audience file (a CSV split at `delimiter`, detected when `None`), rejecting
+/// every valid row whose user id `repeats` has on an earlier line.
+pub fn rows_with(
+    path: &Path,
+    delimiter: Option<Delimiter>,
+    repeats: Arc<Repeats>,
+) -> anyhow::Result<Rows> {
+    Ok(Box::new(parsed(path, delimiter)?.map(
+        move |(line, parsed)| {
+            let (recipient, unreadable_locale) =
+                parsed.map_err(|reason| Rejected { line, reason })?;
+            match repeats.first_line(recipient.user_id.as_str()) {
+                Some(first) if first != line => Err(Rejected {
+                    line,
+                    reason: format!(
+                        "duplicate user_id `{}` (first on line {first})",
+                        recipient.user_id
+                    ),
+                }),
+                _ => Ok(Row {
+                    line,
+                    recipient,
+                    unreadable_locale,
+                }),
+            }
+        },
+    )))
 }
 
 /// The ids `suspects` flagged, counted exactly over another pass (only when it flagged any).
-pub(super) fn confirm(path: &Path, suspects: Suspects) -> anyhow::Result<Repeats> {
+pub(super) fn confirm(
+    path: &Path,
+    delimiter: Option<Delimiter>,
+    suspects: Suspects,
+) -> anyhow::Result<Repeats> {
     if suspects.is_empty() {
         return Ok(Repeats::default());
     }
-    let valid_ids = parsed(path)?
-        .filter_map(|(line, recipient)| Some((line, recipient.ok()?.user_id)))
+    let valid_ids = parsed(path, delimiter)?
+        .filter_map(|(line, parsed)| Some((line, parsed.ok()?.0.user_id)))
         .map(|(line, id)| (line, id.as_str().to_string()));
     Ok(suspects.confirm(valid_ids))
 }
@@ -163,58 +192,28 @@ pub(super) fn too_many(error: TooManySuspects) -> anyhow::Error {
 }
 
 /// Parses an audience file's rows, CSV or JSONL by its extension.
-fn parsed(path: &Path) -> anyhow::Result<Parsed> {
+fn parsed(path: &Path, delimiter: Option<Delimiter>) -> anyhow::Result<ParsedRows> {
     let format = Format::of(path)?;
+    if format == Format::Jsonl && delimiter.is_some() {
+        return Err(InvalidInput(format!(
+            "{}: --delimiter applies to CSV audiences only",
+            path.display()
+        ))
+        .into());
+    }
     let file = File::open(path).with_context(|| format!("Failed to open {}", path.display()))?;
     let raw: Box<dyn Iterator<Item = (u64, Result<RawRow, String>)> + Send> = match format {
-        Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .trim(csv::Trim::All)
-                .from_reader(file);
-            let headers = reader
-                .headers()
-                .map_err(|e| {
-                    InvalidInput(format!(
-                        "{}: cannot read the CSV header: {e}",
-                        path.display()
-                    ))
-                })?
-                .clone();
-            const KNOWN: [&str; 4] = ["user_id", "email", "locale", "name"];
-            if let Some(unknown) = headers.iter().find(|h| !KNOWN.contains(h)) {
-                return Err(InvalidInput(format!(
-                    "{}: line 1: unknown column `{unknown}` (expected {})",
-                    path.display(),
-                    KNOWN.join(",")
-                ))
-                .into());
-            }
-            if !headers.iter().any(|h| h == "user_id") {
-                return Err(
-                    InvalidInput(format!("{}: line 1: no user_id column", path.display())).into(),
-                );
-            }
-            Box::new(reader.into_records().map(move |record| match record {
-                Ok(record) => {
-                    let line = record.position().map_or(0, |p| p.line());
-                    (line, Ok(csv_row(&headers, &record)))
-                }
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    (
-                        line,
-                        Err(format!("unreadable CSV: {}", bounded(&e.to_string()))),
-                    )
-                }
-            }))
-        }
+        Format::Csv => Box::new(csv_rows::records(path, file, delimiter)?),
         Format::Jsonl => Box::new(
             BoundedLines::new(BufReader::new(file))
                 .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
                 .map(|(n, line)| {
                     let row = line.and_then(|line| {
-                        serde_json::from_str::<RawRow>(&line)
-                            .map_err(|e| format!("invalid JSON: {}", json_error(&e)))
+                        // A BOM is how some editors start a UTF-8 file.
+                        serde_json::from_str::<RawRow>(
+                            line.strip_prefix('\u{feff}').unwrap_or(&line),
+                        )
+                        .map_err(|e| format!("invalid JSON: {}", json_error(&e)))
                     });
                     (n, row)
                 }),
@@ -313,18 +312,4 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
             .map_err(|e| format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to() + 1));
         Some((self.line, text))
     }
-}
-
-fn csv_row(headers: &csv::StringRecord, record: &csv::StringRecord) -> RawRow {
-    let mut row = RawRow::default();
-    for (header, value) in headers.iter().zip(record.iter()) {
-        let value = Some(value.to_string());
-        match header {
-            "user_id" => row.user_id = value,
-            "email" => row.email = value,
-            "locale" => row.locale = value,
-            _ => row.name = value,
-        }
-    }
-    row
 }

@@ -1,6 +1,8 @@
 //! `sunset enqueue`: an audience file (CSV or JSONL), validated whole, then published as batches.
 
 mod audience;
+mod csv_rows;
+mod fallbacks;
 mod repeats;
 
 use std::collections::HashMap;
@@ -23,6 +25,8 @@ use crate::locale::Locales;
 use crate::render::{self, Renderer, Sample, TemplateName, Vars};
 
 pub use audience::{LINE_MAX, Rejected, Row, Rows, rows, rows_with};
+pub use csv_rows::{Delimiter, UnknownDelimiter};
+pub use fallbacks::Fallbacks;
 pub use repeats::Repeats;
 
 use audience::{confirm, file_size, too_many};
@@ -30,7 +34,7 @@ use repeats::Suspects;
 
 /// Bad rows printed before the rest are only counted.
 const SHOWN_REJECTS: usize = 20;
-/// Distinct requested locale tags remembered with their negotiated locale.
+/// Distinct requested locale tags remembered with their matched locale.
 const NEGOTIATED_MAX: usize = 1024;
 /// Batch publishes awaiting their confirms at once.
 const PUBLISH_WINDOW: usize = 32;
@@ -48,6 +52,8 @@ pub struct Validation {
     pub rejected: u64,
     /// The user ids on more than one valid row (the first row of each is kept).
     pub repeats: Arc<Repeats>,
+    /// The locale tags that matched no template locale (those rows get the default).
+    pub fallbacks: Fallbacks,
 }
 
 /// Reads the whole audience, keeping only counts (per channel and the template locale each
@@ -56,19 +62,23 @@ pub struct Validation {
 /// time to count again without the repeats.
 pub fn validate(
     path: &Path,
+    delimiter: Option<Delimiter>,
     locales: &Locales,
     channels: &[Channel],
 ) -> anyhow::Result<Validation> {
     let mut suspects = Suspects::for_file(file_size(path));
-    let first = count(rows_with(path, Arc::default())?, locales, channels, |id| {
-        suspects.see(id).map_err(too_many)
-    })?;
-    let repeats = Arc::new(confirm(path, suspects)?);
+    let first = count(
+        rows_with(path, delimiter, Arc::default())?,
+        locales,
+        channels,
+        |id| suspects.see(id).map_err(too_many),
+    )?;
+    let repeats = Arc::new(confirm(path, delimiter, suspects)?);
     if repeats.is_empty() {
         return Ok(Validation { repeats, ..first });
     }
     let recounted = count(
-        rows_with(path, Arc::clone(&repeats))?,
+        rows_with(path, delimiter, Arc::clone(&repeats))?,
         locales,
         channels,
         |_| Ok(()),
@@ -90,23 +100,35 @@ fn count(
     let mut validation = Validation::default();
     // Requested tag → template locale: an audience has few distinct tags (a file with more
     // starts the memo over rather than grow it).
-    let mut negotiated: HashMap<Option<String>, String> = HashMap::new();
+    let mut negotiated: HashMap<Option<String>, Option<String>> = HashMap::new();
+    let default = locales.default_locale().tag().to_string();
     for row in rows {
         match row {
-            Ok(Row { recipient, .. }) => {
+            Ok(Row {
+                recipient,
+                unreadable_locale,
+                ..
+            }) => {
                 see(recipient.user_id.as_str())?;
                 validation.valid += 1;
                 if negotiated.len() >= NEGOTIATED_MAX {
                     negotiated.clear();
                 }
-                let locale = negotiated
+                let matched = negotiated
                     .entry(recipient.locale.clone())
                     .or_insert_with(|| {
-                        locales
-                            .negotiate(recipient.locale.as_deref())
-                            .tag()
-                            .to_string()
+                        let tag = recipient.locale.as_deref()?;
+                        locales.matched(tag).map(|l| l.tag().to_string())
                     });
+                let fell_back = match (&unreadable_locale, &recipient.locale, &matched) {
+                    (Some(unreadable), _, _) => Some(unreadable),
+                    (None, Some(requested), None) => Some(requested),
+                    _ => None,
+                };
+                if let Some(tag) = fell_back {
+                    validation.fallbacks.add(tag);
+                }
+                let locale = matched.as_ref().unwrap_or(&default);
                 for &channel in channels {
                     if channel == Channel::Push || recipient.email.is_some() {
                         *validation
@@ -144,6 +166,8 @@ pub struct Plan {
     pub batch_size: usize,
     /// The audience file.
     pub audience: PathBuf,
+    /// The audience CSV's delimiter, as given (detected again from the header when `None`).
+    pub delimiter: Option<Delimiter>,
     /// Rows that will be sent.
     pub recipients: u64,
     /// Rows rejected (only with `--skip-invalid`).
@@ -174,6 +198,8 @@ pub struct Options {
     pub channels: Vec<Channel>,
     /// `--vars`.
     pub vars: Option<PathBuf>,
+    /// `--delimiter` (detected from a CSV's header when `None`).
+    pub delimiter: Option<Delimiter>,
     /// `--batch-size`.
     pub batch_size: usize,
     /// `--deadline`.
@@ -221,15 +247,12 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
         .into());
     }
     let sample = Sample::load(&render::template_dir(dir, &template)?)?;
-    let vars = match &options.vars {
-        Some(path) => crate::preview::read_vars(path)?,
-        None => {
-            eprintln!(
-                "warning: no --vars given; using the campaign variables of {template}/sample.json"
-            );
-            sample.vars.clone()
-        }
-    };
+    if options.vars.is_none() {
+        eprintln!(
+            "warning: no --vars given; using the campaign variables of {template}/sample.json"
+        );
+    }
+    let vars = crate::preview::campaign_vars(sample.vars.clone(), options.vars.as_deref())?;
     check_campaign_vars(&vars).map_err(|e| InvalidInput(format!("--vars: {e}")))?;
     let renderer = Renderer::load(dir, &template, default_locale)?;
     for locale in renderer.locales().iter() {
@@ -241,7 +264,12 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
             .render(&vars, &recipient, &options.channels)
             .map_err(|e| InvalidInput(format!("the campaign variables do not render: {e}")))?;
     }
-    let validation = validate(&options.audience, renderer.locales(), &options.channels)?;
+    let validation = validate(
+        &options.audience,
+        options.delimiter,
+        renderer.locales(),
+        &options.channels,
+    )?;
     for rejected in &validation.shown {
         eprintln!(
             "{}: line {}: {}",
@@ -268,6 +296,13 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
     if validation.valid == 0 {
         return Err(InvalidInput(format!("{}: no recipients", options.audience.display())).into());
     }
+    if validation.fallbacks.total() > 0 {
+        eprintln!(
+            "{} recipient(s) get the default locale `{default_locale}`: their locale tag matches no locale of {template}: {}",
+            validation.fallbacks.total(),
+            validation.fallbacks
+        );
+    }
     Ok(Plan {
         campaign,
         template,
@@ -276,6 +311,7 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
         deadline,
         batch_size: options.batch_size,
         audience: options.audience.clone(),
+        delimiter: options.delimiter,
         recipients: validation.valid,
         rejected: validation.rejected,
         totals: validation.totals,
@@ -326,7 +362,7 @@ pub async fn publish(broker: &Broker, plan: &Plan) -> anyhow::Result<Summary> {
     let mut in_flight = FuturesOrdered::new();
     let mut batches = 0u64;
     let mut recipients = Vec::with_capacity(plan.batch_size);
-    let mut rows = rows_with(&plan.audience, Arc::clone(&plan.repeats))?
+    let mut rows = rows_with(&plan.audience, plan.delimiter, Arc::clone(&plan.repeats))?
         .filter_map(Result::ok)
         .peekable();
     while rows.peek().is_some() {

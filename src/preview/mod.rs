@@ -10,13 +10,13 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context as _;
-use icu::locale::Locale;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::cli::{InvalidInput, PreviewArgs};
 use crate::config::Config;
 use crate::lint::{self, CheckFailed};
+use crate::locale;
 use crate::render::{self, Notice, Renderer, Sample, TemplateName, Vars};
 
 /// Runs `sunset preview` with its arguments.
@@ -40,16 +40,13 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
         .into());
     }
     if let Some(tag) = &args.locale
-        && Locale::try_from_str(tag).is_err()
+        && locale::normalise(tag).is_none()
     {
         return Err(InvalidInput(format!("--locale `{tag}` is not a BCP 47 language tag")).into());
     }
     let renderer = Renderer::load(dir, &name, default_locale)?;
     let sample = Sample::load(&render::template_dir(dir, &name)?)?;
-    let mut vars = sample.vars;
-    if let Some(path) = &args.vars {
-        vars.extend(read_vars(path)?);
-    }
+    let vars = campaign_vars(sample.vars, args.vars.as_deref())?;
     let requested: Vec<String> = if args.all_locales {
         renderer
             .locales()
@@ -108,8 +105,18 @@ fn check(dir: &Path, template: Option<&TemplateName>, default_locale: &str) -> a
     }
 }
 
+/// The campaign variables of `preview`, `enqueue` and `send` alike: the template's sample
+/// variables, each top-level name a `--vars` file gives replaced by its value there.
+pub fn campaign_vars(sample: Vars, file: Option<&Path>) -> anyhow::Result<Vars> {
+    let mut vars = sample;
+    if let Some(path) = file {
+        vars.extend(read_vars(path)?);
+    }
+    Ok(vars)
+}
+
 /// A `--vars` file: one JSON object of campaign variables.
-pub fn read_vars(path: &Path) -> anyhow::Result<Vars> {
+fn read_vars(path: &Path) -> anyhow::Result<Vars> {
     let text =
         fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
     serde_json::from_str::<Vars>(&text).map_err(|e| {
