@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::channel::http::{Answer, HttpFailure, Origin};
 use crate::channel::{Delivery, Outcome, Sender};
-use crate::config::{PushConfig, PushTransport};
+use crate::config::{ConfigError, PushConfig, PushTransport};
 
 /// The environment variable holding the gateway's bearer token (`_FILE` appended: a file holding it).
 pub const TOKEN_ENV: &str = "SUNSET_PUSH_TOKEN";
@@ -41,7 +41,10 @@ impl PushSender {
             PushTransport::File => Ok(PushSender::File(JsonlOutbox::open(&config.outbox)?)),
             PushTransport::Http => {
                 if config.timeout_ms == 0 {
-                    bail!("push.timeout_ms must be greater than 0");
+                    return Err(ConfigError::Invalid(
+                        "  key `push.timeout_ms`: must be greater than 0".into(),
+                    )
+                    .into());
                 }
                 let timeout = Duration::from_millis(config.timeout_ms);
                 let gateway = PushGateway::new(&config.url, timeout, PushToken::from_env()?)?;
@@ -121,12 +124,13 @@ impl PushGateway {
         timeout: Duration,
         token: Option<PushToken>,
     ) -> anyhow::Result<PushGateway> {
+        let invalid =
+            |problem: String| ConfigError::Invalid(format!("  key `push.url`: {problem}"));
         let url: Uri = url
             .parse()
-            .with_context(|| format!("push.url `{url}` is not a URL"))?;
-        let origin = Origin::new(&url).map_err(|problem| {
-            anyhow::anyhow!("push.url `{}`: {problem}", without_userinfo(&url))
-        })?;
+            .map_err(|e| invalid(format!("`{url}` is not a URL: {e}")))?;
+        let origin = Origin::new(&url)
+            .map_err(|problem| invalid(format!("`{}`: {problem}", without_userinfo(&url))))?;
         let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use icu::locale::Locale;
 use serde::Deserialize;
 
@@ -165,7 +164,8 @@ pub(super) fn too_many(error: TooManySuspects) -> anyhow::Error {
 /// Parses an audience file's rows, CSV or JSONL by its extension.
 fn parsed(path: &Path) -> anyhow::Result<Parsed> {
     let format = Format::of(path)?;
-    let file = File::open(path).with_context(|| format!("Failed to open {}", path.display()))?;
+    let file = File::open(path)
+        .map_err(|e| InvalidInput(format!("audience file {}: {e}", path.display())))?;
     let raw: Box<dyn Iterator<Item = (u64, Result<RawRow, String>)> + Send> = match format {
         Format::Csv => {
             let mut reader = csv::ReaderBuilder::new()
