@@ -17,11 +17,11 @@ use crate::config::Config;
 use crate::daemon::{self, Live, Readiness, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::exporter::Exporter;
-use crate::ledger::{Campaign, CampaignState, Ledger, Status};
+use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
 use crate::preview;
 use crate::progress::{self, Meter, Sample};
-use crate::results::{self, Signal, Source, Unfinished};
+use crate::results::{self, Signal, Source, Unfinished, read_status};
 use crate::worker::{Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
@@ -151,13 +151,6 @@ pub async fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     };
     ledger.close().await;
     shown
-}
-
-async fn read_status(ledger: &Ledger, campaign: &CampaignId) -> anyhow::Result<Status> {
-    ledger
-        .status(campaign)
-        .await
-        .with_context(|| format!("Failed to read the ledger at {}", ledger.url()))
 }
 
 /// `status --watch`: a line per channel every `interval` (redrawn on a terminal, printed one

@@ -193,12 +193,25 @@ impl fmt::Display for Results {
 /// How often the live lines of `send` are redrawn.
 const DRAW_EVERY: Duration = Duration::from_secs(1);
 
+/// A campaign's status from the ledger; the error names the ledger.
+pub async fn read_status(ledger: &Ledger, campaign: &CampaignId) -> anyhow::Result<Status> {
+    ledger
+        .status(campaign)
+        .await
+        .with_context(|| format!("Failed to read the ledger at {}", ledger.url()))
+}
+
 /// A campaign's status before this run sends anything; `None` if the ledger does not know it.
 pub async fn before(ledger: &Ledger, campaign: &CampaignId) -> anyhow::Result<Option<Status>> {
-    match ledger.status(campaign).await {
+    match read_status(ledger, campaign).await {
         Ok(status) => Ok(Some(status)),
-        Err(LedgerError::UnknownCampaign(_)) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("Failed to read the ledger at {}", ledger.url())),
+        Err(e)
+            if e.downcast_ref::<LedgerError>()
+                .is_some_and(|e| matches!(e, LedgerError::UnknownCampaign(_))) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -223,10 +236,7 @@ impl Source<'_> {
                 report,
             ));
         };
-        let after = ledger
-            .status(&self.plan.campaign)
-            .await
-            .with_context(|| format!("Failed to read the ledger at {}", ledger.url()))?;
+        let after = read_status(ledger, &self.plan.campaign).await?;
         Ok(Results::from_ledger(self.before, &after, report.no_email))
     }
 

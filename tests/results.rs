@@ -234,6 +234,19 @@ fn bad_input_and_configuration_exit_2_naming_what_to_fix() {
         missing.stderr()
     );
 
+    let vars = env
+        .sunset(&campaign_args(
+            "enqueue",
+            &campaign,
+            &["--vars", "nowhere.json"],
+        ))
+        .expect_code(2);
+    assert!(
+        vars.stderr().contains("--vars nowhere.json"),
+        "{}",
+        vars.stderr()
+    );
+
     let past = env
         .sunset(&campaign_args(
             "enqueue",
@@ -243,6 +256,18 @@ fn bad_input_and_configuration_exit_2_naming_what_to_fix() {
         .expect_code(2);
     assert!(past.stderr().contains("--deadline"), "{}", past.stderr());
     assert!(past.stderr().contains("has passed"), "{}", past.stderr());
+
+    env.write_config(
+        "[templates]\ndir = \"templates\"\n[push]\noutbox = \"/proc/none/push.jsonl\"\n",
+    );
+    let outbox = env
+        .sunset(&campaign_args("send", &campaign, &[]))
+        .expect_code(2);
+    assert!(
+        outbox.stderr().contains("key `push.outbox`"),
+        "{}",
+        outbox.stderr()
+    );
 
     for args in [
         vec!["status", "--campaign", campaign.as_str()],

@@ -5,7 +5,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -220,17 +219,23 @@ pub struct JsonlOutbox {
 }
 
 impl JsonlOutbox {
-    /// Creates the file's folder if needed and opens the file for appending.
-    pub fn open(path: &Path) -> anyhow::Result<JsonlOutbox> {
+    /// Creates the file's folder if needed and opens the file for appending; the error names
+    /// `push.outbox`.
+    pub fn open(path: &Path) -> Result<JsonlOutbox, ConfigError> {
+        let invalid = |what: &str, at: &Path, e: std::io::Error| {
+            ConfigError::Invalid(format!(
+                "  key `push.outbox`: cannot {what} {}: {e}",
+                at.display()
+            ))
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("Failed to create folder {}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| invalid("create folder", parent, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("Failed to open push outbox {}", path.display()))?;
+            .map_err(|e| invalid("open", path, e))?;
         Ok(JsonlOutbox {
             path: path.to_owned(),
             file: Mutex::new(tokio::fs::File::from_std(file)),

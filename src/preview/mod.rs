@@ -110,8 +110,8 @@ fn check(dir: &Path, template: Option<&TemplateName>, default_locale: &str) -> a
 
 /// A `--vars` file: one JSON object of campaign variables.
 pub fn read_vars(path: &Path) -> anyhow::Result<Vars> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+    let text = fs::read_to_string(path)
+        .map_err(|e| InvalidInput(format!("--vars {}: {e}", path.display())))?;
     serde_json::from_str::<Vars>(&text).map_err(|e| {
         InvalidInput(format!(
             "{}: not a JSON object of variables: {e}",
