@@ -112,32 +112,41 @@ async fn a_rerun_of_a_finished_campaign_sends_nothing_and_counts_everyone_as_ear
     assert_everyone_told_once(&smtp, &push, 6);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_during_send_exits_130_saying_what_is_left_and_the_resume_finishes_once() {
-    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = TestEnv::with_broker(&sinks_config(
-        &smtp,
-        &push,
-        "[rate]\nemail_per_sec = 40\npush_per_sec = 40\n",
-    ));
-    env.write("audience.csv", &audience_csv(200, |_| "example.com".into()));
-    let campaign = unique("interrupted");
-    let args = campaign_args("send", &campaign, &["--batch-size", "10"]);
-    let child = spawn(&env, &args);
-    until_emails(&smtp, 20).await;
+/// Runs `send ARGS`, interrupts it with SIGINT once 20 emails are out, and returns its exit
+/// code, stdout and stderr.
+async fn interrupted_send(
+    env: &TestEnv,
+    smtp: &SmtpSink,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let child = spawn(env, args);
+    until_emails(smtp, 20).await;
     let killed = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
     let output = output_within(child, Duration::from_secs(60)).await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(output.status.code(), Some(130), "{stdout}\n{stderr}");
-    let email = row(&stdout, "email");
-    assert!(email[6] > 0, "something is left: {stdout}");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Sinks paced so that a 200-recipient campaign takes seconds.
+const PACED: &str = "[rate]\nemail_per_sec = 40\npush_per_sec = 40\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_send_exits_130_saying_what_is_left_and_the_resume_finishes_once() {
+    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, PACED));
+    env.write("audience.csv", &audience_csv(200, |_| "example.com".into()));
+    let campaign = unique("interrupted");
+    let args = campaign_args("send", &campaign, &["--batch-size", "10"]);
+    let (code, stdout, stderr) = interrupted_send(&env, &smtp, &args).await;
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert!(row(&stdout, "email")[6] > 0, "something is left: {stdout}");
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
     assert!(stderr.contains("pairs not reached"), "{stderr}");
     let resume = format!(
@@ -154,6 +163,26 @@ async fn ctrl_c_during_send_exits_130_saying_what_is_left_and_the_resume_finishe
         email[2] >= 20,
         "the first run's emails count as earlier: {resumed}"
     );
+    assert_everyone_told_once(&smtp, &push, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_ledger_ctrl_c_names_a_draining_worker_that_finishes_the_campaign_once() {
+    let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, &format!("{PACED}{NO_LEDGER}")));
+    env.write("audience.csv", &audience_csv(200, |_| "example.com".into()));
+    let campaign = unique("interrupted");
+    let args = campaign_args("send", &campaign, &["--batch-size", "10"]);
+    let (code, stdout, stderr) = interrupted_send(&env, &smtp, &args).await;
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    let resume = format!(
+        "resume with: {} worker --exit-when-idle",
+        env!("CARGO_BIN_EXE_sunset")
+    );
+    assert!(stderr.contains(&resume), "{stderr}");
+    env.sunset_async(&["worker", "--exit-when-idle"])
+        .await
+        .expect_code(0);
     assert_everyone_told_once(&smtp, &push, 200);
 }
 
