@@ -384,6 +384,8 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     sent
 }
 
+/// `send` once its senders and ledger are set up: the campaign's numbers before, enqueue, work
+/// (with the live lines on a terminal), then the table and how the command ends.
 async fn send_with(
     config: &Config,
     args: &CampaignArgs,

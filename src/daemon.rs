@@ -103,8 +103,8 @@ impl Live {
 }
 
 /// Runs the loop until `until` or `shutdown`; returns what was processed, which `live` shows
-/// as it grows. `readiness` says whether it is consuming. Reconnects with back-off whenever the connection is lost and
-/// lapin's own recovery gave up.
+/// as it grows. `readiness` says whether it is consuming. Reconnects with back-off whenever the
+/// connection is lost and lapin's own recovery gave up.
 pub async fn run<E, P>(
     config: &BrokerConfig,
     names: QueueNames,

@@ -25,7 +25,7 @@ pub const NOT_REACHED: u8 = 3;
 pub struct Tally {
     /// Recipients to reach on the channel.
     pub total: u64,
-    /// Delivered by this run.
+    /// Delivered since this run began (with a ledger, by any worker).
     pub now: u64,
     /// Delivered before this run (a rerun sends them nothing).
     pub earlier: u64,
