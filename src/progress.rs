@@ -106,9 +106,10 @@ impl Meter {
         }
         if let Some(deadline) = self.deadline {
             let finish = eta.and_then(|eta| chrono::Duration::from_std(eta).ok());
-            let late = finish.is_some_and(|eta| wall + eta > deadline) || wall >= deadline;
             line.push_str(&format!(", deadline {}", deadline.to_rfc3339()));
-            if late {
+            if wall >= deadline {
+                line.push_str(" (passed!)");
+            } else if finish.is_some_and(|eta| wall + eta > deadline) {
                 line.push_str(" (ETA passes it!)");
             }
         }
