@@ -11,6 +11,7 @@ use crate::enqueue::Delimiter;
 use crate::ledger::LedgerError;
 use crate::lint::CheckFailed;
 use crate::render::{RenderError, TemplateError};
+use crate::results::Unfinished;
 
 /// sunset: tell every user of a shutting-down product, in their own language, exactly once.
 #[derive(Debug, Parser)]
@@ -60,8 +61,15 @@ pub struct StatusArgs {
     #[arg(long)]
     pub campaign: String,
     /// Stable JSON for scripts instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Redraw a line per channel until nothing is pending (exit 0) or Ctrl-C (exit 130); off a
+    /// terminal, print one line per look.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch looks at the ledger.
+    #[arg(long, requires = "watch", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub interval_ms: u64,
 }
 
 /// `sunset campaign …`.
@@ -208,8 +216,13 @@ pub struct PreviewArgs {
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
-/// 2 for anything the user must fix in their input (clap's convention), 1 for runtime failures.
+/// 2 for anything the user must fix in their input (clap's convention), 3 for a `send` that
+/// finished with recipients not reached, 128 + the signal for a stopped one, 1 for runtime
+/// failures.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(unfinished) = error.downcast_ref::<Unfinished>() {
+        return unfinished.exit_code();
+    }
     let invalid = error.chain().any(|cause| {
         cause.is::<InvalidInput>()
             || cause.is::<ConfigError>()

@@ -1,4 +1,5 @@
-//! The commands that talk to RabbitMQ: `topology`, `enqueue`, `worker`, `send`.
+//! The commands that talk to RabbitMQ or the ledger: `topology`, `enqueue`, `worker`, `send`,
+//! `status`, `campaign`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,17 +9,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::batch::CampaignId;
-use crate::broker::{Broker, QueueNames, redact};
+use crate::broker::{self, Broker, QueueNames, redact};
 use crate::channel::email::EmailSender;
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
-use crate::daemon::{self, Readiness, Until};
+use crate::daemon::{self, Live, Readiness, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::exporter::Exporter;
 use crate::ledger::{Campaign, CampaignState, Ledger};
 use crate::limit::Limits;
 use crate::preview;
+use crate::progress::{self, Meter, Sample};
+use crate::results::{self, Signal, Source, Unfinished, read_status};
 use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
@@ -65,6 +68,8 @@ fn options(args: &CampaignArgs) -> Options {
 
 /// Validates, then (unless `--dry-run`) publishes; `None` on a dry run.
 async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Option<Plan>> {
+    // Before the audience is read or the campaign recorded: a bad broker.url leaves nothing done.
+    broker::check_url(&config.broker.url)?;
     let plan = enqueue::prepare(config, &options(args))?;
     if args.dry_run {
         println!(
@@ -134,18 +139,71 @@ fn campaign_id(id: &str) -> anyhow::Result<CampaignId> {
 pub async fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let campaign = campaign_id(&args.campaign)?;
     let ledger = require_ledger(config)?;
-    let status = ledger
-        .status(&campaign)
-        .await
-        .with_context(|| format!("Failed to read the ledger at {}", ledger.url()));
-    ledger.close().await;
-    let status = status?;
-    if args.json {
-        println!("{}", status.json());
+    let shown = if args.watch {
+        watch(&ledger, &campaign, Duration::from_millis(args.interval_ms)).await
     } else {
-        print!("{status}");
+        read_status(&ledger, &campaign).await.map(|status| {
+            if args.json {
+                println!("{}", status.json());
+            } else {
+                print!("{status}");
+            }
+        })
+    };
+    ledger.close().await;
+    shown
+}
+
+/// `status --watch`: a line per channel every `interval` (redrawn on a terminal, printed one
+/// look per line otherwise) until the campaign has nothing pending, or a signal.
+async fn watch(ledger: &Ledger, campaign: &CampaignId, interval: Duration) -> anyhow::Result<()> {
+    let terminal = progress::on_terminal();
+    let mut meter = None;
+    let mut tick = tokio::time::interval(interval);
+    let stop = CancellationToken::new();
+    let signal = tokio::spawn(cancel_on_signal(stop.clone()));
+    let watched = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break None,
+            _ = tick.tick() => {}
+        }
+        let status = match read_status(ledger, campaign).await {
+            Ok(status) => status,
+            Err(e) => break Some(Err(e)),
+        };
+        let samples: Vec<Sample> = status
+            .channels()
+            .into_iter()
+            .map(|(channel, counts)| Sample {
+                channel,
+                done: counts.done(),
+                total: counts.total,
+            })
+            .collect();
+        let lines = meter
+            .get_or_insert_with(|| Meter::new(status.deadline))
+            .lines(&samples);
+        if terminal {
+            progress::draw(lines);
+        } else {
+            println!("campaign {campaign}: {}", lines.join("; "));
+        }
+        if status.total().settled() {
+            break Some(Ok(()));
+        }
+    };
+    progress::keep();
+    match watched {
+        Some(watched) => {
+            signal.abort();
+            watched
+        }
+        None => {
+            let signal = signal.await.unwrap_or(Signal::Interrupt);
+            let what = format!("stopped watching campaign {campaign}");
+            Err(Unfinished::Interrupted { signal, what }.into())
+        }
     }
-    Ok(())
 }
 
 /// `sunset campaign pause|resume|cancel`.
@@ -199,13 +257,26 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
     }))
 }
 
+/// What a run of the daemon came to.
+struct Worked {
+    /// What this process processed.
+    report: Report,
+    /// The signal that stopped it, if one did.
+    stopped_by: Option<Signal>,
+}
+
 /// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
-/// the daemon has finished its in-flight batches.
-async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyhow::Result<Report> {
-    // After the exporter installed the recorder: the limits report their domains' rates.
-    let deps = deps(config)?;
+/// the daemon has finished its in-flight batches; `live` shows what it has processed so far.
+/// The caller closes the ledger.
+async fn work(
+    config: &Config,
+    deps: Arc<Deps<EmailSender, PushSender>>,
+    until: Until,
+    exporter: Option<Exporter>,
+    live: &Live,
+) -> anyhow::Result<Worked> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let signal = tokio::spawn(cancel_on_signal(shutdown.clone()));
     let readiness = Readiness::default();
     let stop_exporter = CancellationToken::new();
     let exporter = exporter.map(|exporter| {
@@ -231,8 +302,16 @@ async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyh
         until,
         shutdown.clone(),
         &readiness,
+        live,
     )
     .await;
+    // Only the signal handler cancels `shutdown` before the daemon returns.
+    let stopped_by = if shutdown.is_cancelled() {
+        signal.await.ok()
+    } else {
+        signal.abort();
+        None
+    };
     shutdown.cancel();
     stop_exporter.cancel();
     if let Some(exporter) = exporter {
@@ -242,14 +321,14 @@ async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyh
     if let Some(heartbeat) = heartbeat {
         let _ = heartbeat.await;
     }
-    if let Some(ledger) = ledger {
-        ledger.close().await;
-    }
-    report
+    Ok(Worked {
+        report: report?,
+        stopped_by,
+    })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT; returns which.
+async fn cancel_on_signal(shutdown: CancellationToken) -> Signal {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -258,12 +337,13 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    info!("shutdown requested: finishing in-flight work");
+    let signal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+        _ = terminate => Signal::Terminate,
+    };
+    info!(%signal, "shutdown requested: finishing in-flight work");
     shutdown.cancel();
+    signal
 }
 
 /// `sunset preview --serve`, until SIGTERM or SIGINT.
@@ -281,19 +361,51 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
         Until::Shutdown
     };
     let exporter = Exporter::bind(&config.metrics).await?;
-    let report = work(config, until, exporter).await?;
-    info!(batches = report.batches, "worker stopped");
+    // After the exporter installed the recorder: the limits report their domains' rates.
+    let deps = deps(config)?;
+    let ledger = deps.ledger().cloned();
+    let worked = work(config, deps, until, exporter, &Live::default()).await;
+    if let Some(ledger) = ledger {
+        ledger.close().await;
+    }
+    info!(batches = worked?.report.batches, "worker stopped");
     Ok(())
 }
 
-/// `sunset send`.
+/// `sunset send`: exits 0 only when every recipient was reached on every requested channel.
 pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if args.dry_run {
+        return enqueue_plan(config, args).await.map(drop);
+    }
+    let campaign = CampaignId::parse(&args.campaign_id)
+        .map_err(|e| InvalidInput(format!("--campaign-id: {e}")))?;
     // Bound before anything is published: a port in use stops the command with nothing sent.
-    let exporter = if args.dry_run {
-        None
-    } else {
-        Exporter::bind(&config.metrics).await?
+    let exporter = Exporter::bind(&config.metrics).await?;
+    // Set up before anything is published too: a bad email.url or push.url sends nothing.
+    let deps = deps(config)?;
+    let ledger = deps.ledger().cloned();
+    let sent = send_with(config, args, &campaign, deps, exporter, started).await;
+    if let Some(ledger) = ledger {
+        ledger.close().await;
+    }
+    sent
+}
+
+/// `send` once its senders and ledger are set up: the campaign's numbers before, enqueue, work
+/// (with the live lines on a terminal), then the table and how the command ends.
+async fn send_with(
+    config: &Config,
+    args: &CampaignArgs,
+    campaign: &CampaignId,
+    deps: Arc<Deps<EmailSender, PushSender>>,
+    exporter: Option<Exporter>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let ledger = deps.ledger().cloned();
+    let before = match &ledger {
+        Some(ledger) => results::before(ledger, campaign).await?,
+        None => None,
     };
     let Some(plan) = enqueue_plan(config, args).await? else {
         return Ok(());
@@ -302,31 +414,37 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
         campaign: plan.campaign.clone(),
         batches: plan.batches(),
     };
-    let report = work(config, until, exporter).await?;
-    print!("{}", summary(&plan.campaign, &report, started.elapsed()));
-    Ok(())
-}
-
-/// The end-of-campaign table: per channel and locale, then totals and the rate.
-pub fn summary(campaign: &CampaignId, report: &Report, elapsed: Duration) -> String {
-    let mut out = format!("campaign {campaign}: {} batches\n", report.batches);
-    out.push_str(&format!(
-        "{:<8} {:<8} {:>10} {:>8}\n",
-        "channel", "locale", "delivered", "failed"
-    ));
-    for ((channel, locale), counts) in &report.counts {
-        out.push_str(&format!(
-            "{channel:<8} {locale:<8} {:>10} {:>8}\n",
-            counts.delivered, counts.failed
-        ));
+    let live = Live::default();
+    let done = CancellationToken::new();
+    let working = async {
+        let worked = work(config, deps, until, exporter, &live).await;
+        done.cancel();
+        worked
+    };
+    let source = Source {
+        ledger: ledger.as_deref(),
+        before: before.as_ref(),
+        plan: &plan,
+    };
+    let (worked, ()) = tokio::join!(working, source.draw_until(&live, &done));
+    let worked = worked?;
+    let results = source.results(&worked.report).await?;
+    print!(
+        "{}",
+        results.table(worked.report.batches, started.elapsed())
+    );
+    if let Some(signal) = worked.stopped_by {
+        let args: Vec<String> = std::env::args().collect();
+        let resume = results::resume_command(&args, ledger.is_some());
+        let what = format!("{results}; resume with: {resume}");
+        return Err(Unfinished::Interrupted { signal, what }.into());
     }
-    let delivered: u64 = report.counts.values().map(|c| c.delivered).sum();
-    let failed: u64 = report.counts.values().map(|c| c.failed).sum();
-    let secs = elapsed.as_secs_f64();
-    out.push_str(&format!(
-        "total: {delivered} delivered, {failed} failed, {} without email, {secs:.1}s, {:.0} sends/s\n",
-        report.no_email,
-        if secs > 0.0 { delivered as f64 / secs } else { 0.0 }
-    ));
-    out
+    if results.not_reached() > 0 {
+        return Err(Unfinished::NotReached {
+            campaign: plan.campaign.clone(),
+            results: Box::new(results),
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -81,9 +81,30 @@ impl Readiness {
     }
 }
 
-/// Runs the loop until `until` or `shutdown`; returns what was processed. `readiness` says
-/// whether it is consuming. Reconnects with back-off whenever the connection is lost and
-/// lapin's own recovery gave up.
+/// What the loop has processed so far, for a live view while it runs. Clones share the state.
+#[derive(Clone, Default)]
+pub struct Live(Arc<Mutex<Report>>);
+
+impl Live {
+    /// The recipients processed so far.
+    pub fn report(&self) -> Report {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn add(&self, report: &Report) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .merge(report);
+    }
+}
+
+/// Runs the loop until `until` or `shutdown`; returns what was processed, which `live` shows
+/// as it grows. `readiness` says whether it is consuming. Reconnects with back-off whenever the
+/// connection is lost and lapin's own recovery gave up.
 pub async fn run<E, P>(
     config: &BrokerConfig,
     names: QueueNames,
@@ -91,12 +112,16 @@ pub async fn run<E, P>(
     until: Until,
     shutdown: CancellationToken,
     readiness: &Readiness,
+    live: &Live,
 ) -> anyhow::Result<Report>
 where
     E: Sender + 'static,
     P: Sender + 'static,
 {
-    let mut progress = Progress::default();
+    let mut progress = Progress {
+        live: live.clone(),
+        ..Progress::default()
+    };
     let mut backoff = BACKOFF.0;
     let give_up =
         (config.give_up_after_ms > 0).then(|| Duration::from_millis(config.give_up_after_ms));
@@ -109,6 +134,8 @@ where
         };
         let broker = match broker {
             Ok(broker) => Arc::new(broker),
+            // A bad `broker.url` or CA file stays bad: stop at once, naming the key.
+            Err(e @ BrokerError::Config(_)) => return Err(e.into()),
             Err(e) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if let Some(limit) = give_up
@@ -304,11 +331,13 @@ struct Progress {
     report: Report,
     /// Batch ids of the campaign `Until::CampaignDone` waits for, acked at their first attempt.
     campaign_batches: HashSet<String>,
+    live: Live,
 }
 
 impl Progress {
     fn record(&mut self, until: &Until, done: Handled) {
         self.report.merge(&done.report);
+        self.live.add(&done.report);
         if let (Until::CampaignDone { campaign, .. }, true, Some((done_campaign, batch))) =
             (until, done.acked, done.first)
             && done_campaign == *campaign

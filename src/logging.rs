@@ -129,10 +129,10 @@ impl<'a> MakeWriter<'a> for MaskingStderr {
 impl Write for MaskingStderr {
     /// tracing formats a whole event, then writes it at once: each call sees whole lines.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut stderr = io::stderr().lock();
+        // Above the live progress lines of `send` and `status --watch`, which stay at the bottom.
         match std::str::from_utf8(buf) {
-            Ok(text) => stderr.write_all(mask_addresses(text).as_bytes())?,
-            Err(_) => stderr.write_all(buf)?,
+            Ok(text) => crate::progress::above(mask_addresses(text).as_bytes())?,
+            Err(_) => crate::progress::above(buf)?,
         }
         Ok(buf.len())
     }

@@ -57,7 +57,7 @@ pub enum BrokerError {
     /// The broker ended the consumer (queue deleted, or the channel closed).
     #[error("RabbitMQ ended the consumer")]
     ConsumerEnded,
-    /// `broker.ca_file` cannot be read or holds no certificate.
+    /// `broker.url` is not an AMQP URL, or `broker.ca_file` cannot be read or holds no certificate.
     #[error("invalid broker configuration")]
     Config(#[source] ConfigError),
     /// RabbitMQ's TLS certificate is not one this host trusts (nor `broker.ca_file`).
@@ -162,6 +162,19 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Whether `url` is an AMQP URL (`amqp://` or `amqps://`); the error names `broker.url`.
+pub fn check_url(url: &str) -> Result<(), ConfigError> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(drop)
+        .map_err(|problem| {
+            ConfigError::Invalid(format!(
+                "  key `broker.url`: `{}` is not an AMQP URL ({problem}); \
+                 expected amqp://user:password@host:5672/vhost or amqps://…",
+                redact(url)
+            ))
+        })
+}
+
 impl Broker {
     /// Connects (giving up after a timeout; at once if an `amqps://` broker's certificate is
     /// not trusted), enables lapin's auto-recovery, opens a confirm-mode channel and declares
@@ -170,6 +183,7 @@ impl Broker {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
+        check_url(&config.url).map_err(BrokerError::Config)?;
         let tls = tls::config(config).map_err(BrokerError::Config)?;
         // lapin retries a failed connect, a certificate it rejects included, for a long while:
         // find out first, in one handshake of our own, whether retrying could ever help.

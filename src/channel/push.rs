@@ -5,7 +5,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,7 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::channel::http::{Answer, HttpFailure, Origin};
 use crate::channel::{Delivery, Outcome, RETRY_AFTER_MAX, Sender};
-use crate::config::{PushConfig, PushTransport};
+use crate::config::{ConfigError, PushConfig, PushTransport};
 
 /// The environment variable holding the gateway's bearer token (`_FILE` appended: a file holding it).
 pub const TOKEN_ENV: &str = "SUNSET_PUSH_TOKEN";
@@ -41,7 +40,10 @@ impl PushSender {
             PushTransport::File => Ok(PushSender::File(JsonlOutbox::open(&config.outbox)?)),
             PushTransport::Http => {
                 if config.timeout_ms == 0 {
-                    bail!("push.timeout_ms must be greater than 0");
+                    return Err(ConfigError::Invalid(
+                        "  key `push.timeout_ms`: must be greater than 0".into(),
+                    )
+                    .into());
                 }
                 let timeout = Duration::from_millis(config.timeout_ms);
                 let gateway = PushGateway::new(&config.url, timeout, PushToken::from_env()?)?;
@@ -121,12 +123,13 @@ impl PushGateway {
         timeout: Duration,
         token: Option<PushToken>,
     ) -> anyhow::Result<PushGateway> {
+        let invalid =
+            |problem: String| ConfigError::Invalid(format!("  key `push.url`: {problem}"));
         let url: Uri = url
             .parse()
-            .with_context(|| format!("push.url `{url}` is not a URL"))?;
-        let origin = Origin::new(&url).map_err(|problem| {
-            anyhow::anyhow!("push.url `{}`: {problem}", without_userinfo(&url))
-        })?;
+            .map_err(|e| invalid(format!("`{url}` is not a URL: {e}")))?;
+        let origin = Origin::new(&url)
+            .map_err(|problem| invalid(format!("`{}`: {problem}", without_userinfo(&url))))?;
         let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -219,17 +222,23 @@ pub struct JsonlOutbox {
 }
 
 impl JsonlOutbox {
-    /// Creates the file's folder if needed and opens the file for appending.
-    pub fn open(path: &Path) -> anyhow::Result<JsonlOutbox> {
+    /// Creates the file's folder if needed and opens the file for appending; the error names
+    /// `push.outbox`.
+    pub fn open(path: &Path) -> Result<JsonlOutbox, ConfigError> {
+        let invalid = |what: &str, at: &Path, e: std::io::Error| {
+            ConfigError::Invalid(format!(
+                "  key `push.outbox`: cannot {what} {}: {e}",
+                at.display()
+            ))
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("Failed to create folder {}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| invalid("create folder", parent, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("Failed to open push outbox {}", path.display()))?;
+            .map_err(|e| invalid("open", path, e))?;
         Ok(JsonlOutbox {
             path: path.to_owned(),
             file: Mutex::new(tokio::fs::File::from_std(file)),

@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use serde::Deserialize;
 
 use super::csv_rows::{self, Delimiter};
@@ -201,7 +200,8 @@ fn parsed(path: &Path, delimiter: Option<Delimiter>) -> anyhow::Result<ParsedRow
         ))
         .into());
     }
-    let file = File::open(path).with_context(|| format!("Failed to open {}", path.display()))?;
+    let file = File::open(path)
+        .map_err(|e| InvalidInput(format!("audience file {}: {e}", path.display())))?;
     let raw: Box<dyn Iterator<Item = (u64, Result<RawRow, String>)> + Send> = match format {
         Format::Csv => Box::new(csv_rows::records(path, file, delimiter)?),
         Format::Jsonl => Box::new(

@@ -231,9 +231,10 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
     if let Some(deadline) = deadline
         && deadline <= chrono::Utc::now()
     {
-        eprintln!(
-            "warning: --deadline {deadline} has passed: workers will dead-letter every recipient with reason `deadline`"
-        );
+        return Err(InvalidInput(format!(
+            "--deadline {deadline} has passed: every recipient would be dead-lettered unsent; nothing was published"
+        ))
+        .into());
     }
     let dir = &config.templates.dir;
     let default_locale = &config.templates.default_locale;

@@ -104,7 +104,7 @@ const TOTALS_IN: &str = "INSERT INTO campaign_totals (campaign_id, channel, loca
     SELECT $1, t.c, t.l, t.n FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(c, l, n)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = $1";
 const SET_STATE: &str = "UPDATE campaigns SET state = $2 WHERE id = $1";
-const CAMPAIGN: &str = "SELECT template, state, recipients FROM campaigns WHERE id = $1";
+const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = $1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = $1";
 const COUNTS: &str =
     "SELECT channel, locale, status, n FROM campaign_counts WHERE campaign_id = $1";
@@ -533,7 +533,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .map(|r| -> Result<_, sqlx::Error> {
-                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
             })
             .transpose()?;
         let totals = sqlx::query(TOTALS)

@@ -69,7 +69,7 @@ const TOTAL: &str =
     "INSERT INTO campaign_totals (campaign_id, channel, locale, total) VALUES (?1, ?2, ?3, ?4)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = ?1";
 const SET_STATE: &str = "UPDATE campaigns SET state = ?2 WHERE id = ?1";
-const CAMPAIGN: &str = "SELECT template, state, recipients FROM campaigns WHERE id = ?1";
+const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = ?1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = ?1";
 const COUNTS: &str =
     "SELECT channel, locale, status, n FROM campaign_counts WHERE campaign_id = ?1";
@@ -426,7 +426,9 @@ fn give_up(c: &Connection, entries: &[Entry], now: i64) -> Result<(), LedgerErro
 fn snapshot(c: &Connection, campaign: &str, since_bucket: i64) -> Result<Snapshot, LedgerError> {
     let recorded = c
         .prepare_cached(CAMPAIGN)?
-        .query_row([campaign], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([campaign], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     let totals = c
         .prepare_cached(TOTALS)?

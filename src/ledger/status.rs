@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, FixedOffset};
 use serde_json::{Value, json};
 
 use super::{CampaignState, LedgerError, Mark};
@@ -39,9 +40,14 @@ impl Counts {
         )
     }
 
-    /// Every send delivered, dead, cancelled or unknown: nothing left to try on its own.
+    /// Sends delivered, dead, cancelled or unknown: nothing left to try on their own.
+    pub fn done(&self) -> u64 {
+        self.delivered + self.dead + self.cancelled + self.unknown
+    }
+
+    /// Every send delivered, dead, cancelled or unknown.
     pub fn settled(&self) -> bool {
-        self.delivered + self.dead + self.cancelled + self.unknown >= self.total
+        self.done() >= self.total
     }
 
     fn add(&mut self, other: &Counts) {
@@ -81,9 +87,16 @@ pub struct Status {
     pub rows: BTreeMap<(Channel, String), Counts>,
     /// Deliveries in the last minute.
     pub last_minute: u64,
+    /// `--deadline`, if the campaign has one.
+    pub deadline: Option<DateTime<FixedOffset>>,
 }
 
 impl Status {
+    /// Counts per channel, all locales together.
+    pub fn channels(&self) -> BTreeMap<Channel, Counts> {
+        self.sum_by(|(channel, _)| *channel)
+    }
+
     /// All channels and locales together.
     pub fn total(&self) -> Counts {
         let mut total = Counts::default();
@@ -130,7 +143,7 @@ impl Status {
             None => (Value::Null, Value::Null, Value::Null),
         };
         let channels: serde_json::Map<String, Value> = self
-            .sum_by(|(channel, _)| *channel)
+            .channels()
             .iter()
             .map(|(channel, counts)| (channel.to_string(), counts.json()))
             .collect();
@@ -160,6 +173,7 @@ impl Status {
             "rows": rows,
             "rate_per_second": (self.rate() * 10.0).round() / 10.0,
             "eta_seconds": self.eta_seconds(),
+            "deadline": self.deadline.map(|d| d.to_rfc3339()),
         })
     }
 }
@@ -233,10 +247,10 @@ impl fmt::Display for Status {
 }
 
 /// What the database holds for one campaign's `status`: its row (template, state, recipients —
-/// `-1` for a campaign first seen in a batch), planned totals and counters per channel, locale
+/// `-1` for a campaign first seen in a batch — and RFC 3339 deadline), planned totals and counters per channel, locale
 /// and status, and deliveries over the last minute.
 pub(super) struct Snapshot {
-    pub(super) recorded: Option<(String, String, i64)>,
+    pub(super) recorded: Option<(String, String, i64, Option<String>)>,
     pub(super) totals: Vec<(String, String, i64)>,
     pub(super) counts: Vec<(String, String, String, i64)>,
     pub(super) last_minute: i64,
@@ -252,12 +266,19 @@ fn key(channel: &str, locale: String) -> Result<(Channel, String), LedgerError> 
 /// A campaign's status from its snapshot; an unknown campaign with no rows is an error.
 pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status, LedgerError> {
     let mut planned = true;
+    let mut deadline = None;
     let recorded = snapshot
         .recorded
-        .map(|(template, state, recipients)| -> Result<_, LedgerError> {
-            planned = recipients >= 0;
-            Ok((template, state.parse()?, recipients.max(0) as u64))
-        })
+        .map(
+            |(template, state, recipients, until)| -> Result<_, LedgerError> {
+                planned = recipients >= 0;
+                deadline = until
+                    .map(|d| DateTime::parse_from_rfc3339(&d))
+                    .transpose()
+                    .map_err(|e| LedgerError::Corrupt(format!("campaign deadline: {e}")))?;
+                Ok((template, state.parse()?, recipients.max(0) as u64))
+            },
+        )
         .transpose()?;
     let mut rows: BTreeMap<(Channel, String), Counts> = BTreeMap::new();
     for (channel, locale, total) in snapshot.totals {
@@ -296,6 +317,7 @@ pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status,
         planned,
         rows,
         last_minute: snapshot.last_minute.max(0) as u64,
+        deadline,
     };
     if !status.planned
         && let Some((_, _, recipients)) = status.recorded.as_mut()
@@ -327,6 +349,7 @@ mod tests {
                 ((Channel::Push, "en".to_string()), counts(50, 50, 0, 0)),
             ]),
             last_minute,
+            deadline: None,
         }
     }
 

@@ -116,9 +116,9 @@ pub fn campaign_vars(sample: Vars, file: Option<&Path>) -> anyhow::Result<Vars> 
 }
 
 /// A `--vars` file: one JSON object of campaign variables.
-fn read_vars(path: &Path) -> anyhow::Result<Vars> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+pub fn read_vars(path: &Path) -> anyhow::Result<Vars> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| InvalidInput(format!("--vars {}: {e}", path.display())))?;
     serde_json::from_str::<Vars>(&text).map_err(|e| {
         InvalidInput(format!(
             "{}: not a JSON object of variables: {e}",

@@ -31,22 +31,25 @@ pub use owed::{DeadLetterKind, Owed, RetryPolicy};
 use owed::{Failed, Fate, failure, held_back, hold, owed, rejected};
 use plan::{Item, Plan, Unsendable, plan};
 
-/// Counts for one channel and locale.
+/// What became of the recipients of one channel: each counts once, by its final fate in this
+/// process (a transient failure with a retry scheduled is not counted until the retry decides).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Accepted by the relay or gateway.
+    /// Accepted by the relay or gateway (here, or before as the ledger or a redelivery says).
     pub delivered: u64,
-    /// Not delivered (transient or permanent).
-    pub failed: u64,
+    /// Dead-lettered: refused for good, attempts exhausted, deadline passed, unrenderable.
+    pub dead: u64,
+    /// Handed over with no answer: may or may not have arrived; dead-lettered as unknown.
+    pub unknown: u64,
 }
 
-/// What happened in one or more batches, per channel and template locale.
+/// What happened in one or more batches, per channel: recipients, not attempts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Batches processed.
     pub batches: u64,
-    /// Counts keyed by channel and locale (`"-"` when nothing was rendered).
-    pub counts: BTreeMap<(Channel, String), Counts>,
+    /// Recipients by their fate, per channel.
+    pub counts: BTreeMap<Channel, Counts>,
     /// Recipients with no email address, for whom the email channel was skipped.
     pub no_email: u64,
 }
@@ -56,33 +59,31 @@ impl Report {
     pub fn merge(&mut self, other: &Report) {
         self.batches += other.batches;
         self.no_email += other.no_email;
-        for (key, counts) in &other.counts {
-            let entry = self.counts.entry(key.clone()).or_default();
+        for (channel, counts) in &other.counts {
+            let entry = self.counts.entry(*channel).or_default();
             entry.delivered += counts.delivered;
-            entry.failed += counts.failed;
+            entry.dead += counts.dead;
+            entry.unknown += counts.unknown;
         }
     }
 
-    /// Totals per channel.
-    pub fn by_channel(&self) -> BTreeMap<Channel, Counts> {
-        let mut totals: BTreeMap<Channel, Counts> = BTreeMap::new();
-        for ((channel, _), counts) in &self.counts {
-            let entry = totals.entry(*channel).or_default();
-            entry.delivered += counts.delivered;
-            entry.failed += counts.failed;
+    /// Counts the pairs a batch delivered and the ones it dead-letters.
+    fn tally(&mut self, delivered: &[(UserId, Channel)], owed: &[Owed]) {
+        for (_, channel) in delivered {
+            self.counts.entry(*channel).or_default().delivered += 1;
         }
-        totals
-    }
-
-    fn count(&mut self, channel: Channel, locale: &str, delivered: bool) {
-        let entry = self
-            .counts
-            .entry((channel, locale.to_string()))
-            .or_default();
-        if delivered {
-            entry.delivered += 1;
-        } else {
-            entry.failed += 1;
+        for owed in owed {
+            let Owed::DeadLetter { batch, kinds, .. } = owed else {
+                continue;
+            };
+            for (failure, kind) in batch.failures.iter().zip(kinds) {
+                let counts = self.counts.entry(failure.channel).or_default();
+                if *kind == DeadLetterKind::Unknown {
+                    counts.unknown += 1;
+                } else {
+                    counts.dead += 1;
+                }
+            }
         }
     }
 }
@@ -416,7 +417,6 @@ pub async fn process_batch<E: Sender, P: Sender>(
         ..Verdict::default()
     };
     for &(index, channel) in &plan.delivered {
-        verdict.report.count(channel, plan.locale(index), true);
         verdict
             .delivered
             .push((batch.recipients[index].user_id.clone(), channel));
@@ -433,6 +433,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
             tracing::error!(%reason, "batch dead-lettered");
             verdict.report = Report::default();
             verdict.owed = rejected(batch, attempt, &reason);
+            verdict.report.tally(&[], &verdict.owed);
             return verdict;
         }
         Admit::Cancelled(claims) => {
@@ -490,7 +491,6 @@ async fn send_all<E: Sender, P: Sender>(
         if let (true, Some(claims)) = (contested, claims) {
             let key = (recipient.user_id.clone(), channel);
             if claims.delivered.contains(&key) {
-                verdict.report.count(channel, plan.locale(index), true);
                 verdict.delivered.push(key);
                 continue;
             } else if claims.held.contains(&key) {
@@ -558,7 +558,6 @@ async fn decide<E: Sender, P: Sender>(
         let outcome = match sent {
             Sent::Outcome(outcome) => outcome,
             Sent::Unsendable(unsendable) => {
-                verdict.report.count(channel, locale, false);
                 let kind = unsendable.kind();
                 failed.push(fail(unsendable.to_string(), Fate::Dead(kind)));
                 continue;
@@ -570,11 +569,6 @@ async fn decide<E: Sender, P: Sender>(
             Sent::Cancelled => continue,
         };
         events::sent(&recipient.user_id, channel, locale, &outcome);
-        if !matches!(outcome, Outcome::Unreachable { .. }) {
-            verdict
-                .report
-                .count(channel, locale, outcome == Outcome::Delivered);
-        }
         match outcome {
             Outcome::Delivered => verdict.delivered.push((recipient.user_id.clone(), channel)),
             Outcome::Transient {
@@ -635,5 +629,6 @@ async fn decide<E: Sender, P: Sender>(
             .owed
             .extend(held_back(batch, attempt, held, &deps.retry));
     }
+    verdict.report.tally(&verdict.delivered, &verdict.owed);
     verdict
 }
