@@ -209,6 +209,16 @@ fn render_every_locale(
         };
         match renderer.render(&sample.vars, &recipient, &Channel::ALL) {
             Ok(notice) => {
+                if let Some(message) = notice
+                    .email
+                    .as_ref()
+                    .and_then(|email| direction_problem(&email.html))
+                {
+                    problems.push(Problem {
+                        at: format!("{name}/{}/{}", locale.tag(), Part::Html.file_name()),
+                        message,
+                    });
+                }
                 let push = notice.push.as_ref();
                 let lengths = [
                     (Part::PushTitle, push.map(|p| &p.title), PUSH_TITLE_MAX),
@@ -234,6 +244,25 @@ fn render_every_locale(
         }
     }
     problems
+}
+
+/// Webmail (Gmail, Outlook.com, Yahoo) drops the attributes of `<html>` and `<body>`, so the
+/// direction must also be set on an element inside `<body>`.
+fn direction_problem(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let inside = lower
+        .find("<body")
+        .and_then(|at| lower[at..].find('>').map(|end| &lower[at + end..]))
+        .unwrap_or(&lower);
+    let has_dir = inside.match_indices("dir=").any(|(at, _)| {
+        inside[..at].ends_with(|c: char| c.is_ascii_whitespace())
+            && inside[..at].rfind('<') > inside[..at].rfind('>')
+    });
+    (!has_dir).then(|| {
+        "no `dir` attribute inside <body>: webmail drops it from <html> and <body>, so put \
+         dir=\"{{dir}}\" lang=\"{{lang}}\" on the wrapper table or div"
+            .to_string()
+    })
 }
 
 /// A load error without the path prefix when it already names the file.
