@@ -24,7 +24,7 @@ pub enum DateError {
         reason: String,
     },
     /// Neither `YYYY-MM-DD` nor an RFC 3339 timestamp.
-    #[error("`{0}` is not a YYYY-MM-DD date or an RFC 3339 timestamp")]
+    #[error("`{0}` is not a YYYY-MM-DD date or an RFC 3339 timestamp with an offset")]
     NotADate(String),
     /// Not an RFC 3339 timestamp with an offset.
     #[error("`{0}` is not an RFC 3339 timestamp with an offset (like 2021-02-05T00:00:00+08:00)")]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
+use crate::locale::Direction;
 use crate::render::{
     self, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample, TemplateName,
 };
@@ -212,7 +213,7 @@ fn render_every_locale(
                 if let Some(message) = notice
                     .email
                     .as_ref()
-                    .and_then(|email| direction_problem(&email.html))
+                    .and_then(|email| direction_problem(&email.html, notice.dir))
                 {
                     problems.push(Problem {
                         at: format!("{name}/{}/{}", locale.tag(), Part::Html.file_name()),
@@ -247,22 +248,36 @@ fn render_every_locale(
 }
 
 /// Webmail (Gmail, Outlook.com, Yahoo) drops the attributes of `<html>` and `<body>`, so the
-/// direction must also be set on an element inside `<body>`.
-fn direction_problem(html: &str) -> Option<String> {
+/// direction must also be set on an element inside `<body>` that encloses the text: the first
+/// `dir` there comes before the first paragraph, heading or link, and is the locale's.
+fn direction_problem(html: &str, dir: Direction) -> Option<String> {
     let lower = html.to_ascii_lowercase();
     let inside = lower
         .find("<body")
         .and_then(|at| lower[at..].find('>').map(|end| &lower[at + end..]))
         .unwrap_or(&lower);
-    let has_dir = inside.match_indices("dir=").any(|(at, _)| {
-        inside[..at].ends_with(|c: char| c.is_ascii_whitespace())
-            && inside[..at].rfind('<') > inside[..at].rfind('>')
+    let first_dir = inside.match_indices("dir=").find(|(at, _)| {
+        inside[..*at].ends_with(|c: char| c.is_ascii_whitespace())
+            && inside[..*at].rfind('<') > inside[..*at].rfind('>')
     });
-    (!has_dir).then(|| {
-        "no `dir` attribute inside <body>: webmail drops it from <html> and <body>, so put \
-         dir=\"{{dir}}\" lang=\"{{lang}}\" on the wrapper table or div"
-            .to_string()
-    })
+    let first_text = ["<p", "<h1", "<h2", "<h3", "<a ", "<li"]
+        .iter()
+        .filter_map(|tag| inside.find(tag))
+        .min()
+        .unwrap_or(inside.len());
+    match first_dir {
+        Some((at, _)) if at < first_text => {
+            let value = inside[at + 4..].trim_start_matches(['"', '\'']);
+            (!value.starts_with(dir.as_str())).then(|| {
+                format!("the first `dir` inside <body> is not `{dir}`, this locale's direction")
+            })
+        }
+        _ => Some(
+            "no `dir` attribute inside <body> around the text: webmail drops it from <html> \
+             and <body>, so put dir=\"{{dir}}\" lang=\"{{lang}}\" on the wrapper table or div"
+                .to_string(),
+        ),
+    }
 }
 
 /// A load error without the path prefix when it already names the file.
@@ -270,5 +285,22 @@ fn error_text(e: &render::TemplateError) -> String {
     match e {
         render::TemplateError::Syntax { at, reason, .. } => format!("{at}{reason}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_must_wrap_the_text_inside_the_body_and_match_the_locale() {
+        let ok = r#"<html dir="rtl"><body dir="rtl"><table dir="rtl"><tr><td><p>نص</p>"#;
+        assert_eq!(direction_problem(ok, Direction::Rtl), None);
+        let only_root = r#"<html dir="rtl"><body dir="rtl"><p>نص <a dir="ltr" href="x">x</a>"#;
+        let problem = direction_problem(only_root, Direction::Rtl).expect("no wrapper dir");
+        assert!(problem.contains("no `dir` attribute inside <body>"), "{problem}");
+        let wrong = r#"<body><div dir="ltr"><p>نص</p></div>"#;
+        let problem = direction_problem(wrong, Direction::Rtl).expect("wrong direction");
+        assert!(problem.contains("not `rtl`"), "{problem}");
     }
 }

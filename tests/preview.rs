@@ -11,12 +11,13 @@ fn preview_of_each_locale_is_in_that_language_and_script() {
     let env = TestEnv::new();
     let cases = [
         ("en", "Xiami Music closes on"),
-        ("ar", "تتوقف خدمة شيامي ميوزك"),
-        ("ar-EG", "تتوقف خدمة شيامي ميوزك"),
+        ("ar", "ستتوقف خدمة شيامي ميوزك في 5 فبراير 2021"),
+        ("ar-EG", "ستتوقف خدمة شيامي ميوزك في ٥ فبراير ٢٠٢١"),
+        ("ar-MA", "ستتوقف خدمة شيامي ميوزك في 5 فبراير 2021"),
         ("zh", "虾米音乐将于2021年2月5日停止服务"),
         ("zh-CN", "请尽快导出您的数据"),
         ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
-        ("zh-TW", "請盡快匯出您的資料"),
+        ("zh-TW", "請儘速匯出您的資料"),
     ];
     for (locale, expected) in cases {
         let run = env
@@ -161,7 +162,7 @@ fn vars_file_overrides_the_sample_and_a_bad_one_names_the_line() {
 #[test]
 fn a_bad_date_variable_fails_naming_the_value() {
     let env = TestEnv::new();
-    env.write("vars.json", r#"{"shutdown_date": "5 Feb"}"#);
+    env.write("vars.json", r#"{"shutdown_at": "5 Feb"}"#);
     let err = env
         .sunset(&[
             "preview",
@@ -172,7 +173,10 @@ fn a_bad_date_variable_fails_naming_the_value() {
         ])
         .expect_code(2)
         .stderr();
-    assert!(err.contains("5 Feb") && err.contains("YYYY-MM-DD"), "{err}");
+    assert!(
+        err.contains("5 Feb") && err.contains("RFC 3339 timestamp with an offset"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,6 +296,27 @@ fn check_fails_on_a_variable_missing_under_strict_mode() {
 }
 
 #[test]
+fn check_fails_on_html_with_no_dir_inside_the_body() {
+    let err = check_after(|env| {
+        let path = env.template_file("partials/layout.hbs");
+        let layout = fs::read_to_string(&path)
+            .expect("read")
+            .replace(r#" dir="{{dir}}""#, "");
+        // Direction only on <html>, where webmail drops it.
+        let layout = layout.replace("<html ", r#"<html dir="{{dir}}" "#);
+        fs::write(path, layout).expect("write");
+    });
+    for locale in ["ar", "en", "zh", "zh-Hant"] {
+        assert!(
+            err.contains(&format!(
+                "xiami-shutdown/{locale}/email.html.hbs: no `dir` attribute inside <body>"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn check_fails_when_a_locale_does_not_use_a_variable_the_others_use() {
     let err = check_after(|env| {
         let path = env.template_file("zh/email.txt.hbs");
@@ -330,7 +355,7 @@ fn check_fails_on_a_push_title_over_50_characters() {
     let err = check_after(|env| {
         fs::write(
             env.template_file("en/push_title.hbs"),
-            "Xiami Music closes on {{date shutdown_date}}, so please read this now",
+            "Xiami Music closes on {{date shutdown_at}}, so please read this now",
         )
         .expect("write")
     });

@@ -24,7 +24,7 @@ const SUBJECTS: [(&str, &str); 4] = [
     ("zh", "虾米音乐将于2021年2月5日停止服务，请尽快导出您的数据"),
     (
         "zh-Hant",
-        "蝦米音樂將於2021年2月5日停止服務，請盡快匯出您的資料",
+        "蝦米音樂將於2021年2月5日停止服務，請儘速匯出您的資料",
     ),
     (
         "en",
@@ -198,7 +198,7 @@ fn a_broken_locale_shows_its_error_inline_and_the_other_locales_still_render() {
     let env = TestEnv::new();
     env.write(
         "templates/xiami-shutdown/ar/subject.hbs",
-        "{{#if shutdown_date}}unclosed",
+        "{{#if shutdown_at}}unclosed",
     );
     env.write("templates/xiami-shutdown/zh/push_title.hbs", "{{app_nmae}}");
     fs::remove_file(env.template_file("zh-Hant/email.txt.hbs")).expect("remove a file");
@@ -259,7 +259,9 @@ fn a_posted_sample_re_renders_with_recipient_values_escaped_and_bad_json_is_refu
     let server = PreviewServer::start(&env, &[]);
     let sample = json!({
         "vars": {
-            "shutdown_date": "2021-03-01",
+            "shutdown_at": "2021-03-01T00:00:00+08:00",
+            "shutdown_zone": "Asia/Shanghai",
+            "help_url": "https://help.xiami.example/",
             "export_url": "https://www.xiami.example/export",
             "successor_url": "https://music.conch.example/"
         },
@@ -486,7 +488,7 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
     js(&browser, "window.notReloaded = true; return true").await;
     env.write(
         "templates/xiami-shutdown/en/subject.hbs",
-        "Xiami Music closes on {{date shutdown_date}}: edited live",
+        "Xiami Music closes on {{date shutdown_at}}: edited live",
     );
     let latency = until(
         &browser,
