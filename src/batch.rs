@@ -641,12 +641,21 @@ mod tests {
         for (recipient, field) in [
             (r#"{"user_id": "u", "name": "DJ \u202eK."}"#, "name"),
             (r#"{"user_id": "u", "name": "a\u2067b"}"#, "name"),
-            (r#"{"user_id": "u", "vars": {"team": ["x", "\u202ay"]}}"#, "vars.team"),
+            (
+                r#"{"user_id": "u", "vars": {"team": ["x", "\u202ay"]}}"#,
+                "vars.team",
+            ),
         ] {
             let err = Batch::decode(body(recipient).as_bytes()).expect_err(recipient);
             let text = err.to_string();
-            assert!(text.contains(field) && text.contains("bidi control"), "{text}");
-            assert!(!text.contains(['\u{202e}', '\u{2067}', '\u{202a}']), "escaped: {text}");
+            assert!(
+                text.contains(field) && text.contains("bidi control"),
+                "{text}"
+            );
+            assert!(
+                !text.contains(['\u{202e}', '\u{2067}', '\u{202a}']),
+                "escaped: {text}"
+            );
         }
         // Marks (RLM, LRM) are ordinary text, and mixed scripts are fine.
         let ok = r#"{"user_id": "u", "name": "DJ K. \u200fليلى"}"#;

@@ -135,8 +135,8 @@ impl Formatters {
 
     fn datetime(&self, raw: &str, zone: Option<&str>) -> Result<Arc<str>, DateError> {
         self.cached(format!("t {raw} {}", zone.unwrap_or_default()), || {
-            let offset = parse_timestamp(raw)
-                .ok_or_else(|| DateError::NotATimestamp(raw.to_string()))?;
+            let offset =
+                parse_timestamp(raw).ok_or_else(|| DateError::NotATimestamp(raw.to_string()))?;
             let with_offset = self.offset.format(&offset).to_string();
             let Some(zone) = zone else {
                 return Ok(with_offset);
@@ -285,14 +285,14 @@ fn parse_date(raw: &str) -> Option<Date<Gregorian>> {
 }
 
 /// Parses an RFC 3339 timestamp that states its offset (`Z` or `±hh:mm`), in that offset.
-fn parse_timestamp(
-    raw: &str,
-) -> Option<ZonedDateTime<Gregorian, icu::time::zone::UtcOffset>> {
+fn parse_timestamp(raw: &str) -> Option<ZonedDateTime<Gregorian, icu::time::zone::UtcOffset>> {
     // RFC 9557 allows more (annotations, no offset); a deadline must say where it is.
     let has_offset = raw.len() > 19
-        && raw.as_bytes().get(10).is_some_and(|b| matches!(b, b'T' | b't'))
-        && (raw.ends_with(['Z', 'z'])
-            || raw[19..].contains(['+', '-']));
+        && raw
+            .as_bytes()
+            .get(10)
+            .is_some_and(|b| matches!(b, b'T' | b't'))
+        && (raw.ends_with(['Z', 'z']) || raw[19..].contains(['+', '-']));
     if !has_offset || raw.contains('[') {
         return None;
     }
@@ -310,12 +310,22 @@ mod tests {
     #[test]
     fn dates_must_be_iso_calendar_dates_or_timestamps() {
         assert!(parse_date("2021-02-05").is_some());
-        for bad in ["2021-2-5", "2021-02-30", "05/02/2021", "", "2021-02-05T00:00:00Z"] {
+        for bad in [
+            "2021-2-5",
+            "2021-02-30",
+            "05/02/2021",
+            "",
+            "2021-02-05T00:00:00Z",
+        ] {
             assert!(parse_date(bad).is_none(), "{bad}");
         }
         assert!(parse_timestamp("2021-02-05T00:00:00+08:00").is_some());
         assert!(parse_timestamp("2021-02-04T16:00:00Z").is_some());
-        for bad in ["2021-02-05", "2021-02-05T00:00:00", "2021-02-05T00:00:00[Asia/Shanghai]"] {
+        for bad in [
+            "2021-02-05",
+            "2021-02-05T00:00:00",
+            "2021-02-05T00:00:00[Asia/Shanghai]",
+        ] {
             assert!(parse_timestamp(bad).is_none(), "{bad}");
         }
     }
@@ -342,11 +352,21 @@ mod tests {
     fn a_zone_that_does_not_match_the_offset_is_an_error() {
         let dates = Dates::default();
         let err = dates
-            .datetime(&id("en"), None, "2021-02-05T00:00:00+08:00", Some("Europe/Paris"))
+            .datetime(
+                &id("en"),
+                None,
+                "2021-02-05T00:00:00+08:00",
+                Some("Europe/Paris"),
+            )
             .expect_err("Paris is not at +08:00");
         assert!(matches!(err, DateError::NotInZone { .. }), "{err}");
         let err = dates
-            .datetime(&id("en"), None, "2021-02-05T00:00:00+08:00", Some("Asia/Nowhere"))
+            .datetime(
+                &id("en"),
+                None,
+                "2021-02-05T00:00:00+08:00",
+                Some("Asia/Nowhere"),
+            )
             .expect_err("no such zone");
         assert!(matches!(err, DateError::NotInZone { .. }), "{err}");
     }

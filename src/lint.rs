@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(direction_problem(ok, Direction::Rtl), None);
         let only_root = r#"<html dir="rtl"><body dir="rtl"><p>نص <a dir="ltr" href="x">x</a>"#;
         let problem = direction_problem(only_root, Direction::Rtl).expect("no wrapper dir");
-        assert!(problem.contains("no `dir` attribute inside <body>"), "{problem}");
+        assert!(
+            problem.contains("no `dir` attribute inside <body>"),
+            "{problem}"
+        );
         let wrong = r#"<body><div dir="ltr"><p>نص</p></div>"#;
         let problem = direction_problem(wrong, Direction::Rtl).expect("wrong direction");
         assert!(problem.contains("not `rtl`"), "{problem}");

@@ -354,17 +354,12 @@ impl HelperDef for DateHelper {
         // The recipient's own tag (`ar-EG`) picks region and digits; see `dates::format_locale`.
         let recipient = ctx.data().get("locale").and_then(Value::as_str);
         let text = match self {
-            DateHelper::Date(shared) => {
+            DateHelper::Date(shared) => shared.dates.date(&facts(shared, rc)?.id, recipient, raw),
+            DateHelper::DateTime(shared) => {
                 shared
                     .dates
-                    .date(&facts(shared, rc)?.id, recipient, raw)
+                    .datetime(&facts(shared, rc)?.id, recipient, raw, string_param(1)?)
             }
-            DateHelper::DateTime(shared) => shared.dates.datetime(
-                &facts(shared, rc)?.id,
-                recipient,
-                raw,
-                string_param(1)?,
-            ),
         }
         .map_err(|e| RenderErrorReason::Other(format!("{name}: {e}")))?;
         out.write(&text)?;
@@ -907,8 +902,11 @@ mod tests {
         }
         // The shipped push parts read only campaign dates (so the locale tag); the email text
         // greets by name.
-        let mut cached: Vec<(usize, Part)> =
-            cache.parts.keys().map(|(index, part, _)| (*index, *part)).collect();
+        let mut cached: Vec<(usize, Part)> = cache
+            .parts
+            .keys()
+            .map(|(index, part, _)| (*index, *part))
+            .collect();
         cached.sort();
         let (en, zh_hant) = (
             renderer.index_of(renderer.locales.negotiate(Some("en"))),

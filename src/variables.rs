@@ -161,7 +161,10 @@ mod tests {
         );
         let used: Vec<&str> = u.used.iter().map(String::as_str).collect();
         // `date` formats for the recipient's locale, so the file reads it too.
-        assert_eq!(used, ["a", "b", "c", "d", "e", "g", "h", "i", "j", "locale"]);
+        assert_eq!(
+            used,
+            ["a", "b", "c", "d", "e", "g", "h", "i", "j", "locale"]
+        );
         let tested: Vec<&str> = u.tested.iter().map(String::as_str).collect();
         assert_eq!(tested, ["d", "h"]);
     }

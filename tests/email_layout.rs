@@ -53,7 +53,9 @@ fn contrast(a: &str, b: &str) -> f64 {
 
 /// The value of a CSS property in the first `style` attribute after `marker`.
 fn style_after<'a>(html: &'a str, marker: &str, property: &str) -> &'a str {
-    let at = html.find(marker).unwrap_or_else(|| panic!("{marker} in html"));
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in html"));
     let rest = &html[at..];
     // Preceded by `"` or `;`, so `color` is not found inside `background-color`.
     let start = [format!("\"{property}:"), format!(";{property}:")]
@@ -134,10 +136,30 @@ fn call_to_action_comes_before_the_signature_with_a_visible_fallback_address() {
 #[test]
 fn preheader_footer_and_font_stacks_are_per_locale() {
     for (locale, preheader, help, font) in [
-        ("en", "Download your playlists", "help centre", "font-family:-apple-system"),
-        ("ar", "نزّل قوائم التشغيل", "مركز المساعدة", "font-family:'Noto Naskh Arabic'"),
-        ("zh", "请在虾米音乐停止服务前", "帮助中心", "font-family:'PingFang SC'"),
-        ("zh-Hant", "請在蝦米音樂停止服務前", "說明中心", "font-family:'PingFang TC'"),
+        (
+            "en",
+            "Download your playlists",
+            "help centre",
+            "font-family:-apple-system",
+        ),
+        (
+            "ar",
+            "نزّل قوائم التشغيل",
+            "مركز المساعدة",
+            "font-family:'Noto Naskh Arabic'",
+        ),
+        (
+            "zh",
+            "请在虾米音乐停止服务前",
+            "帮助中心",
+            "font-family:'PingFang SC'",
+        ),
+        (
+            "zh-Hant",
+            "請在蝦米音樂停止服務前",
+            "說明中心",
+            "font-family:'PingFang TC'",
+        ),
     ] {
         let html = html_for(locale);
         let body = body(&html);
@@ -146,7 +168,10 @@ fn preheader_footer_and_font_stacks_are_per_locale() {
         assert!(hidden < shown && Some(shown) < body.find("<h1"), "{locale}");
         let footer = &html[html.find(r#"class="footer""#).expect("footer")..];
         assert!(footer.contains(help), "{locale}");
-        assert!(footer.contains(r#"href="https://help.xiami.example/""#), "{locale}");
+        assert!(
+            footer.contains(r#"href="https://help.xiami.example/""#),
+            "{locale}"
+        );
         assert!(html.contains(font), "{locale}");
     }
 }

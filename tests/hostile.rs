@@ -442,7 +442,10 @@ fn names_with_bidi_controls_are_rejected_at_enqueue_and_marks_and_mixed_scripts_
     for (line, escaped) in [(2, "\\u{202e}"), (3, "\\u{2066}")] {
         let reason = rejection(&rows, line);
         assert!(reason.contains("bidi control characters"), "{reason}");
-        assert!(reason.contains(escaped), "the control is shown escaped: {reason}");
+        assert!(
+            reason.contains(escaped),
+            "the control is shown escaped: {reason}"
+        );
     }
     let accepted: Vec<_> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(accepted.len(), 1, "{rows:?}");

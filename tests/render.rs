@@ -51,7 +51,9 @@ fn html_part_escapes_markup_in_a_recipient_name() {
     );
     // The text part is plain text: it shows the name as written.
     assert!(
-        email.text.contains("Hi \u{2068}<script>alert(1)</script>\u{2069},"),
+        email
+            .text
+            .contains("Hi \u{2068}<script>alert(1)</script>\u{2069},"),
         "{}",
         email.text
     );
@@ -244,8 +246,16 @@ fn a_deadline_without_offset_or_in_a_zone_it_is_not_in_is_an_error_naming_it() {
     let (renderer, sample) = shipped();
     for (at, zone, expected) in [
         ("2021-02-05T00:00:00", "Asia/Shanghai", "with an offset"),
-        ("2021-02-05T00:00:00+08:00", "Europe/Paris", "zone `Europe/Paris`"),
-        ("2021-02-05T00:00:00+08:00", "Asia/Shangai", "zone `Asia/Shangai`"),
+        (
+            "2021-02-05T00:00:00+08:00",
+            "Europe/Paris",
+            "zone `Europe/Paris`",
+        ),
+        (
+            "2021-02-05T00:00:00+08:00",
+            "Asia/Shangai",
+            "zone `Asia/Shangai`",
+        ),
     ] {
         let mut vars = sample.vars.clone();
         vars.insert("shutdown_at".into(), json!(at));
