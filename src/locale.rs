@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use icu::locale::subtags::language;
 use icu::locale::{LanguageIdentifier, Locale, LocaleDirectionality, LocaleExpander};
 
 /// Writing direction of a locale, as HTML's `dir` attribute spells it.
@@ -161,6 +162,11 @@ impl Locales {
         }
         let mut likely = wanted.clone();
         LocaleExpander::new_extended().maximize(&mut likely);
+        // Cantonese is written in Chinese characters (Traditional in Hong Kong and Macau,
+        // Simplified in Guangdong): its readers read Chinese in their script.
+        if likely.language == language!("yue") {
+            likely.language = language!("zh");
+        }
         let same_script = |l: &&TemplateLocale| {
             l.likely.language == likely.language && l.likely.script == likely.script
         };
@@ -213,6 +219,10 @@ mod tests {
             ("ZH-tw", "zh-Hant"),
             ("zh-Latn", "zh"),
             ("zh-TW-u-ca-roc", "zh-Hant"),
+            ("yue", "zh-Hant"),
+            ("yue-HK", "zh-Hant"),
+            ("yue-Hant", "zh-Hant"),
+            ("yue-CN", "zh"),
             (" ar-EG ", "ar"),
             ("fr-FR", "en"),
             ("ja", "en"),
