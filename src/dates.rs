@@ -16,7 +16,7 @@ use icu::time::{TimeZoneInfo, ZonedDateTime, zone::models::AtTime};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DateError {
     /// CLDR has no date formats for the locale.
-    #[error("no CLDR date format for locale `{locale}`: {reason}")]
+    #[error("locale `{locale}`: {reason}")]
     NoFormats {
         /// The locale asked for.
         locale: String,

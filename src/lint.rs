@@ -248,8 +248,8 @@ fn render_every_locale(
 }
 
 /// Webmail (Gmail, Outlook.com, Yahoo) drops the attributes of `<html>` and `<body>`, so the
-/// direction must also be set on an element inside `<body>` that encloses the text: the first
-/// `dir` there comes before the first paragraph, heading or link, and is the locale's.
+/// direction must also be set on an element inside `<body>` that holds the text: the first `dir`
+/// there is on or before the first paragraph, heading or link, and is the locale's.
 fn direction_problem(html: &str, dir: Direction) -> Option<String> {
     let lower = html.to_ascii_lowercase();
     let inside = lower
@@ -260,10 +260,12 @@ fn direction_problem(html: &str, dir: Direction) -> Option<String> {
         inside[..*at].ends_with(|c: char| c.is_ascii_whitespace())
             && inside[..*at].rfind('<') > inside[..*at].rfind('>')
     });
+    // The end of the first text element's opening tag: a `dir` on that element counts.
     let first_text = ["<p", "<h1", "<h2", "<h3", "<a ", "<li"]
         .iter()
         .filter_map(|tag| inside.find(tag))
         .min()
+        .and_then(|at| inside[at..].find('>').map(|end| at + end))
         .unwrap_or(inside.len());
     match first_dir {
         Some((at, _)) if at < first_text => {
@@ -302,6 +304,8 @@ mod tests {
             problem.contains("no `dir` attribute inside <body>"),
             "{problem}"
         );
+        let on_the_paragraph = r#"<body><p dir="rtl">نص</p>"#;
+        assert_eq!(direction_problem(on_the_paragraph, Direction::Rtl), None);
         let wrong = r#"<body><div dir="ltr"><p>نص</p></div>"#;
         let problem = direction_problem(wrong, Direction::Rtl).expect("wrong direction");
         assert!(problem.contains("not `rtl`"), "{problem}");
