@@ -4,7 +4,9 @@ use std::fmt;
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use crate::bidi;
 use crate::channel::Channel;
 use crate::locale;
 use crate::render::{TemplateName, Vars};
@@ -86,6 +88,19 @@ pub enum FieldError {
     /// A display name holds CR, LF, NUL or another control character.
     #[error("name `{0}` holds control characters (CR, LF, NUL, tab…)")]
     NameControl(String),
+    /// A display name or a recipient variable holds bidi embeddings, overrides or isolates:
+    /// refused rather than stripped, since no real name needs them and a notice must not go out
+    /// saying something other than what the product stored.
+    #[error(
+        "{field} `{value}` holds bidi control characters (U+202A–202E, U+2066–2069), which would \
+         reorder the notice's text around it"
+    )]
+    BidiControl {
+        /// `name` or `vars.<key>`.
+        field: String,
+        /// The value, quoted with the controls escaped.
+        value: String,
+    },
 }
 
 /// A campaign's id, e.g. `xiami-shutdown-2021`; also the prefix of its batch ids.
@@ -241,12 +256,36 @@ impl Recipient {
             if name.chars().any(char::is_control) {
                 return Err(FieldError::NameControl(quoted(name)));
             }
+            if name.chars().any(bidi::is_control) {
+                return Err(FieldError::BidiControl {
+                    field: "name".into(),
+                    value: quoted(name),
+                });
+            }
+        }
+        for (key, value) in &self.vars {
+            if let Some(text) = bidi_string(value) {
+                return Err(FieldError::BidiControl {
+                    field: format!("vars.{key}"),
+                    value: quoted(text),
+                });
+            }
         }
         if !self.vars.is_empty() {
             let bytes = serde_json::to_string(&self.vars).map_or(usize::MAX, |json| json.len());
             too_long("vars", bytes, RECIPIENT_VARS_MAX)?;
         }
         Ok(())
+    }
+}
+
+/// The first string in `value` (at any depth) holding a bidi control character.
+fn bidi_string(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(text) => text.chars().any(bidi::is_control).then_some(text.as_str()),
+        Value::Array(items) => items.iter().find_map(bidi_string),
+        Value::Object(fields) => fields.values().find_map(bidi_string),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -629,5 +668,37 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn bidi_controls_in_a_name_or_recipient_variable_refuse_the_batch() {
+        let body = |recipient: &str| {
+            format!(
+                r#"{{"version": 1, "campaign_id": "c", "batch_id": "c:1", "template": "t",
+                    "channels": ["email"], "vars": {{}}, "recipients": [{recipient}]}}"#
+            )
+        };
+        for (recipient, field) in [
+            (r#"{"user_id": "u", "name": "DJ \u202eK."}"#, "name"),
+            (r#"{"user_id": "u", "name": "a\u2067b"}"#, "name"),
+            (
+                r#"{"user_id": "u", "vars": {"team": ["x", "\u202ay"]}}"#,
+                "vars.team",
+            ),
+        ] {
+            let err = Batch::decode(body(recipient).as_bytes()).expect_err(recipient);
+            let text = err.to_string();
+            assert!(
+                text.contains(field) && text.contains("bidi control"),
+                "{text}"
+            );
+            assert!(
+                !text.contains(['\u{202e}', '\u{2067}', '\u{202a}']),
+                "escaped: {text}"
+            );
+        }
+        // Marks (RLM, LRM) are ordinary text, and mixed scripts are fine.
+        let ok = r#"{"user_id": "u", "name": "DJ K. \u200fليلى"}"#;
+        assert!(Batch::decode(body(ok).as_bytes()).is_ok());
     }
 }

@@ -1,11 +1,13 @@
 //! sunset: tell every user of a shutting-down product, in their own language, exactly once.
 
 pub mod batch;
+pub mod bidi;
 pub mod broker;
 pub mod channel;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod dates;
 pub mod dlq;
 pub mod enqueue;
 pub mod events;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
+use crate::locale::Direction;
 use crate::render::{
     self, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample, TemplateName,
 };
@@ -230,6 +231,16 @@ fn render_every_locale(
         };
         match renderer.render(&sample.vars, &recipient, &Channel::ALL) {
             Ok(notice) => {
+                if let Some(message) = notice
+                    .email
+                    .as_ref()
+                    .and_then(|email| direction_problem(&email.html, notice.dir))
+                {
+                    problems.push(Problem {
+                        at: format!("{name}/{}/{}", locale.tag(), Part::Html.file_name()),
+                        message,
+                    });
+                }
                 let push = notice.push.as_ref();
                 let lengths = [
                     (Part::PushTitle, push.map(|p| &p.title), PUSH_TITLE_MAX),
@@ -255,6 +266,41 @@ fn render_every_locale(
         }
     }
     problems
+}
+
+/// Webmail (Gmail, Outlook.com, Yahoo) drops the attributes of `<html>` and `<body>`, so the
+/// direction must also be set on an element inside `<body>` that holds the text: the first `dir`
+/// there is on or before the first paragraph, heading or link, and is the locale's.
+fn direction_problem(html: &str, dir: Direction) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let inside = lower
+        .find("<body")
+        .and_then(|at| lower[at..].find('>').map(|end| &lower[at + end..]))
+        .unwrap_or(&lower);
+    let first_dir = inside.match_indices("dir=").find(|(at, _)| {
+        inside[..*at].ends_with(|c: char| c.is_ascii_whitespace())
+            && inside[..*at].rfind('<') > inside[..*at].rfind('>')
+    });
+    // The end of the first text element's opening tag: a `dir` on that element counts.
+    let first_text = ["<p", "<h1", "<h2", "<h3", "<a ", "<li"]
+        .iter()
+        .filter_map(|tag| inside.find(tag))
+        .min()
+        .and_then(|at| inside[at..].find('>').map(|end| at + end))
+        .unwrap_or(inside.len());
+    match first_dir {
+        Some((at, _)) if at < first_text => {
+            let value = inside[at + 4..].trim_start_matches(['"', '\'']);
+            (!value.starts_with(dir.as_str())).then(|| {
+                format!("the first `dir` inside <body> is not `{dir}`, this locale's direction")
+            })
+        }
+        _ => Some(
+            "no `dir` attribute inside <body> around the text: webmail drops it from <html> \
+             and <body>, so put dir=\"{{dir}}\" lang=\"{{lang}}\" on the wrapper table or div"
+                .to_string(),
+        ),
+    }
 }
 
 /// A load error at `at` (a file, or the template): a syntax error at its line and column.
@@ -283,4 +329,26 @@ fn near_miss(typed: &str, name: &str) -> bool {
     let swapped =
         a.len() == b.len() && a.len() >= 2 && a[0] == b[1] && a[1] == b[0] && a[2..] == b[2..];
     swapped || a.get(1..) == b.get(1..) || a.get(1..) == Some(b) || Some(a) == b.get(1..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_must_wrap_the_text_inside_the_body_and_match_the_locale() {
+        let ok = r#"<html dir="rtl"><body dir="rtl"><table dir="rtl"><tr><td><p>نص</p>"#;
+        assert_eq!(direction_problem(ok, Direction::Rtl), None);
+        let only_root = r#"<html dir="rtl"><body dir="rtl"><p>نص <a dir="ltr" href="x">x</a>"#;
+        let problem = direction_problem(only_root, Direction::Rtl).expect("no wrapper dir");
+        assert!(
+            problem.contains("no `dir` attribute inside <body>"),
+            "{problem}"
+        );
+        let on_the_paragraph = r#"<body><p dir="rtl">نص</p>"#;
+        assert_eq!(direction_problem(on_the_paragraph, Direction::Rtl), None);
+        let wrong = r#"<body><div dir="ltr"><p>نص</p></div>"#;
+        let problem = direction_problem(wrong, Direction::Rtl).expect("wrong direction");
+        assert!(problem.contains("not `rtl`"), "{problem}");
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use icu::locale::subtags::{Language, Script, language, script};
+use icu::locale::subtags::{Language, language, script};
 use icu::locale::{LanguageIdentifier, Locale, LocaleDirectionality, LocaleExpander};
 
 /// Longest tag read, in bytes: RFC 5646 §4.4.1 finds 35 characters enough for any practical
@@ -35,18 +35,21 @@ pub fn normalise(raw: &str) -> Option<Locale> {
     Some(locale)
 }
 
-/// Cantonese and Mandarin tags as the Chinese templates are named: `yue` is written in
-/// Traditional characters unless its script says Simplified, `cmn` is `zh` with its region
-/// or script deciding as for `zh` (`cmn-TW` → Traditional, `cmn-CN` → Simplified).
+/// Cantonese and Mandarin tags as the Chinese templates are named. Cantonese is written in
+/// Chinese characters, Traditional in Hong Kong and Macau and Simplified in Guangdong: without
+/// a script its region's likely script decides (`yue` and `yue-HK` → Traditional, `yue-CN` →
+/// Simplified). `cmn` is `zh`, its region or script deciding as for `zh` (`cmn-TW` →
+/// Traditional, `cmn-CN` → Simplified).
 fn as_chinese(mut id: LanguageIdentifier) -> LanguageIdentifier {
-    const HANS: Script = script!("Hans");
     const YUE: Language = language!("yue");
     const CMN: Language = language!("cmn");
     if id.language == YUE {
-        id.language = language!("zh");
-        if id.script != Some(HANS) {
-            id.script = Some(script!("Hant"));
+        if id.script.is_none() {
+            let mut likely = id.clone();
+            LocaleExpander::new_extended().maximize(&mut likely);
+            id.script = likely.script;
         }
+        id.language = language!("zh");
     } else if id.language == CMN {
         id.language = language!("zh");
     }
@@ -264,6 +267,10 @@ mod tests {
             ("ZH-tw", "zh-Hant"),
             ("zh-Latn", "zh"),
             ("zh-TW-u-ca-roc", "zh-Hant"),
+            ("yue", "zh-Hant"),
+            ("yue-HK", "zh-Hant"),
+            ("yue-Hant", "zh-Hant"),
+            ("yue-CN", "zh"),
             (" ar-EG ", "ar"),
             ("fr-FR", "en"),
             ("ja", "en"),

@@ -4,20 +4,20 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
     no_escape,
 };
-use icu::calendar::{Date, Gregorian};
-use icu::datetime::FixedCalendarDateTimeFormatter;
-use icu::datetime::fieldsets::YMD;
+use icu::locale::LanguageIdentifier;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::batch::{EmailAddress, Recipient};
+use crate::bidi;
 use crate::channel::Channel;
+use crate::dates::Dates;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
 use crate::syntax::{self, Mistake};
 use crate::variables::usage_of;
@@ -295,98 +295,83 @@ pub fn context(vars: &Vars, recipient: &Recipient) -> Context {
 /// Everything a helper needs to know about a locale, found from the root template's name.
 struct LocaleFacts {
     tag: String,
+    id: LanguageIdentifier,
     dir: Direction,
-    dates: FixedCalendarDateTimeFormatter<Gregorian, YMD>,
-    /// Formatted dates by raw value: a campaign's few dates repeat in every notice, so a short
-    /// list scanned in order beats hashing.
-    formatted: RwLock<Vec<(String, Arc<str>)>>,
 }
 
-/// Distinct date values remembered per locale before the cache starts over.
-const DATE_CACHE_MAX: usize = 16;
-
-impl LocaleFacts {
-    /// A `YYYY-MM-DD` value as CLDR writes a long date in this locale; `None` if not a date.
-    fn long_date(&self, raw: &str) -> Option<Arc<str>> {
-        let cache = self
-            .formatted
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, hit)) = cache.iter().find(|(key, _)| key == raw) {
-            return Some(Arc::clone(hit));
-        }
-        drop(cache);
-        let text: Arc<str> = self.dates.format(&parse_date(raw)?).to_string().into();
-        let mut cache = self
-            .formatted
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= DATE_CACHE_MAX {
-            cache.clear();
-        }
-        cache.push((raw.to_string(), Arc::clone(&text)));
-        Some(text)
-    }
+/// Facts per template locale and the date formatters, shared by the helpers of both registries.
+struct Facts {
+    by_locale: Vec<LocaleFacts>,
+    dates: Dates,
 }
 
-/// Facts per locale tag, shared by the helpers of both registries.
-type FactsByLocale = Arc<Vec<LocaleFacts>>;
+/// See [`Facts`].
+type SharedFacts = Arc<Facts>;
 
 /// The locale of the template being rendered: registered names are `<locale>/<file>`.
 fn facts<'a>(
-    by_locale: &'a FactsByLocale,
+    shared: &'a SharedFacts,
     rc: &RenderContext<'_, '_>,
 ) -> Result<&'a LocaleFacts, RenderErrorReason> {
     rc.get_root_template_name()
         .and_then(|name| name.split('/').next())
-        .and_then(|tag| by_locale.iter().find(|facts| facts.tag == tag))
+        .and_then(|tag| shared.by_locale.iter().find(|facts| facts.tag == tag))
         .ok_or_else(|| RenderErrorReason::Other("no locale for this template".into()))
 }
 
-/// `{{date shutdown_date}}`: a `YYYY-MM-DD` value as CLDR writes a long date in the locale.
-struct DateHelper(FactsByLocale);
+/// `{{date value}}` and `{{datetime at zone}}`: a date, or a deadline with time and zone, in the
+/// template's language written as the recipient's region writes it.
+enum DateHelper {
+    Date(SharedFacts),
+    DateTime(SharedFacts),
+}
 
 impl HelperDef for DateHelper {
     fn call<'reg: 'rc, 'rc>(
         &self,
         h: &Helper<'rc>,
         _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
+        ctx: &'rc Context,
         rc: &mut RenderContext<'reg, 'rc>,
         out: &mut dyn Output,
     ) -> HelperResult {
-        let param = h
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex("date", 0))?;
-        if param.is_value_missing() {
-            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+        let name = h.name();
+        let string_param = |index: usize| -> Result<Option<&str>, RenderErrorReason> {
+            let Some(param) = h.param(index) else {
+                return Ok(None);
+            };
+            if param.is_value_missing() {
+                return Err(RenderErrorReason::MissingVariable(
+                    param.relative_path().cloned(),
+                ));
+            }
+            param.value().as_str().map(Some).ok_or_else(|| {
+                RenderErrorReason::Other(format!("{name}: `{}` is not a string", param.value()))
+            })
+        };
+        let raw = string_param(0)?.ok_or(RenderErrorReason::ParamNotFoundForIndex("date", 0))?;
+        // The recipient's own tag (`ar-EG`) picks region and digits; see `dates::format_locale`.
+        let recipient = ctx.data().get("locale").and_then(Value::as_str);
+        let text = match self {
+            DateHelper::Date(shared) => shared.dates.date(&facts(shared, rc)?.id, recipient, raw),
+            DateHelper::DateTime(shared) => {
+                shared
+                    .dates
+                    .datetime(&facts(shared, rc)?.id, recipient, raw, string_param(1)?)
+            }
         }
-        let raw = param.value().as_str().unwrap_or_default();
-        let date = facts(&self.0, rc)?.long_date(raw).ok_or_else(|| {
-            RenderErrorReason::Other(format!(
-                "date: `{}` is not a YYYY-MM-DD date",
-                param.value()
-            ))
-        })?;
-        out.write(&date)?;
+        .map_err(|e| RenderErrorReason::Other(format!("{name}: {e}")))?;
+        out.write(&text)?;
         Ok(())
     }
 }
 
-/// Parses `YYYY-MM-DD` into a Gregorian date.
-fn parse_date(raw: &str) -> Option<Date<Gregorian>> {
-    let mut fields = raw.splitn(3, '-');
-    let (year, month, day) = (fields.next()?, fields.next()?, fields.next()?);
-    if year.len() != 4 || month.len() != 2 || day.len() != 2 {
-        return None;
-    }
-    Date::try_new_gregorian(year.parse().ok()?, month.parse().ok()?, day.parse().ok()?).ok()
-}
-
-/// `{{dir}}` → `rtl`/`ltr` and `{{lang}}` → the locale tag, for the HTML root element.
+/// `{{dir}}` → `rtl`/`ltr`, `{{lang}}` → the locale tag, and `{{align}}` → `right`/`left` (the
+/// start side, for `text-align` and `align` in clients that know no `start`, like Outlook).
 enum LocaleHelper {
-    Dir(FactsByLocale),
-    Lang(FactsByLocale),
+    Dir(SharedFacts),
+    Lang(SharedFacts),
+    Align(SharedFacts),
 }
 
 impl HelperDef for LocaleHelper {
@@ -399,15 +384,60 @@ impl HelperDef for LocaleHelper {
         out: &mut dyn Output,
     ) -> HelperResult {
         match self {
-            LocaleHelper::Dir(by_locale) => out.write(facts(by_locale, rc)?.dir.as_str())?,
-            LocaleHelper::Lang(by_locale) => out.write(&facts(by_locale, rc)?.tag)?,
+            LocaleHelper::Dir(shared) => out.write(facts(shared, rc)?.dir.as_str())?,
+            LocaleHelper::Lang(shared) => out.write(&facts(shared, rc)?.tag)?,
+            LocaleHelper::Align(shared) => out.write(match facts(shared, rc)?.dir {
+                Direction::Ltr => "left",
+                Direction::Rtl => "right",
+            })?,
+        }
+        Ok(())
+    }
+}
+
+/// `{{isolate name}}`: a recipient value isolated from the text around it, so a Latin name in
+/// Arabic (or the reverse) keeps its order and the sentence's punctuation stays put: FSI…PDI,
+/// and in HTML also `<bdi>` (the marks still isolate where a sanitiser drops the element).
+struct IsolateHelper {
+    html: bool,
+}
+
+impl HelperDef for IsolateHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let param = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("isolate", 0))?;
+        if param.is_value_missing() {
+            return Err(RenderErrorReason::MissingVariable(param.relative_path().cloned()).into());
+        }
+        let value = match param.value() {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        if self.html {
+            out.write("<bdi>")?;
+            out.write(&r.get_escape_fn()(&bidi::isolate(&value)))?;
+            out.write("</bdi>")?;
+        } else {
+            out.write(&bidi::isolate(&value))?;
         }
         Ok(())
     }
 }
 
 /// Names of the helpers sunset registers; `preview --check` does not take them for variables.
-pub const HELPERS: [&str; 3] = ["date", "dir", "lang"];
+pub const HELPERS: [&str; 6] = ["align", "date", "datetime", "dir", "isolate", "lang"];
+
+/// The helpers whose output depends on the recipient's `locale` as well as their arguments.
+pub const RECIPIENT_LOCALE_HELPERS: [&str; 2] = ["date", "datetime"];
 
 /// One template, compiled for every locale it is written in. Build once, share with `Arc`.
 pub struct Renderer {
@@ -435,13 +465,17 @@ impl fmt::Debug for Renderer {
 }
 
 /// What a batch's notices share, worked out once: the locale negotiated for each requested tag,
-/// and the parts that read no recipient variable, by locale (index in the renderer's locales)
-/// and part. Used with one renderer and one batch's vars only.
+/// and the parts that read no recipient variable but perhaps the recipient's locale tag (dates
+/// do), by [`SharedPart`]. Used with one renderer and one batch's vars only.
 #[derive(Debug, Default)]
 pub struct BatchCache {
     negotiated: HashMap<String, usize>,
-    parts: HashMap<(usize, Part), String>,
+    parts: HashMap<SharedPart, String>,
 }
+
+/// A part rendered alike for recipients: template locale (index in the renderer's locales),
+/// part, and the recipient's locale tag when the part reads it.
+type SharedPart = (usize, Part, Option<String>);
 
 /// The position of `part` in [`Part::ALL`].
 fn part_index(part: Part) -> usize {
@@ -584,15 +618,16 @@ impl Renderer {
                 path: root.to_owned(),
                 source,
             })?;
-        let facts: FactsByLocale = Arc::new(
-            locales
+        let dates = Dates::default();
+        let facts: SharedFacts = Arc::new(Facts {
+            by_locale: locales
                 .iter()
-                .map(|locale| locale_facts(root, locale))
+                .map(|locale| locale_facts(root, locale, &dates))
                 .collect::<Result<_, TemplateError>>()?,
-        );
-        let mut html = registry(&facts);
-        let mut text = registry(&facts);
-        text.register_escape_fn(no_escape);
+            dates,
+        });
+        let mut html = registry(&facts, true);
+        let mut text = registry(&facts, false);
         for (partial, path) in partial_files(root)? {
             let template = compile(&path, &read_source(&path)?)?;
             html.register_template(&partial, template.clone());
@@ -681,14 +716,17 @@ impl Renderer {
             .unwrap_or_else(|| self.locales.negotiate(None));
         let mut context = None;
         let mut part = |part: Part| -> Result<String, RenderError> {
-            let shared = self.renders_alike(index, part, recipient);
-            if shared && let Some(text) = cache.parts.get(&(index, part)) {
+            let shared = self.shared_part(index, part, recipient);
+            if let Some(text) = shared.as_ref().and_then(|key| cache.parts.get(key)) {
                 return Ok(text.clone());
             }
             let context = context.get_or_insert_with(|| self::context(vars, recipient));
-            let text = part.tidy(self.render_part(locale, part, context)?);
-            if shared {
-                cache.parts.insert((index, part), text.clone());
+            let mut text = part.tidy(self.render_part(locale, part, context)?);
+            if part == Part::Text && locale.dir() == Direction::Rtl {
+                text = bidi::mark_rtl_text(&text);
+            }
+            if let Some(key) = shared {
+                cache.parts.insert(key, text.clone());
             }
             Ok(text)
         };
@@ -717,18 +755,22 @@ impl Renderer {
         })
     }
 
-    /// Whether a part of the locale at `index` reads nothing `recipient` sets: no recipient
-    /// field, none of the recipient's own vars, nothing it cannot name.
-    fn renders_alike(&self, index: usize, part: Part, recipient: &Recipient) -> bool {
+    /// The cache key of a part of the locale at `index` when it reads nothing `recipient` sets
+    /// but the locale tag: no other recipient field, none of the recipient's own vars, nothing
+    /// it cannot name.
+    fn shared_part(&self, index: usize, part: Part, recipient: &Recipient) -> Option<SharedPart> {
         let reads = self
             .reads
             .get(index)
-            .and_then(|parts| parts[part_index(part)].as_ref());
-        reads.is_some_and(|reads| {
-            !reads.iter().any(|var| {
-                RECIPIENT_FIELDS.contains(&var.as_str()) || recipient.vars.contains_key(var)
-            })
-        })
+            .and_then(|parts| parts[part_index(part)].as_ref())?;
+        let personal = reads.iter().any(|var| {
+            (var != "locale" && RECIPIENT_FIELDS.contains(&var.as_str()))
+                || recipient.vars.contains_key(var)
+        });
+        let tag = reads
+            .contains("locale")
+            .then(|| recipient.locale.clone().unwrap_or_default());
+        (!personal).then_some((index, part, tag))
     }
 
     /// The position of a negotiated locale in `locales`.
@@ -774,26 +816,34 @@ impl Renderer {
     }
 }
 
-fn locale_facts(root: &Path, locale: &TemplateLocale) -> Result<LocaleFacts, TemplateError> {
-    let dates =
-        FixedCalendarDateTimeFormatter::try_new(locale.id().into(), YMD::long()).map_err(|e| {
-            TemplateError::DateFormat {
-                path: root.join(locale.tag()),
-                reason: e.to_string(),
-            }
+fn locale_facts(
+    root: &Path,
+    locale: &TemplateLocale,
+    dates: &Dates,
+) -> Result<LocaleFacts, TemplateError> {
+    dates
+        .check(locale.id())
+        .map_err(|e| TemplateError::DateFormat {
+            path: root.join(locale.tag()),
+            reason: e.to_string(),
         })?;
     Ok(LocaleFacts {
         tag: locale.tag().to_string(),
+        id: locale.id().clone(),
         dir: locale.dir(),
-        dates,
-        formatted: RwLock::default(),
     })
 }
 
-fn registry(facts: &FactsByLocale) -> Handlebars<'static> {
+fn registry(facts: &SharedFacts, html: bool) -> Handlebars<'static> {
     let mut registry = Handlebars::new();
     registry.set_strict_mode(true);
-    registry.register_helper("date", Box::new(DateHelper(facts.clone())));
+    if !html {
+        registry.register_escape_fn(no_escape);
+    }
+    registry.register_helper("isolate", Box::new(IsolateHelper { html }));
+    registry.register_helper("align", Box::new(LocaleHelper::Align(facts.clone())));
+    registry.register_helper("date", Box::new(DateHelper::Date(facts.clone())));
+    registry.register_helper("datetime", Box::new(DateHelper::DateTime(facts.clone())));
     registry.register_helper("dir", Box::new(LocaleHelper::Dir(facts.clone())));
     registry.register_helper("lang", Box::new(LocaleHelper::Lang(facts.clone())));
     registry
@@ -845,8 +895,13 @@ mod tests {
                 .render_cached(&sample.vars, &recipient, &Channel::ALL, &mut cache)
                 .expect("renders");
         }
-        // The shipped push parts read only `shutdown_date`; the email text greets by name.
-        let mut cached: Vec<(usize, Part)> = cache.parts.keys().copied().collect();
+        // The shipped push parts read only campaign dates (so the locale tag); the email text
+        // greets by name.
+        let mut cached: Vec<(usize, Part)> = cache
+            .parts
+            .keys()
+            .map(|(index, part, _)| (*index, *part))
+            .collect();
         cached.sort();
         let (en, zh_hant) = (
             renderer.index_of(renderer.locales.negotiate(Some("en"))),
@@ -874,19 +929,5 @@ mod tests {
     #[test]
     fn one_line_removes_line_breaks_and_control_characters() {
         assert_eq!(one_line(" Hi\r\nBcc: x@y\t!\n"), "Hi  Bcc: x@y !");
-    }
-
-    #[test]
-    fn dates_must_be_iso_calendar_dates() {
-        assert!(parse_date("2021-02-05").is_some());
-        for bad in [
-            "2021-2-5",
-            "2021-02-30",
-            "05/02/2021",
-            "",
-            "2021-02-05T00:00:00Z",
-        ] {
-            assert!(parse_date(bad).is_none(), "{bad}");
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Path as VarPath, Template};
 
-use crate::render::HELPERS;
+use crate::render::{HELPERS, RECIPIENT_LOCALE_HELPERS};
 
 /// Variables a file uses, and those it tests with `#if`/`#unless`.
 #[derive(Debug, Default)]
@@ -55,6 +55,13 @@ fn collect(template: &Template, scoped: bool, usage: &mut Usage) {
                     }
                 } else {
                     params(helper, scoped, at, usage);
+                    if helper
+                        .name
+                        .as_name()
+                        .is_some_and(|name| RECIPIENT_LOCALE_HELPERS.contains(&name))
+                    {
+                        usage.used.insert("locale".to_string());
+                    }
                 }
             }
             TemplateElement::HelperBlock(helper) => {
@@ -171,7 +178,11 @@ mod tests {
              {{#unless h}}x{{/unless}} {{#> layout title=i}}{{j}}{{/layout}}",
         );
         let used: Vec<&str> = u.used.iter().map(String::as_str).collect();
-        assert_eq!(used, ["a", "b", "c", "d", "e", "g", "h", "i", "j"]);
+        // `date` formats for the recipient's locale, so the file reads it too.
+        assert_eq!(
+            used,
+            ["a", "b", "c", "d", "e", "g", "h", "i", "j", "locale"]
+        );
         let tested: Vec<&str> = u.tested.iter().map(String::as_str).collect();
         assert_eq!(tested, ["d", "h"]);
     }

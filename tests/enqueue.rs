@@ -57,7 +57,7 @@ async fn batches_have_deterministic_ids_the_deadline_and_the_campaign_vars() {
         let _ = writeln!(csv, "u{i},u{i}@example.com,zh-TW,");
     }
     env.write("audience.csv", &csv);
-    env.write("vars.json", r#"{"shutdown_date": "2021-02-05", "export_url": "https://x.example/e", "successor_url": "https://c.example"}"#);
+    env.write("vars.json", r#"{"shutdown_at": "2021-02-05T00:00:00+08:00", "shutdown_zone": "Asia/Shanghai", "help_url": "https://h.example/", "export_url": "https://x.example/e", "successor_url": "https://c.example"}"#);
     let run = env
         .sunset_async(&args(&[
             "--audience",
@@ -207,7 +207,7 @@ fn bad_arguments_exit_2_with_the_reason() {
     let env = TestEnv::new();
     env.write("audience.csv", "user_id\nu1\n");
     env.write("audience.txt", "u1\n");
-    env.write("bad-date.json", r#"{"shutdown_date": "5 Feb"}"#);
+    env.write("bad-date.json", r#"{"shutdown_at": "5 Feb"}"#);
     let cases: [(&[&str], &str); 8] = [
         (
             &["--audience", "audience.txt"],

@@ -143,7 +143,7 @@ fn batch_json() -> impl Strategy<Value = Value> {
                 "batch_id": "fuzz:000001",
                 "template": "xiami-shutdown",
                 "channels": ["email", "push"],
-                "vars": {"shutdown_date": "2021-02-05", "export_url": "https://x.example/",
+                "vars": {"shutdown_at": "2021-02-05T00:00:00+08:00", "shutdown_zone": "Asia/Shanghai", "help_url": "https://h.example/", "export_url": "https://x.example/",
                          "successor_url": "https://y.example/"},
                 "recipients": recipients,
             });
@@ -316,7 +316,7 @@ fn check_audience(extension: &str, text: &[u8]) -> Result<(), TestCaseError> {
     };
     let mut seen = std::collections::HashSet::new();
     let sample_vars: Vars = serde_json::from_value(json!({
-        "shutdown_date": "2021-02-05", "export_url": "https://x.example/",
+        "shutdown_at": "2021-02-05T00:00:00+08:00", "shutdown_zone": "Asia/Shanghai", "help_url": "https://h.example/", "export_url": "https://x.example/",
         "successor_url": "https://y.example/"
     }))
     .expect("vars");

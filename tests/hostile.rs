@@ -360,7 +360,7 @@ fn html_and_handlebars_in_recipient_values_are_escaped_data_never_template_sourc
     let email = notice.email.expect("email parts");
     // Text parts: the value as it is, braces and all, never evaluated.
     assert!(
-        email.text.contains(&format!("Hi {name},")),
+        email.text.contains(&format!("Hi \u{2068}{name}\u{2069},")),
         "{}",
         email.text
     );
@@ -431,6 +431,31 @@ fn hostile_csv_rows_are_each_rejected_with_their_line_and_field() {
     );
     assert_eq!(accepted[1].unreadable_locale.as_deref(), Some("en\\nX: y"));
     assert_eq!(accepted[2].recipient.locale.as_deref(), Some("en"));
+}
+
+#[test]
+fn names_with_bidi_controls_are_rejected_at_enqueue_and_marks_and_mixed_scripts_pass() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("audience.csv");
+    let csv = "user_id,email,locale,name\n\
+               u-2,a@example.com,ar,DJ \u{202E}K.\n\
+               u-3,a@example.com,ar,\u{2066}ليلى\n\
+               u-4,a@example.com,ar,DJ K. ليلى\u{200F}\n";
+    fs::write(&path, csv).expect("write");
+
+    let rows = parse_audience(&path);
+
+    for (line, escaped) in [(2, "\\u{202e}"), (3, "\\u{2066}")] {
+        let reason = rejection(&rows, line);
+        assert!(reason.contains("bidi control characters"), "{reason}");
+        assert!(
+            reason.contains(escaped),
+            "the control is shown escaped: {reason}"
+        );
+    }
+    let accepted: Vec<_> = rows.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(accepted.len(), 1, "{rows:?}");
+    assert_eq!(accepted[0].line, 4);
 }
 
 #[test]
@@ -530,7 +555,7 @@ fn enqueue_refuses_campaign_vars_over_their_limit() {
     env.write("audience.csv", "user_id\nu-1\n");
     env.write(
         "vars.json",
-        &json!({"shutdown_date": "2021-02-05", "export_url": "x".repeat(70_000),
+        &json!({"shutdown_at": "2021-02-05T00:00:00+08:00", "shutdown_zone": "Asia/Shanghai", "help_url": "https://h.example/", "export_url": "x".repeat(70_000),
                 "successor_url": "https://y.example/"})
         .to_string(),
     );

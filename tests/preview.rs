@@ -11,14 +11,15 @@ fn preview_of_each_locale_is_in_that_language_and_script() {
     let env = TestEnv::new();
     let cases = [
         ("en", "Xiami Music closes on"),
-        ("ar", "تتوقف خدمة شيامي ميوزك"),
-        ("ar-EG", "تتوقف خدمة شيامي ميوزك"),
+        ("ar", "ستتوقف خدمة شيامي ميوزك في 5 فبراير 2021"),
+        ("ar-EG", "ستتوقف خدمة شيامي ميوزك في ٥ فبراير ٢٠٢١"),
+        ("ar-MA", "ستتوقف خدمة شيامي ميوزك في 5 فبراير 2021"),
         ("zh", "虾米音乐将于2021年2月5日停止服务"),
         ("zh-CN", "请尽快导出您的数据"),
         ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
-        ("zh-TW", "請盡快匯出您的資料"),
-        ("zh_TW", "請盡快匯出您的資料"),
-        ("yue-HK", "請盡快匯出您的資料"),
+        ("zh-TW", "請儘速匯出您的資料"),
+        ("zh_TW", "請儘速匯出您的資料"),
+        ("yue-HK", "請儘速匯出您的資料"),
         ("cmn-Hans-CN", "请尽快导出您的数据"),
     ];
     for (locale, expected) in cases {
@@ -164,7 +165,7 @@ fn vars_file_overrides_the_sample_and_a_bad_one_names_the_line() {
 #[test]
 fn a_bad_date_variable_fails_naming_the_value() {
     let env = TestEnv::new();
-    env.write("vars.json", r#"{"shutdown_date": "5 Feb"}"#);
+    env.write("vars.json", r#"{"shutdown_at": "5 Feb"}"#);
     let err = env
         .sunset(&[
             "preview",
@@ -175,7 +176,10 @@ fn a_bad_date_variable_fails_naming_the_value() {
         ])
         .expect_code(2)
         .stderr();
-    assert!(err.contains("5 Feb") && err.contains("YYYY-MM-DD"), "{err}");
+    assert!(
+        err.contains("5 Feb") && err.contains("RFC 3339 timestamp with an offset"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -322,7 +326,7 @@ fn check_reports_a_variable_typo_once_where_it_is() {
         let path = env.template_file("ar/subject.hbs");
         let subject = fs::read_to_string(&path)
             .expect("read")
-            .replace("shutdown_date", "shutdwn_date");
+            .replace("shutdown_at", "shutdwn_at");
         fs::write(&path, subject).expect("write");
     });
     let problems: Vec<&str> = err
@@ -332,11 +336,32 @@ fn check_reports_a_variable_typo_once_where_it_is() {
     assert_eq!(
         problems,
         [
-            "xiami-shutdown/ar/subject.hbs:1:27: `shutdwn_date` is not a variable (sample.json and the recipient fields define no such name); did you mean `shutdown_date`?"
+            "xiami-shutdown/ar/subject.hbs:1:28: `shutdwn_at` is not a variable (sample.json and the recipient fields define no such name); did you mean `shutdown_at`?"
         ],
         "{err}"
     );
     assert!(!err.contains("out of step"), "{err}");
+}
+
+#[test]
+fn check_fails_on_html_with_no_dir_inside_the_body() {
+    let err = check_after(|env| {
+        let path = env.template_file("partials/layout.hbs");
+        let layout = fs::read_to_string(&path)
+            .expect("read")
+            .replace(r#" dir="{{dir}}""#, "");
+        // Direction only on <html>, where webmail drops it.
+        let layout = layout.replace("<html ", r#"<html dir="{{dir}}" "#);
+        fs::write(path, layout).expect("write");
+    });
+    for locale in ["ar", "en", "zh", "zh-Hant"] {
+        assert!(
+            err.contains(&format!(
+                "xiami-shutdown/{locale}/email.html.hbs: no `dir` attribute inside <body>"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -378,7 +403,7 @@ fn check_fails_on_a_push_title_over_50_characters() {
     let err = check_after(|env| {
         fs::write(
             env.template_file("en/push_title.hbs"),
-            "Xiami Music closes on {{date shutdown_date}}, so please read this now",
+            "Xiami Music closes on {{date shutdown_at}}, so please read this now",
         )
         .expect("write")
     });

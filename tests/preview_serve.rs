@@ -6,25 +6,25 @@ mod common;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use common::TestEnv;
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use common::browser::{ChromeDriver, js, until};
+use fantoccini::Locator;
 use serde_json::json;
 
 /// Each locale's subject with the shipped sample.
 const SUBJECTS: [(&str, &str); 4] = [
     (
         "ar",
-        "تتوقف خدمة شيامي ميوزك في 5 فبراير 2021: احفظ بياناتك الآن",
+        "ستتوقف خدمة شيامي ميوزك في 5 فبراير 2021: احفظ بياناتك الآن",
     ),
     ("zh", "虾米音乐将于2021年2月5日停止服务，请尽快导出您的数据"),
     (
         "zh-Hant",
-        "蝦米音樂將於2021年2月5日停止服務，請盡快匯出您的資料",
+        "蝦米音樂將於2021年2月5日停止服務，請儘速匯出您的資料",
     ),
     (
         "en",
@@ -198,7 +198,7 @@ fn a_broken_locale_shows_its_error_inline_and_the_other_locales_still_render() {
     let env = TestEnv::new();
     env.write(
         "templates/xiami-shutdown/ar/subject.hbs",
-        "{{#if shutdown_date}}unclosed",
+        "{{#if shutdown_at}}unclosed",
     );
     env.write("templates/xiami-shutdown/zh/push_title.hbs", "{{app_nmae}}");
     fs::remove_file(env.template_file("zh-Hant/email.txt.hbs")).expect("remove a file");
@@ -262,7 +262,9 @@ fn a_posted_sample_re_renders_with_recipient_values_escaped_and_bad_json_is_refu
     let server = PreviewServer::start(&env, &[]);
     let sample = json!({
         "vars": {
-            "shutdown_date": "2021-03-01",
+            "shutdown_at": "2021-03-01T00:00:00+08:00",
+            "shutdown_zone": "Asia/Shanghai",
+            "help_url": "https://help.xiami.example/",
             "export_url": "https://www.xiami.example/export",
             "successor_url": "https://music.conch.example/"
         },
@@ -329,96 +331,6 @@ fn an_unknown_template_exits_2_and_a_taken_port_exits_1_naming_the_address() {
     assert!(run.stderr().contains("--listen"), "{}", run.stderr());
 }
 
-/// chromedriver on a free port, killed when dropped.
-struct ChromeDriver {
-    child: Child,
-    port: u16,
-}
-
-impl ChromeDriver {
-    fn start() -> ChromeDriver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "chromedriver is needed: install Debian's chromium and chromium-driver (.ci/run does)",
-            );
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ChromeDriver { child, port }
-    }
-
-    async fn browser(&self) -> Client {
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium(),
-                "args": ["--headless", "--no-sandbox", "--disable-gpu",
-                         "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                         "--window-size=1600,1100"]
-            }
-        });
-        let serde_json::Value::Object(capabilities) = capabilities else {
-            unreachable!("a JSON object")
-        };
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .expect("a Chromium session")
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn chromium() -> &'static str {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|path| Path::new(path).exists())
-        .expect("Chromium is needed: install Debian's chromium (.ci/run does)")
-}
-
-/// Evaluates `script` (a function body that returns a value) in the current frame.
-async fn js(browser: &Client, script: &str) -> serde_json::Value {
-    browser
-        .execute(script, Vec::new())
-        .await
-        .unwrap_or_else(|e| panic!("{script}: {e}"))
-}
-
-/// Polls `script` until it returns true; the time it took.
-async fn until(browser: &Client, script: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if js(browser, script).await == json!(true) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not true within {limit:?}: {script}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Where the screenshot of the grid is kept (`target/tmp/preview-grid.png`).
 fn screenshot_path() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("preview-grid.png")
@@ -460,20 +372,39 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
         .await
         .expect("find the iframes");
     assert_eq!(frames.len(), SUBJECTS.len());
-    for (index, (tag, _)) in SUBJECTS.iter().enumerate() {
-        browser
-            .enter_frame(u16::try_from(index).expect("few frames"))
-            .await
-            .expect("enter the iframe");
+    for (frame, (tag, _)) in frames.iter().zip(SUBJECTS) {
+        frame.enter_frame().await.expect("enter the iframe");
         let (lang, dir, text) = (
             js(&browser, "return document.documentElement.lang").await,
             js(&browser, "return document.documentElement.dir").await,
             js(&browser, "return document.body.innerText").await,
         );
         assert_eq!(lang, json!(tag));
-        assert_eq!(dir, json!(if *tag == "ar" { "rtl" } else { "ltr" }));
+        assert_eq!(dir, json!(if tag == "ar" { "rtl" } else { "ltr" }));
         let text = text.as_str().unwrap_or_default();
         assert!(text.chars().count() > 100, "{tag} iframe shows: {text:?}");
+        browser
+            .enter_parent_frame()
+            .await
+            .expect("leave the iframe");
+    }
+
+    // The webmail view of each locale: root attributes gone, the text still in its direction.
+    let webmail = browser
+        .find_all(Locator::Css("iframe.webmail"))
+        .await
+        .expect("find the webmail iframes");
+    assert_eq!(webmail.len(), SUBJECTS.len());
+    for (frame, (tag, _)) in webmail.iter().zip(SUBJECTS) {
+        frame.enter_frame().await.expect("enter the iframe");
+        let seen = js(
+            &browser,
+            "return [document.documentElement.dir, document.documentElement.lang,
+                     getComputedStyle(document.querySelector('td.notice p')).direction]",
+        )
+        .await;
+        let dir = if tag == "ar" { "rtl" } else { "ltr" };
+        assert_eq!(seen, json!(["", "", dir]), "{tag}");
         browser
             .enter_parent_frame()
             .await
@@ -489,7 +420,7 @@ async fn in_chromium_arabic_reads_right_to_left_every_email_renders_and_edits_sh
     js(&browser, "window.notReloaded = true; return true").await;
     env.write(
         "templates/xiami-shutdown/en/subject.hbs",
-        "Xiami Music closes on {{date shutdown_date}}: edited live",
+        "Xiami Music closes on {{date shutdown_at}}: edited live",
     );
     let latency = until(
         &browser,

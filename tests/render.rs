@@ -51,7 +51,9 @@ fn html_part_escapes_markup_in_a_recipient_name() {
     );
     // The text part is plain text: it shows the name as written.
     assert!(
-        email.text.contains("Hi <script>alert(1)</script>,"),
+        email
+            .text
+            .contains("Hi \u{2068}<script>alert(1)</script>\u{2069},"),
         "{}",
         email.text
     );
@@ -68,12 +70,21 @@ fn text_part_keeps_ampersands_and_arabic_as_written() {
         )
         .expect("renders");
     let email = notice.email.expect("email");
+    // The name is isolated; the Arabic text part opens each line with RLM.
     assert!(
-        email.text.starts_with("مرحبًا ليلى & سارة،"),
+        email
+            .text
+            .starts_with("\u{200F}مرحبًا \u{2068}ليلى & سارة\u{2069}،"),
         "{}",
         email.text
     );
-    assert!(email.html.contains("ليلى &amp; سارة"), "{}", email.html);
+    assert!(
+        email
+            .html
+            .contains("<bdi>\u{2068}ليلى &amp; سارة\u{2069}</bdi>"),
+        "{}",
+        email.html
+    );
     assert_eq!(notice.locale, "ar");
     assert_eq!(notice.dir.as_str(), "rtl");
 }
@@ -93,7 +104,7 @@ fn values_from_recipients_are_data_not_template_source() {
             .email
             .expect("email")
             .text
-            .contains("Hi {{export_url}},")
+            .contains("Hi \u{2068}{{export_url}}\u{2069},")
     );
 }
 
@@ -168,19 +179,93 @@ fn per_recipient_vars_override_campaign_vars() {
 }
 
 #[test]
-fn dates_in_all_four_locales_match_cldr_for_2021_02_05() {
+fn dates_and_the_deadline_follow_the_recipients_region_in_the_templates_language() {
     let (renderer, sample) = shipped();
+    // (recipient, push title, the deadline as the text part writes it)
     let cases = [
-        ("en", "Xiami Music closes on February 5, 2021"),
-        ("ar", "تتوقف شيامي ميوزك في 5 فبراير 2021"),
-        ("zh", "虾米音乐将于2021年2月5日停止服务"),
-        ("zh-Hant", "蝦米音樂將於2021年2月5日停止服務"),
+        (
+            "en-GB",
+            "Xiami Music closes on 5 February 2021",
+            "5 February 2021 at 00:00 China Standard Time (GMT+8)",
+        ),
+        (
+            "en-US",
+            "Xiami Music closes on February 5, 2021",
+            "February 5, 2021 at 12:00\u{202F}AM China Standard Time (GMT+8)",
+        ),
+        (
+            "ar-EG",
+            "ستتوقف شيامي ميوزك في ٥ فبراير ٢٠٢١",
+            "٥ فبراير ٢٠٢١ في ١٢:٠٠ ص توقيت الصين الرسمي (غرينتش\u{61C}+٨)",
+        ),
+        (
+            "ar-MA",
+            "ستتوقف شيامي ميوزك في 5 فبراير 2021",
+            "5 فبراير 2021 في 00:00 توقيت الصين الرسمي (غرينتش\u{200E}+8)",
+        ),
+        (
+            "zh-CN",
+            "虾米音乐将于2021年2月5日停止服务",
+            "2021年2月5日 中国标准时间 00:00（GMT+8）",
+        ),
+        (
+            "zh-TW",
+            "蝦米音樂將於2021年2月5日停止服務",
+            "2021年2月5日 凌晨12:00 中國標準時間（GMT+8）",
+        ),
     ];
-    for (locale, title) in cases {
+    for (locale, title, deadline) in cases {
         let notice = renderer
-            .render(&sample.vars, &recipient(locale, "x"), &[Channel::Push])
+            .render(&sample.vars, &recipient(locale, "x"), &Channel::ALL)
             .expect("renders");
         assert_eq!(notice.push.expect("push").title, title, "{locale}");
+        let email = notice.email.expect("email");
+        assert!(email.text.contains(deadline), "{locale}:\n{}", email.text);
+        assert!(email.html.contains(deadline), "{locale}:\n{}", email.html);
+    }
+}
+
+#[test]
+fn a_recipient_asking_for_latin_digits_gets_them() {
+    let (renderer, sample) = shipped();
+    let notice = renderer
+        .render(
+            &sample.vars,
+            &recipient("ar-EG-u-nu-latn", "x"),
+            &[Channel::Push],
+        )
+        .expect("renders");
+    assert_eq!(
+        notice.push.expect("push").title,
+        "ستتوقف شيامي ميوزك في 5 فبراير 2021"
+    );
+}
+
+#[test]
+fn a_deadline_without_offset_or_in_a_zone_it_is_not_in_is_an_error_naming_it() {
+    let (renderer, sample) = shipped();
+    for (at, zone, expected) in [
+        ("2021-02-05T00:00:00", "Asia/Shanghai", "with an offset"),
+        (
+            "2021-02-05T00:00:00+08:00",
+            "Europe/Paris",
+            "zone `Europe/Paris`",
+        ),
+        (
+            "2021-02-05T00:00:00+08:00",
+            "Asia/Shangai",
+            "zone `Asia/Shangai`",
+        ),
+    ] {
+        let mut vars = sample.vars.clone();
+        vars.insert("shutdown_at".into(), json!(at));
+        vars.insert("shutdown_zone".into(), json!(zone));
+        let err = renderer
+            .render(&vars, &recipient("en", "x"), &[Channel::Email])
+            .expect_err(at);
+        let message = err.to_string();
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains(at), "{message}");
     }
 }
 
@@ -246,7 +331,7 @@ fn a_batch_cache_shares_only_what_every_recipient_would_get_anyway() {
     let mut overriding = recipient("en-GB", "Cy");
     overriding
         .vars
-        .insert("shutdown_date".into(), json!("2030-12-31"));
+        .insert("shutdown_at".into(), json!("2030-12-31T00:00:00+08:00"));
     let recipients = [
         recipient("en", "Ann"),
         recipient("zh-TW", "陳"),

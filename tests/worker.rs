@@ -146,7 +146,9 @@ fn recipient(id: &str, email: Option<&str>, locale: &str) -> Recipient {
 
 fn batch(recipients: Vec<Recipient>) -> Batch {
     let vars = json!({
-        "shutdown_date": "2021-02-05",
+        "shutdown_at": "2021-02-05T00:00:00+08:00",
+        "shutdown_zone": "Asia/Shanghai",
+        "help_url": "https://help.xiami.example/",
         "export_url": "https://www.xiami.example/export",
         "successor_url": "https://music.conch.example/"
     });

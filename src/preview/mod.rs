@@ -4,6 +4,7 @@
 mod grid;
 mod page;
 pub mod serve;
+pub mod webmail;
 
 use std::fs;
 use std::io::Write;

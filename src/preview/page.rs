@@ -7,6 +7,7 @@ use crate::lint::Problem;
 use crate::render::{Notice, TemplateName};
 
 use super::grid::{Column, Grid};
+use super::webmail;
 
 /// The page script: re-render on sample edits and on template changes.
 pub const SCRIPT: &str = include_str!("page.js");
@@ -145,12 +146,17 @@ fn notice(template: &TemplateName, tag: &str, notice: &Notice) -> String {
              <p class=\"subject\">{}</p></div>\n\
              <div class=\"part\"><span class=\"label\">Email</span>\
              <iframe class=\"email\" sandbox=\"\" title=\"{} email, {}\" srcdoc=\"{}\"></iframe></div>\n\
+             <div class=\"part\"><span class=\"label\">Webmail (as Gmail shows it)</span>\
+             <iframe class=\"webmail\" sandbox=\"\" title=\"{} email in webmail, {}\" srcdoc=\"{}\"></iframe></div>\n\
              <details class=\"part\"><summary class=\"label\">Plain text</summary>\
              <pre class=\"text\">{}</pre></details>\n",
             escape(&email.subject),
             escape(template.as_str()),
             escape(tag),
             escape(&email.html),
+            escape(template.as_str()),
+            escape(tag),
+            escape(&webmail::sanitise(&email.html)),
             escape(&email.text),
         );
     }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
+pub mod browser;
 pub mod pipelining_smtp;
 pub mod push_sink;
 pub mod rabbit_node;

@@ -10,6 +10,7 @@ use lettre::address::Envelope;
 use lettre::message::Mailbox;
 
 use super::{ComposeError, message_id};
+use crate::bidi;
 use crate::channel::Delivery;
 use crate::render::one_line;
 
@@ -69,7 +70,7 @@ pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Email, ComposeE
 
     let mut out = Vec::with_capacity(1024 + parts.text.len() * 2 + parts.html.len() * 2);
     mailbox_header(&mut out, "From", from.name.as_deref(), &from.email);
-    let name = delivery.recipient.name.as_deref().map(one_line);
+    let name = delivery.recipient.name.as_deref().map(display_name);
     mailbox_header(&mut out, "To", name.as_deref(), &address);
     text_header(&mut out, "Subject", &one_line(&parts.subject));
     raw_header(&mut out, "Message-ID", &id);
@@ -94,6 +95,18 @@ pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Email, ComposeE
         envelope,
         bytes: out,
     })
+}
+
+/// The recipient's name as `To:` shows it: one line, and isolated (FSI…PDI) when it is not plain
+/// ASCII, so a name in another script than the client's keeps its own order and the address
+/// stays beside it; ASCII names need no isolate and stay a readable quoted-string.
+fn display_name(name: &str) -> String {
+    let name = one_line(name);
+    if name.is_ascii() {
+        name
+    } else {
+        bidi::isolate(&name)
+    }
 }
 
 /// `Name: value` for a value known to be short, printable ASCII.
@@ -275,6 +288,18 @@ mod tests {
         assert!(words.len() > 1, "{header}");
         assert!(words.iter().all(|w| w.len() <= 75), "{header}");
         assert!(header.lines().all(|l| l.len() <= HEADER_LINE), "{header}");
+    }
+
+    #[test]
+    fn names_in_other_scripts_are_isolated_and_ascii_names_stay_plain() {
+        assert_eq!(display_name(" DJ K. "), "DJ K.");
+        assert_eq!(display_name("ليلى DJ"), "\u{2068}ليلى DJ\u{2069}");
+        let address: Address = "a@example.com".parse().expect("address");
+        let mut out = Vec::new();
+        mailbox_header(&mut out, "To", Some(&display_name("ليلى")), &address);
+        let header = String::from_utf8(out).expect("ASCII");
+        // Encoded words of UTF-8: FSI is E2 81 A8.
+        assert!(header.starts_with("To: =?utf-8?b?4oGo"), "{header}");
     }
 
     #[test]
