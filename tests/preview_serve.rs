@@ -210,7 +210,7 @@ fn a_broken_locale_shows_its_error_inline_and_the_other_locales_still_render() {
     let cases = [
         (
             "ar",
-            "ar/subject.hbs:1:1: `{{#if shutdown_date}}` is never closed",
+            "ar/subject.hbs:1:1: `{{#if shutdown_at}}` is never closed",
         ),
         (
             "zh",
