@@ -199,7 +199,7 @@ async fn status_watch_prints_a_line_per_look_until_the_campaign_drains() {
     env.sunset_async(&campaign_args(
         "enqueue",
         &campaign,
-        &["--channels", "push"],
+        &["--channels", "push", "--deadline", "2099-01-01T00:00:00Z"],
     ))
     .await
     .expect_code(0);
@@ -234,6 +234,8 @@ async fn status_watch_prints_a_line_per_look_until_the_campaign_drains() {
             .is_some_and(|l| l.ends_with("push  40/40 (100.0%), done")),
         "{stdout}"
     );
+    let status = common::status_json(&env, &campaign).await;
+    assert_eq!(status["deadline"], "2099-01-01T00:00:00+00:00");
 }
 
 #[tokio::test(flavor = "multi_thread")]
