@@ -327,23 +327,29 @@ async fn work(
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT; returns which.
-async fn cancel_on_signal(shutdown: CancellationToken) -> Signal {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Cancels `shutdown` on SIGTERM or SIGINT and returns which. Listens from the call on, not
+/// from the first poll: a signal that comes just after the future is spawned is not missed.
+fn cancel_on_signal(shutdown: CancellationToken) -> impl Future<Output = Signal> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    let received = |listener: std::io::Result<tokio::signal::unix::Signal>| async move {
+        match listener {
+            Ok(mut listener) => {
+                listener.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    let signal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Signal::Interrupt,
-        _ = terminate => Signal::Terminate,
-    };
-    info!(%signal, "shutdown requested: finishing in-flight work");
-    shutdown.cancel();
-    signal
+    async move {
+        let signal = tokio::select! {
+            _ = received(interrupt) => Signal::Interrupt,
+            _ = received(terminate) => Signal::Terminate,
+        };
+        info!(%signal, "shutdown requested: finishing in-flight work");
+        shutdown.cancel();
+        signal
+    }
 }
 
 /// `sunset preview --serve`, until SIGTERM or SIGINT.

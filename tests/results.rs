@@ -199,7 +199,7 @@ async fn status_watch_prints_a_line_per_look_until_the_campaign_drains() {
     env.sunset_async(&campaign_args(
         "enqueue",
         &campaign,
-        &["--channels", "push"],
+        &["--channels", "push", "--deadline", "2099-01-01T00:00:00Z"],
     ))
     .await
     .expect_code(0);
@@ -233,6 +233,45 @@ async fn status_watch_prints_a_line_per_look_until_the_campaign_drains() {
             .last()
             .is_some_and(|l| l.ends_with("push  40/40 (100.0%), done")),
         "{stdout}"
+    );
+    let status = common::status_json(&env, &campaign).await;
+    assert_eq!(status["deadline"], "2099-01-01T00:00:00+00:00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_status_watch_with_130() {
+    let env = TestEnv::with_broker("");
+    env.write("audience.csv", &audience_csv(3, |_| "example.com".into()));
+    let campaign = unique("undrained");
+    // Enqueued, and no worker: it never drains.
+    env.sunset_async(&campaign_args("enqueue", &campaign, &[]))
+        .await
+        .expect_code(0);
+    let mut child = spawn(&env, &["status", "--campaign", &campaign, "--watch"]);
+    let stdout = child.stdout.take().expect("piped");
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read");
+        line
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("a first look in time")
+        .expect("join");
+    assert!(first.contains("email 0/3"), "{first}");
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = output_within(child, Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stopped by SIGINT: stopped watching campaign {campaign}"
+        )),
+        "{stderr}"
     );
 }
 

@@ -238,11 +238,23 @@ impl fmt::Display for Status {
             Some(secs) => format!("ETA {}m {:02}s", secs / 60, secs % 60),
             None => "no deliveries in the last minute, no ETA".to_string(),
         };
-        writeln!(
+        write!(
             f,
             "rate: {:.1} deliveries/s over the last minute; {eta}",
             self.rate()
-        )
+        )?;
+        match (self.deadline, self.eta_seconds()) {
+            (None, _) | (Some(_), Some(0)) => writeln!(f),
+            (Some(deadline), eta) => {
+                let now = chrono::Utc::now();
+                let late = now >= deadline
+                    || eta.is_some_and(|secs| {
+                        now + chrono::Duration::seconds(secs as i64) > deadline
+                    });
+                let flag = if late { " (the ETA passes it)" } else { "" };
+                writeln!(f, "; deadline {}{flag}", deadline.to_rfc3339())
+            }
+        }
     }
 }
 
@@ -376,6 +388,17 @@ mod tests {
         assert_eq!(json["rows"].as_array().map(Vec::len), Some(3));
         assert_eq!(json["state"], "running");
         assert_eq!(json["eta_seconds"], 39);
+    }
+
+    #[test]
+    fn the_table_flags_a_deadline_the_eta_passes() {
+        let mut status = sample(60);
+        status.deadline = Some((chrono::Utc::now() + chrono::Duration::seconds(10)).fixed_offset());
+        let table = status.to_string();
+        assert!(table.contains("ETA 0m 39s; deadline "), "{table}");
+        assert!(table.ends_with("(the ETA passes it)\n"), "{table}");
+        status.deadline = Some((chrono::Utc::now() + chrono::Duration::hours(1)).fixed_offset());
+        assert!(!status.to_string().contains("passes"));
     }
 
     #[test]
