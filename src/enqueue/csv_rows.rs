@@ -22,7 +22,7 @@ const HEADER_MAX: usize = 64 * 1024;
 pub struct Delimiter(u8);
 
 impl Delimiter {
-    /// Every delimiter read, in the order detection prefers none of them over another.
+    /// The delimiters read, in the order an ambiguous header names them.
     const ALL: [Delimiter; 4] = [
         Delimiter(b','),
         Delimiter(b';'),
