@@ -109,6 +109,10 @@ where
         };
         let broker = match broker {
             Ok(broker) => Arc::new(broker),
+            // Credentials, vhost or trust stay wrong until someone changes them: stop now.
+            Err(BrokerError::Connect(cause)) if cause.is_permanent() => {
+                return Err(anyhow::Error::new(cause).context("Cannot connect to RabbitMQ"));
+            }
             Err(e) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if let Some(limit) = give_up

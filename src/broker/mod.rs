@@ -1,5 +1,6 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
 
+mod reach;
 mod tls;
 pub mod topology;
 
@@ -13,11 +14,13 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     DefaultConnectionBuilder,
 };
 
+pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
@@ -32,20 +35,12 @@ pub const ERROR_HEADER: &str = "x-sunset-error";
 /// ones unless asked.
 pub const KINDS_HEADER: &str = "x-sunset-kinds";
 
-/// How long the first connection may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Something went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// No connection within the timeout.
-    #[error("no connection to RabbitMQ at {url} within {seconds}s")]
-    ConnectTimeout {
-        /// The URL without credentials.
-        url: String,
-        /// The timeout.
-        seconds: u64,
-    },
+    /// No connection: why, and what to try.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The AMQP client reported an error.
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
@@ -58,17 +53,6 @@ pub enum BrokerError {
     /// `broker.ca_file` cannot be read or holds no certificate.
     #[error("invalid broker configuration")]
     Config(#[source] ConfigError),
-    /// RabbitMQ's TLS certificate is not one this host trusts (nor `broker.ca_file`).
-    #[error(
-        "RabbitMQ at {url} presented a TLS certificate this host does not trust ({reason}); \
-         if a private CA signed it, set broker.ca_file to that CA's PEM file"
-    )]
-    Untrusted {
-        /// The URL without credentials.
-        url: String,
-        /// rustls' verdict, e.g. `invalid peer certificate: UnknownIssuer`.
-        reason: String,
-    },
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
@@ -161,27 +145,42 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Broker {
-    /// Connects (giving up after a timeout; at once if an `amqps://` broker's certificate is
-    /// not trusted), enables lapin's auto-recovery, opens a confirm-mode channel and declares
-    /// the topology.
+    /// Connects (giving up after a timeout, and at once when the broker refuses, a certificate
+    /// is not trusted or the credentials are wrong), enables lapin's auto-recovery, opens a
+    /// confirm-mode channel and declares the topology.
     pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
         let tls = tls::config(config).map_err(BrokerError::Config)?;
-        // lapin retries a failed connect, a certificate it rejects included, for a long while:
-        // find out first, in one handshake of our own, whether retrying could ever help.
-        tls::check_certificate(&config.url, &tls).await?;
+        // A URL that does not parse is left for lapin to report.
+        let uri = config.url.parse::<AMQPUri>().ok();
+        if let Some(uri) = &uri {
+            reach::reach(uri, &tls).await?;
+        }
         let connector = DefaultConnectionBuilder::new()?
             .with_uri_str(config.url.clone())
             .with_properties(properties)
             .with_tls_config(tls);
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
-            .await
-            .map_err(|_| BrokerError::ConnectTimeout {
-                url: redact(&config.url),
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            })??;
+        let connection =
+            match tokio::time::timeout(reach::CONNECT_TIMEOUT, connector.connect()).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    return Err(uri
+                        .as_ref()
+                        .and_then(|uri| reach::refusal(&error, uri))
+                        .map_or(BrokerError::Amqp(error), BrokerError::Connect));
+                }
+                Err(_) => {
+                    return Err(ConnectError::Handshake {
+                        address: uri
+                            .as_ref()
+                            .map_or_else(|| redact(&config.url), reach::address),
+                        seconds: reach::CONNECT_TIMEOUT.as_secs(),
+                    }
+                    .into());
+                }
+            };
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
