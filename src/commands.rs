@@ -43,7 +43,7 @@ async fn connect(config: &Config) -> anyhow::Result<Broker> {
 pub async fn topology(config: &Config) -> anyhow::Result<()> {
     let broker = connect(config).await?;
     for queue in broker.names().all() {
-        println!("declared {queue}");
+        crate::say!("declared {queue}")?;
     }
     broker.close().await;
     Ok(())
@@ -66,13 +66,13 @@ fn options(args: &CampaignArgs) -> Options {
 async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Option<Plan>> {
     let plan = enqueue::prepare(config, &options(args))?;
     if args.dry_run {
-        println!(
+        crate::say!(
             "dry run: campaign {} would be {} recipients in {} batches, {} rejected; nothing published",
             plan.campaign,
             plan.recipients,
             plan.batches(),
             plan.rejected
-        );
+        )?;
         return Ok(None);
     }
     if let Some(ledger) = open_ledger(config)? {
@@ -98,7 +98,7 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
     let broker = connect(config).await?;
     let summary = enqueue::publish(&broker, &plan).await;
     broker.close().await;
-    println!("enqueued campaign {}: {}", plan.campaign, summary?);
+    crate::say!("enqueued campaign {}: {}", plan.campaign, summary?)?;
     Ok(Some(plan))
 }
 
@@ -140,9 +140,9 @@ pub async fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     ledger.close().await;
     let status = status?;
     if args.json {
-        println!("{}", status.json());
+        crate::say!("{}", status.json())?;
     } else {
-        print!("{status}");
+        crate::stdout::print(format_args!("{status}"))?;
     }
     Ok(())
 }
@@ -164,7 +164,7 @@ pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Resul
     });
     ledger.close().await;
     changed?;
-    println!("campaign {campaign}: {}", state.as_str());
+    crate::say!("campaign {campaign}: {}", state.as_str())?;
     Ok(())
 }
 
@@ -295,7 +295,10 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
         batches: plan.batches(),
     };
     let report = work(config, until, exporter).await?;
-    print!("{}", summary(&plan.campaign, &report, started.elapsed()));
+    crate::stdout::print(format_args!(
+        "{}",
+        summary(&plan.campaign, &report, started.elapsed())
+    ))?;
     Ok(())
 }
 

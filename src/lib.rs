@@ -20,6 +20,7 @@ pub mod logging;
 pub mod preview;
 pub mod render;
 pub mod secret;
+pub mod stdout;
 pub mod variables;
 pub mod worker;
 
