@@ -387,10 +387,13 @@ async fn handle<E: Sender, P: Sender>(
     delivery: Delivery,
 ) -> Handled {
     let attempt = attempt_of(&delivery.properties);
-    let batch = match Batch::decode(&delivery.data) {
+    let decoded = match broker.oversized(&delivery.data) {
+        Some(reason) => Err(reason),
+        None => Batch::decode(&delivery.data).map_err(|e| e.to_string()),
+    };
+    let batch = match decoded {
         Ok(batch) => batch,
-        Err(e) => {
-            let error = e.to_string();
+        Err(error) => {
             let owed = broker.dead_letter_raw(&delivery.data, &error).await;
             if owed.is_ok() {
                 events::undecodable(&error);
@@ -406,6 +409,9 @@ async fn handle<E: Sender, P: Sender>(
         }
     };
     let key = Settled::key(&delivery, attempt);
+    // The batch is decoded: its body is not needed while the batch is processed.
+    let mut delivery = delivery;
+    delivery.data = Vec::new();
     // Only a redelivery can be a message processed before.
     let earlier = if delivery.redelivered {
         settled.get(key)

@@ -96,6 +96,8 @@ pub struct Broker {
     connection: Connection,
     publisher: Channel,
     names: QueueNames,
+    /// `broker.max_message_bytes`.
+    max_message_bytes: u64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -190,12 +192,26 @@ impl Broker {
             connection,
             publisher,
             names,
+            max_message_bytes: config.max_message_bytes,
         })
     }
 
     /// The queue names.
     pub fn names(&self) -> &QueueNames {
         &self.names
+    }
+
+    /// The size past which a delivery is dead-lettered unparsed, if any.
+    pub fn oversized(&self, body: &[u8]) -> Option<String> {
+        let size = body.len() as u64;
+        (self.max_message_bytes > 0 && size > self.max_message_bytes).then(|| {
+            format!(
+                "message of {size} bytes is over broker.max_message_bytes ({}); not parsed, \
+                 its first {} bytes kept",
+                self.max_message_bytes,
+                size.min(KEPT_OF_OVERSIZED as u64)
+            )
+        })
     }
 
     /// A new channel on the connection, without publisher confirms (for `basic.get` and acks).
@@ -313,8 +329,14 @@ impl Broker {
             .await
     }
 
-    /// Publishes an undecodable body to the dead-letter queue as it came, with the reason.
+    /// Publishes an undecodable body to the dead-letter queue as it came (its first
+    /// [`KEPT_OF_OVERSIZED`] bytes when it is over `broker.max_message_bytes`), with the reason.
     pub async fn dead_letter_raw(&self, body: &[u8], reason: &str) -> Result<(), BrokerError> {
+        let body = if self.max_message_bytes > 0 && body.len() as u64 > self.max_message_bytes {
+            &body[..body.len().min(KEPT_OF_OVERSIZED)]
+        } else {
+            body
+        };
         let mut headers = FieldTable::default();
         headers.insert(
             ERROR_HEADER.into(),
@@ -385,6 +407,10 @@ impl Broker {
         }
     }
 }
+
+/// How much of a body over `broker.max_message_bytes` its dead letter keeps: enough to see
+/// what it was, not another copy of what was too large.
+pub const KEPT_OF_OVERSIZED: usize = 64 * 1024;
 
 /// How long `close` waits for a recovering connection to come back (so it can be closed).
 const CLOSE_WAIT: Duration = Duration::from_secs(20);

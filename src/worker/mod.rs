@@ -17,7 +17,7 @@ use crate::channel::{Channel, Delivery, Outcome, Sender};
 use crate::events;
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use crate::limit::Limits;
-use crate::render::{Renderer, TemplateError, TemplateName};
+use crate::render::{BatchCache, Notice, Renderer, TemplateError, TemplateName};
 
 mod books;
 mod owed;
@@ -233,14 +233,17 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     /// Waits for the rate limits and a send slot; then, immediately before sending, checks the
     /// campaign's state (at most a second old), the deadline and the claim's lease; sends, and
     /// records the outcome before giving back the slot.
+    /// The notice is rendered (by `render`) only once the send may go, so a batch holds the
+    /// notices of the sends in flight, not one per recipient.
     async fn send(
         &self,
         channel: Channel,
-        delivery: Delivery<'_>,
+        (recipient, locale): (&Recipient, &str),
+        render: impl FnOnce() -> Result<Notice, Unsendable>,
         batch: &Batch,
         claims: Option<&Claims>,
     ) -> Sent {
-        let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
+        let domain = recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
         self.limits.acquire(channel, domain).await;
         events::rate_limit_waited(channel, waiting.elapsed());
@@ -248,18 +251,18 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
         let entry = |mark: Mark, error: Option<String>| Entry {
-            campaign: delivery.campaign_id.clone(),
+            campaign: batch.campaign_id.clone(),
             pair: Pair {
-                user_id: delivery.recipient.user_id.clone(),
+                user_id: recipient.user_id.clone(),
                 channel,
-                locale: delivery.notice.locale.clone(),
+                locale: locale.to_string(),
             },
             mark,
             error,
         };
         if let (Some(books), Some(claims)) = (&self.books, claims) {
             match books
-                .state(delivery.campaign_id, batch.template.as_str())
+                .state(&batch.campaign_id, batch.template.as_str())
                 .await
             {
                 Ok(CampaignState::Running) => {}
@@ -285,6 +288,19 @@ impl<E: Sender, P: Sender> Deps<E, P> {
                 .await;
             return Sent::Unsendable(Unsendable::Deadline);
         }
+        let notice = match render() {
+            Ok(notice) => notice,
+            Err(unsendable) => {
+                self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
+                    .await;
+                return Sent::Unsendable(unsendable);
+            }
+        };
+        let delivery = Delivery {
+            campaign_id: &batch.campaign_id,
+            recipient,
+            notice: &notice,
+        };
         let _in_flight = events::InFlight::begin();
         let sending = Instant::now();
         // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
@@ -447,9 +463,12 @@ async fn send_all<E: Sender, P: Sender>(
     deps: &Deps<E, P>,
     verdict: &mut Verdict,
 ) -> (Vec<(Item, Sent)>, Vec<crate::batch::Failure>) {
+    // The parts every recipient of a locale shares, rendered once for the batch.
+    let alike = Mutex::new(BatchCache::default());
     let mut sends = Vec::with_capacity(plan.todo.len());
     let mut held = Vec::new();
     let contested = claims.is_some_and(|c| !c.all_ours());
+    let alike = &alike;
     for &(index, channel) in &plan.todo {
         let recipient: &Recipient = &batch.recipients[index];
         if let (true, Some(claims)) = (contested, claims) {
@@ -470,14 +489,16 @@ async fn send_all<E: Sender, P: Sender>(
             }
         }
         sends.push(async move {
-            let sent = match &plan.notices[index] {
-                Ok(notice) => {
-                    let delivery = Delivery {
-                        campaign_id: &batch.campaign_id,
-                        recipient,
-                        notice,
+            let sent = match &plan.renderer {
+                Ok(renderer) => {
+                    let render = || {
+                        let mut alike = alike.lock().unwrap_or_else(PoisonError::into_inner);
+                        renderer
+                            .render_cached(&batch.vars, recipient, &[channel], &mut alike)
+                            .map_err(|e| Unsendable::Render(e.to_string()))
                     };
-                    deps.send(channel, delivery, batch, claims).await
+                    let to = (recipient, plan.locale(index));
+                    deps.send(channel, to, render, batch, claims).await
                 }
                 Err(unsendable) => {
                     let entry = Entry {
