@@ -353,7 +353,7 @@ fn posts_are_taken_only_as_json_from_the_page_itself() {
             format!("{host}content-type: application/x-www-form-urlencoded\r\n"),
             415,
         ),
-        (format!("{host}"), 415),
+        (host.clone(), 415),
         (
             format!("{host}{json}origin: https://attacker.example\r\n"),
             403,

@@ -250,84 +250,89 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         let Ok(_permit) = self.sends.acquire().await else {
             return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
-        let entry = |mark: Mark, error: Option<String>| Entry {
-            campaign: batch.campaign_id.clone(),
-            pair: Pair {
-                user_id: recipient.user_id.clone(),
-                channel,
-                locale: locale.to_string(),
-            },
-            mark,
-            error,
-        };
-        if let (Some(books), Some(claims)) = (&self.books, claims) {
-            match books
-                .state(&batch.campaign_id, batch.template.as_str())
-                .await
-            {
-                Ok(CampaignState::Running) => {}
-                Ok(CampaignState::Paused) => {
-                    self.note(claims.into(), entry(Mark::Held, None)).await;
-                    return Sent::Held("campaign paused".into());
+        // Boxed once a slot is had: a batch has a send waiting per recipient × channel, each
+        // as small as the waits above; the rest (ledger, rendering, transport) is kilobytes,
+        // held only by the sends in flight.
+        Box::pin(async move {
+            let entry = |mark: Mark, error: Option<String>| Entry {
+                campaign: batch.campaign_id.clone(),
+                pair: Pair {
+                    user_id: recipient.user_id.clone(),
+                    channel,
+                    locale: locale.to_string(),
+                },
+                mark,
+                error,
+            };
+            if let (Some(books), Some(claims)) = (&self.books, claims) {
+                match books
+                    .state(&batch.campaign_id, batch.template.as_str())
+                    .await
+                {
+                    Ok(CampaignState::Running) => {}
+                    Ok(CampaignState::Paused) => {
+                        self.note(claims.into(), entry(Mark::Held, None)).await;
+                        return Sent::Held("campaign paused".into());
+                    }
+                    Ok(CampaignState::Cancelled) => {
+                        self.note(claims.into(), entry(Mark::Cancelled, None)).await;
+                        return Sent::Cancelled;
+                    }
+                    // The row stays claimed; the next claim takes it back once this batch is done.
+                    Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
                 }
-                Ok(CampaignState::Cancelled) => {
-                    self.note(claims.into(), entry(Mark::Cancelled, None)).await;
-                    return Sent::Cancelled;
+                if !books.may_send(claims) {
+                    return Sent::Held(
+                        "this worker's lease is not current or outcomes wait for the ledger".into(),
+                    );
                 }
-                // The row stays claimed; the next claim takes it back once this batch is done.
-                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
             }
-            if !books.may_send(claims) {
-                return Sent::Held(
-                    "this worker's lease is not current or outcomes wait for the ledger".into(),
-                );
-            }
-        }
-        if passed(batch.deadline) {
-            self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
-                .await;
-            return Sent::Unsendable(Unsendable::Deadline);
-        }
-        let notice = match render() {
-            Ok(notice) => notice,
-            Err(unsendable) => {
-                self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
+            if passed(batch.deadline) {
+                self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
                     .await;
-                return Sent::Unsendable(unsendable);
+                return Sent::Unsendable(Unsendable::Deadline);
             }
-        };
-        let delivery = Delivery {
-            campaign_id: &batch.campaign_id,
-            recipient,
-            notice: &notice,
-        };
-        let _in_flight = events::InFlight::begin();
-        let sending = Instant::now();
-        // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
-        let outcome = match channel {
-            Channel::Email => Box::pin(self.email.send(delivery)).await,
-            Channel::Push => Box::pin(self.push.send(delivery)).await,
-        };
-        events::send_took(channel, sending.elapsed());
-        if let Outcome::Transient {
-            throttled: true, ..
-        } = outcome
-        {
-            self.limits.throttled(channel, domain);
-        }
-        let (mark, error) = match &outcome {
-            Outcome::Delivered => (Mark::Delivered, None),
-            Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
-            Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
-            // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
-            // second copy. Email has no such key: an unknown email is not sent again unless asked.
-            Outcome::Unknown { reason } if channel == Channel::Push => {
-                (Mark::Failed, Some(reason.clone()))
+            let notice = match render() {
+                Ok(notice) => notice,
+                Err(unsendable) => {
+                    self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
+                        .await;
+                    return Sent::Unsendable(unsendable);
+                }
+            };
+            let delivery = Delivery {
+                campaign_id: &batch.campaign_id,
+                recipient,
+                notice: &notice,
+            };
+            let _in_flight = events::InFlight::begin();
+            let sending = Instant::now();
+            let outcome = match channel {
+                Channel::Email => self.email.send(delivery).await,
+                Channel::Push => self.push.send(delivery).await,
+            };
+            events::send_took(channel, sending.elapsed());
+            if let Outcome::Transient {
+                throttled: true, ..
+            } = outcome
+            {
+                self.limits.throttled(channel, domain);
             }
-            Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
-        };
-        self.note(claims, entry(mark, error)).await;
-        Sent::Outcome(outcome)
+            let (mark, error) = match &outcome {
+                Outcome::Delivered => (Mark::Delivered, None),
+                Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
+                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+                // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
+                // second copy. Email has no such key: an unknown email is not sent again unless asked.
+                Outcome::Unknown { reason } if channel == Channel::Push => {
+                    (Mark::Failed, Some(reason.clone()))
+                }
+                Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
+            };
+            self.note(claims, entry(mark, error)).await;
+            Sent::Outcome(outcome)
+        })
+        .await
     }
 }
 
