@@ -201,7 +201,8 @@ impl Broker {
         &self.names
     }
 
-    /// The size past which a delivery is dead-lettered unparsed, if any.
+    /// Why `body` is dead-lettered unparsed (its size and the limit), or `None` when it is
+    /// within `broker.max_message_bytes` (or that is 0).
     pub fn oversized(&self, body: &[u8]) -> Option<String> {
         let size = body.len() as u64;
         (self.max_message_bytes > 0 && size > self.max_message_bytes).then(|| {
