@@ -46,7 +46,7 @@ async fn connect(config: &Config) -> anyhow::Result<Broker> {
 pub async fn topology(config: &Config) -> anyhow::Result<()> {
     let broker = connect(config).await?;
     for queue in broker.names().all() {
-        println!("declared {queue}");
+        crate::say!("declared {queue}")?;
     }
     broker.close().await;
     Ok(())
@@ -72,13 +72,13 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
     broker::check_url(&config.broker.url)?;
     let plan = enqueue::prepare(config, &options(args))?;
     if args.dry_run {
-        println!(
+        crate::say!(
             "dry run: campaign {} would be {} recipients in {} batches, {} rejected; nothing published",
             plan.campaign,
             plan.recipients,
             plan.batches(),
             plan.rejected
-        );
+        )?;
         return Ok(None);
     }
     if let Some(ledger) = open_ledger(config)? {
@@ -104,7 +104,7 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
     let broker = connect(config).await?;
     let summary = enqueue::publish(&broker, &plan).await;
     broker.close().await;
-    println!("enqueued campaign {}: {}", plan.campaign, summary?);
+    crate::say!("enqueued campaign {}: {}", plan.campaign, summary?)?;
     Ok(Some(plan))
 }
 
@@ -142,13 +142,11 @@ pub async fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let shown = if args.watch {
         watch(&ledger, &campaign, Duration::from_millis(args.interval_ms)).await
     } else {
-        read_status(&ledger, &campaign).await.map(|status| {
-            if args.json {
-                println!("{}", status.json());
-            } else {
-                print!("{status}");
-            }
-        })
+        match read_status(&ledger, &campaign).await {
+            Ok(status) if args.json => crate::say!("{}", status.json()),
+            Ok(status) => crate::stdout::print(format_args!("{status}")),
+            Err(e) => Err(e),
+        }
     };
     ledger.close().await;
     shown
@@ -186,7 +184,9 @@ async fn watch(ledger: &Ledger, campaign: &CampaignId, interval: Duration) -> an
         if terminal {
             progress::draw(lines);
         } else {
-            println!("campaign {campaign}: {}", lines.join("; "));
+            if let Err(e) = crate::say!("campaign {campaign}: {}", lines.join("; ")) {
+                break Some(Err(e));
+            }
         }
         if status.total().settled() {
             break Some(Ok(()));
@@ -223,7 +223,7 @@ pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Resul
     });
     ledger.close().await;
     changed?;
-    println!("campaign {campaign}: {}", state.as_str());
+    crate::say!("campaign {campaign}: {}", state.as_str())?;
     Ok(())
 }
 
@@ -435,10 +435,10 @@ async fn send_with(
     let (worked, ()) = tokio::join!(working, source.draw_until(&live, &done));
     let worked = worked?;
     let results = source.results(&worked.report).await?;
-    print!(
+    crate::stdout::print(format_args!(
         "{}",
         results.table(worked.report.batches, started.elapsed())
-    );
+    ))?;
     if let Some(signal) = worked.stopped_by {
         let args: Vec<String> = std::env::args().collect();
         let resume = results::resume_command(&args, ledger.is_some());

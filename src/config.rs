@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     /// PEM file of the CA certificate(s) to trust for an `amqps://` URL, besides the system's
     /// roots (a private CA); empty = the system's roots only.
     pub ca_file: PathBuf,
+    /// A delivery larger than this is dead-lettered before it is parsed; RabbitMQ's
+    /// `max_message_size` should match (deploy/rabbitmq). 0 = no limit.
+    pub max_message_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -72,6 +75,7 @@ impl Default for BrokerConfig {
             prefetch: 4,
             give_up_after_ms: 0,
             ca_file: PathBuf::new(),
+            max_message_bytes: 8 * 1024 * 1024,
         }
     }
 }

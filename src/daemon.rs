@@ -136,6 +136,10 @@ where
             Ok(broker) => Arc::new(broker),
             // A bad `broker.url` or CA file stays bad: stop at once, naming the key.
             Err(e @ BrokerError::Config(_)) => return Err(e.into()),
+            // Credentials, vhost or trust stay wrong until someone changes them: stop now.
+            Err(BrokerError::Connect(cause)) if cause.is_permanent() => {
+                return Err(anyhow::Error::new(cause).context("Cannot connect to RabbitMQ"));
+            }
             Err(e) => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if let Some(limit) = give_up
@@ -427,10 +431,13 @@ async fn handle<E: Sender, P: Sender>(
         )
         .await;
     }
-    let batch = match Batch::decode(&delivery.data) {
+    let decoded = match broker.oversized(&delivery.data) {
+        Some(reason) => Err(reason),
+        None => Batch::decode(&delivery.data).map_err(|e| e.to_string()),
+    };
+    let batch = match decoded {
         Ok(batch) => batch,
-        Err(e) => {
-            let error = e.to_string();
+        Err(error) => {
             let owed = broker.dead_letter_raw(&delivery.data, &error).await;
             if owed.is_ok() {
                 events::undecodable(&error);
@@ -446,6 +453,9 @@ async fn handle<E: Sender, P: Sender>(
         }
     };
     let key = Settled::key(&delivery, attempt);
+    // The batch is decoded: its body is not needed while the batch is processed.
+    let mut delivery = delivery;
+    delivery.data = Vec::new();
     // Only a redelivery can be a message processed before.
     let earlier = if delivery.redelivered {
         settled.get(key)

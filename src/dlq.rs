@@ -62,7 +62,7 @@ pub async fn run(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
             let broker = connect(config).await?;
             let listed = list(&broker, &filter, *json).await;
             broker.close().await;
-            print!("{}", listed?);
+            crate::stdout::print(format_args!("{}", listed?))?;
             Ok(())
         }
         DlqAction::Replay {
@@ -629,7 +629,7 @@ async fn replay(
                 .await
                 .with_context(|| format!("Failed to remove replayed {line} from the dead-letter queue; it may be replayed again"))?;
         }
-        println!("{verb} {line}");
+        crate::say!("{verb} {line}")?;
         moved += 1;
         unknown_left += kept;
         recipients += batches.iter().map(|b| b.recipients.len()).sum::<usize>();
@@ -638,17 +638,17 @@ async fn replay(
     let left = hold.letters.len() - hold.removed + requeued;
     hold.release(broker).await;
     if moved == 0 {
-        println!("no dead letters{} to replay", filter.describe());
+        crate::say!("no dead letters{} to replay", filter.describe())?;
     } else if dry_run {
-        println!(
+        crate::say!(
             "dry run: would replay {} ({} in {}) to {}; nothing moved",
             plural(moved, "dead letter", "dead letters"),
             plural(recipients, "recipient", "recipients"),
             plural(batches_sent, "batch", "batches"),
             names.work
-        );
+        )?;
     } else {
-        println!(
+        crate::say!(
             "replayed {} ({} in {}) to {}; {} left in {}",
             plural(moved, "dead letter", "dead letters"),
             plural(recipients, "recipient", "recipients"),
@@ -656,28 +656,28 @@ async fn replay(
             names.work,
             left,
             names.dlq
-        );
+        )?;
     }
     if unknown_left > 0 {
-        println!(
+        crate::say!(
             "{} of unknown outcome {} in {}: each was handed over and no answer came back, so \
              it may have arrived and a replay may send it twice; --include-unknown replays them",
             plural(unknown_left, "send", "sends"),
             if dry_run { "would stay" } else { "left" },
             names.dlq
-        );
+        )?;
     }
     if undecodable > 0 {
-        println!(
+        crate::say!(
             "{} not replayed: the body is not a batch (see `sunset dlq list`)",
             plural(undecodable, "dead letter", "dead letters")
-        );
+        )?;
     }
     if empty > 0 {
-        println!(
+        crate::say!(
             "{} not replayed: its failures name none of its recipients",
             plural(empty, "dead letter", "dead letters")
-        );
+        )?;
     }
     Ok(())
 }
@@ -702,12 +702,12 @@ async fn purge(broker: &Broker, campaign: &CampaignId) -> anyhow::Result<()> {
     }
     let (purged, left) = (hold.removed, hold.letters.len() - hold.removed);
     hold.release(broker).await;
-    println!(
+    crate::say!(
         "purged {} of campaign {campaign} ({}); {left} left in {}",
         plural(purged, "dead letter", "dead letters"),
         plural(recipients, "recipient", "recipients"),
         broker.names().dlq
-    );
+    )?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub mod render;
 pub mod results;
 pub mod secret;
 pub mod syntax;
+pub mod stdout;
 pub mod variables;
 pub mod worker;
 

@@ -688,16 +688,19 @@ impl Renderer {
         self.render_cached(vars, recipient, channels, &mut BatchCache::default())
     }
 
-    /// [`Renderer::render`], taking the parts that render alike for every recipient from
-    /// `cache` (and putting them there the first time). One cache per batch: its entries hold
-    /// for these `vars` only.
-    pub fn render_cached(
+    /// The tag of the locale `recipient`'s notice is in, negotiated once per requested tag
+    /// through `cache`: known before rendering, so a batch renders each notice only when it
+    /// sends it.
+    pub fn locale_of(&self, recipient: &Recipient, cache: &mut BatchCache) -> String {
+        self.negotiated(recipient, cache).1.tag().to_string()
+    }
+
+    /// The index (in the renderer's locales) and locale of `recipient`'s notice.
+    fn negotiated(
         &self,
-        vars: &Vars,
         recipient: &Recipient,
-        channels: &[Channel],
         cache: &mut BatchCache,
-    ) -> Result<Notice, RenderError> {
+    ) -> (usize, &TemplateLocale) {
         let index = match recipient.locale.as_deref() {
             Some(tag) => match cache.negotiated.get(tag) {
                 Some(&index) => index,
@@ -714,6 +717,20 @@ impl Renderer {
             .iter()
             .nth(index)
             .unwrap_or_else(|| self.locales.negotiate(None));
+        (index, locale)
+    }
+
+    /// [`Renderer::render`], taking the parts that render alike for every recipient from
+    /// `cache` (and putting them there the first time). One cache per batch: its entries hold
+    /// for these `vars` only.
+    pub fn render_cached(
+        &self,
+        vars: &Vars,
+        recipient: &Recipient,
+        channels: &[Channel],
+        cache: &mut BatchCache,
+    ) -> Result<Notice, RenderError> {
+        let (index, locale) = self.negotiated(recipient, cache);
         let mut context = None;
         let mut part = |part: Part| -> Result<String, RenderError> {
             let shared = self.shared_part(index, part, recipient);

@@ -693,3 +693,27 @@ fn sunset_topology_accepts_a_broker_provisioned_from_definitions_json() {
     // pre-provisioned queues are exactly what sunset would have declared.
     env.sunset(&["topology"]).expect_code(0);
 }
+
+#[test]
+fn rabbitmq_refuses_messages_larger_than_a_worker_takes() {
+    let conf = read(&deploy().join("rabbitmq/rabbitmq.conf"));
+    let size: u64 = conf
+        .lines()
+        .find_map(|line| line.strip_prefix("max_message_size"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .unwrap_or_else(|| panic!("no max_message_size in rabbitmq.conf:\n{conf}"))
+        .trim()
+        .parse()
+        .expect("max_message_size is a number of bytes");
+    for config in [
+        "k8s/sunset.toml",
+        "compose/sunset.toml",
+        "sunset.container.toml",
+    ] {
+        assert_eq!(
+            load(config).broker.max_message_bytes,
+            size,
+            "{config}: broker.max_message_bytes and RabbitMQ's max_message_size differ"
+        );
+    }
+}

@@ -607,8 +607,9 @@ fn a_batch_size_over_the_decoders_limit_is_refused() {
 #[tokio::test]
 async fn hostile_batches_on_the_work_queue_are_dead_lettered_with_a_short_reason_and_nothing_is_sent()
  {
+    // Bodies up to 10 MB, past the default broker.max_message_bytes: they are to reach the parser.
     let env = TestEnv::with_broker(
-        "[ledger]\nurl = \"\"\n[metrics]\nlisten = \"\"\n[rate]\nemail_per_sec = 0\npush_per_sec = 0\n",
+        "max_message_bytes = 16777216\n[ledger]\nurl = \"\"\n[metrics]\nlisten = \"\"\n[rate]\nemail_per_sec = 0\npush_per_sec = 0\n",
     );
     let big = "x".repeat(MB10);
     let mut invalid_utf8 = batch(vec![recipient("u-1")]).to_string().into_bytes();

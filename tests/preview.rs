@@ -3,6 +3,8 @@
 mod common;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 
 use common::TestEnv;
 
@@ -506,4 +508,39 @@ fn environment_overrides_the_file_and_a_bad_value_names_the_variable() {
         .stderr();
     assert!(err.contains("SUNSET__BROKER__PREFETCH"), "{err}");
     assert!(err.contains("broker.prefetch"), "{err}");
+}
+
+#[test]
+fn a_reader_that_stops_after_one_line_ends_the_output_quietly() {
+    let env = TestEnv::new();
+    // More than a pipe holds, so the writing goes on after the reader has gone.
+    let long = format!("https://export.example/{}", "x".repeat(100_000));
+    env.write("vars.json", &format!(r#"{{"export_url": "{long}"}}"#));
+    let mut child = env
+        .command(
+            &[
+                "preview",
+                "--template",
+                "xiami-shutdown",
+                "--all-locales",
+                "--vars",
+                "vars.json",
+            ],
+            &[],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sunset preview");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("read a line");
+    // The reader is dropped: the pipe is closed, as `| head -1` does.
+    assert!(line.contains("xiami-shutdown"), "{line}");
+
+    let output = child.wait_with_output().expect("wait for sunset");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -84,15 +84,30 @@ impl PreviewServer {
         )
     }
 
-    /// One request as written (so `..` reaches the server unnormalised); status and body.
+    /// One request as written (so `..` reaches the server unnormalised), naming the server
+    /// by its address; status and body.
     fn request(&self, head: &str, body: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.address).expect("connect to the preview");
-        write!(
-            stream,
-            "{head}host: {}\r\nconnection: close\r\n\r\n{body}",
-            self.address
+        self.raw(&format!("{head}host: {}\r\n", self.address), body)
+    }
+
+    /// A POST of a valid sample with `headers` (each ending in CRLF) and no `Host` of its own.
+    fn post_sample(&self, headers: &str) -> (u16, String) {
+        let body =
+            fs::read_to_string(common::shipped_templates().join("xiami-shutdown/sample.json"))
+                .expect("the shipped sample");
+        self.raw(
+            &format!(
+                "POST /t/xiami-shutdown/grid HTTP/1.1\r\ncontent-length: {}\r\n{headers}",
+                body.len()
+            ),
+            &body,
         )
-        .expect("send the request");
+    }
+
+    /// One request with exactly the head given (its own `Host`, or none); status and body.
+    fn raw(&self, head: &str, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.address).expect("connect to the preview");
+        write!(stream, "{head}connection: close\r\n\r\n{body}").expect("send the request");
         let mut response = String::new();
         stream
             .read_to_string(&mut response)
@@ -289,6 +304,76 @@ fn a_posted_sample_re_renders_with_recipient_values_escaped_and_bad_json_is_refu
     let (status, body) = server.post("/t/xiami-shutdown/grid", "{\"vars\": {}, \"extra\": 1}");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("unknown field `extra`"), "{body}");
+}
+
+#[test]
+fn only_loopback_names_and_the_listen_address_are_answered_others_get_421() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &[]);
+    let port = server.address.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = server.raw(&format!("GET / HTTP/1.1\r\nhost: {host}\r\n"), "");
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A DNS-rebinding page names its own host; a wrong port or no Host at all is as foreign.
+    for host in [
+        format!("host: attacker.example:{port}\r\n"),
+        format!("host: localhost.attacker.example:{port}\r\n"),
+        format!("host: localhost:{}\r\n", port.wrapping_add(1)),
+        String::new(),
+    ] {
+        let (status, body) = server.raw(&format!("GET /t/xiami-shutdown HTTP/1.1\r\n{host}"), "");
+        assert_eq!(status, 421, "{host:?}: {body}");
+        assert!(!body.contains("Xiami"), "{body}");
+        assert!(body.contains("answers only to localhost"), "{body}");
+    }
+}
+
+#[test]
+fn posts_are_taken_only_as_json_from_the_page_itself() {
+    let env = TestEnv::new();
+    let server = PreviewServer::start(&env, &[]);
+    let host = format!("host: localhost:{}\r\n", server.address.port());
+    let own = format!("origin: http://localhost:{}\r\n", server.address.port());
+    let json = "content-type: application/json\r\n";
+
+    // The page's own fetch: same origin, as a browser marks it.
+    let (status, body) =
+        server.post_sample(&format!("{host}{json}{own}sec-fetch-site: same-origin\r\n"));
+    assert_eq!(status, 200, "{body}");
+    // A tool without browser headers (curl) is fine too.
+    let (status, body) = server.post_sample(&format!(
+        "{host}content-type: application/json; charset=utf-8\r\n"
+    ));
+    assert_eq!(status, 200, "{body}");
+
+    for (headers, expected) in [
+        // A form or text/plain needs no CORS preflight: a page elsewhere could send it.
+        (format!("{host}content-type: text/plain\r\n{own}"), 415),
+        (
+            format!("{host}content-type: application/x-www-form-urlencoded\r\n"),
+            415,
+        ),
+        (host.clone(), 415),
+        (
+            format!("{host}{json}origin: https://attacker.example\r\n"),
+            403,
+        ),
+        (format!("{host}{json}origin: null\r\n"), 403),
+        (format!("{host}{json}sec-fetch-site: cross-site\r\n"), 403),
+        (
+            format!("{host}{json}{own}sec-fetch-site: same-site\r\n"),
+            403,
+        ),
+    ] {
+        let (status, body) = server.post_sample(&headers);
+        assert_eq!(status, expected, "{headers:?}: {body}");
+        assert!(!body.contains("Xiami"), "{body}");
+    }
 }
 
 #[test]

@@ -344,16 +344,18 @@ async fn a_retry_that_would_come_after_the_deadline_is_dead_lettered_instead() {
 }
 
 #[tokio::test]
-async fn a_missing_campaign_variable_is_a_permanent_failure_and_nothing_is_sent() {
+async fn a_missing_campaign_variable_fails_the_channel_using_it_and_the_other_goes_out() {
     let deps = deps(
         MemorySender::new(Channel::Email),
         MemorySender::new(Channel::Push),
     );
     let mut batch = batch(vec![recipient("u1", Some("a@example.com"), "en")]);
+    // Only the email uses it: each send renders its own channel's parts.
     batch.vars.remove("export_url");
     let verdict = process(&batch, 1, &deps).await;
     let (dead_letter, _) = dead_letter(&verdict).expect("dead letter");
-    assert_eq!(dead_letter.failures.len(), 2, "{:?}", dead_letter.failures);
+    assert_eq!(dead_letter.failures.len(), 1, "{:?}", dead_letter.failures);
+    assert_eq!(dead_letter.failures[0].channel, Channel::Email);
     assert!(
         dead_letter
             .failures
@@ -362,7 +364,8 @@ async fn a_missing_campaign_variable_is_a_permanent_failure_and_nothing_is_sent(
         "{:?}",
         dead_letter.failures
     );
-    assert!(deps.email.sent().is_empty() && deps.push.sent().is_empty());
+    assert!(deps.email.sent().is_empty());
+    assert_eq!(deps.push.sent().len(), 1);
 }
 
 #[tokio::test]

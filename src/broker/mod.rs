@@ -1,6 +1,7 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
 
 mod park;
+mod reach;
 mod tls;
 pub mod topology;
 
@@ -14,12 +15,14 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     DefaultConnectionBuilder,
 };
 
 pub use park::{NOT_BEFORE_HEADER, not_before_of};
+pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
@@ -34,20 +37,12 @@ pub const ERROR_HEADER: &str = "x-sunset-error";
 /// ones unless asked.
 pub const KINDS_HEADER: &str = "x-sunset-kinds";
 
-/// How long the first connection may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Something went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// No connection within the timeout.
-    #[error("no connection to RabbitMQ at {url} within {seconds}s")]
-    ConnectTimeout {
-        /// The URL without credentials.
-        url: String,
-        /// The timeout.
-        seconds: u64,
-    },
+    /// No connection: why, and what to try.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The AMQP client reported an error.
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
@@ -60,17 +55,6 @@ pub enum BrokerError {
     /// `broker.url` is not an AMQP URL, or `broker.ca_file` cannot be read or holds no certificate.
     #[error("invalid broker configuration")]
     Config(#[source] ConfigError),
-    /// RabbitMQ's TLS certificate is not one this host trusts (nor `broker.ca_file`).
-    #[error(
-        "RabbitMQ at {url} presented a TLS certificate this host does not trust ({reason}); \
-         if a private CA signed it, set broker.ca_file to that CA's PEM file"
-    )]
-    Untrusted {
-        /// The URL without credentials.
-        url: String,
-        /// rustls' verdict, e.g. `invalid peer certificate: UnknownIssuer`.
-        reason: String,
-    },
     /// The message could not be routed to any queue (returned).
     #[error("RabbitMQ returned the message for `{0}`: no queue bound (run `sunset topology`)")]
     Returned(String),
@@ -114,6 +98,8 @@ pub struct Broker {
     connection: Connection,
     publisher: Channel,
     names: QueueNames,
+    /// `broker.max_message_bytes`.
+    max_message_bytes: u64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -176,28 +162,43 @@ pub fn check_url(url: &str) -> Result<(), ConfigError> {
 }
 
 impl Broker {
-    /// Connects (giving up after a timeout; at once if an `amqps://` broker's certificate is
-    /// not trusted), enables lapin's auto-recovery, opens a confirm-mode channel and declares
-    /// the topology.
+    /// Connects (giving up after a timeout, and at once when the broker refuses, a certificate
+    /// is not trusted or the credentials are wrong), enables lapin's auto-recovery, opens a
+    /// confirm-mode channel and declares the topology.
     pub async fn connect(config: &BrokerConfig, names: QueueNames) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
         check_url(&config.url).map_err(BrokerError::Config)?;
         let tls = tls::config(config).map_err(BrokerError::Config)?;
-        // lapin retries a failed connect, a certificate it rejects included, for a long while:
-        // find out first, in one handshake of our own, whether retrying could ever help.
-        tls::check_certificate(&config.url, &tls).await?;
+        // A URL that does not parse is left for lapin to report.
+        let uri = config.url.parse::<AMQPUri>().ok();
+        if let Some(uri) = &uri {
+            reach::reach(uri, &tls).await?;
+        }
         let connector = DefaultConnectionBuilder::new()?
             .with_uri_str(config.url.clone())
             .with_properties(properties)
             .with_tls_config(tls);
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect())
-            .await
-            .map_err(|_| BrokerError::ConnectTimeout {
-                url: redact(&config.url),
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            })??;
+        let connection =
+            match tokio::time::timeout(reach::CONNECT_TIMEOUT, connector.connect()).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    return Err(uri
+                        .as_ref()
+                        .and_then(|uri| reach::refusal(&error, uri))
+                        .map_or(BrokerError::Amqp(error), BrokerError::Connect));
+                }
+                Err(_) => {
+                    return Err(ConnectError::Handshake {
+                        address: uri
+                            .as_ref()
+                            .map_or_else(|| redact(&config.url), reach::address),
+                        seconds: reach::CONNECT_TIMEOUT.as_secs(),
+                    }
+                    .into());
+                }
+            };
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -207,12 +208,27 @@ impl Broker {
             connection,
             publisher,
             names,
+            max_message_bytes: config.max_message_bytes,
         })
     }
 
     /// The queue names.
     pub fn names(&self) -> &QueueNames {
         &self.names
+    }
+
+    /// Why `body` is dead-lettered unparsed (its size and the limit), or `None` when it is
+    /// within `broker.max_message_bytes` (or that is 0).
+    pub fn oversized(&self, body: &[u8]) -> Option<String> {
+        let size = body.len() as u64;
+        (self.max_message_bytes > 0 && size > self.max_message_bytes).then(|| {
+            format!(
+                "message of {size} bytes is over broker.max_message_bytes ({}); not parsed, \
+                 its first {} bytes kept",
+                self.max_message_bytes,
+                size.min(KEPT_OF_OVERSIZED as u64)
+            )
+        })
     }
 
     /// A new channel on the connection, without publisher confirms (for `basic.get` and acks).
@@ -320,8 +336,14 @@ impl Broker {
             .await
     }
 
-    /// Publishes an undecodable body to the dead-letter queue as it came, with the reason.
+    /// Publishes an undecodable body to the dead-letter queue as it came (its first
+    /// [`KEPT_OF_OVERSIZED`] bytes when it is over `broker.max_message_bytes`), with the reason.
     pub async fn dead_letter_raw(&self, body: &[u8], reason: &str) -> Result<(), BrokerError> {
+        let body = if self.max_message_bytes > 0 && body.len() as u64 > self.max_message_bytes {
+            &body[..body.len().min(KEPT_OF_OVERSIZED)]
+        } else {
+            body
+        };
         let mut headers = FieldTable::default();
         headers.insert(
             ERROR_HEADER.into(),
@@ -392,6 +414,10 @@ impl Broker {
         }
     }
 }
+
+/// How much of a body over `broker.max_message_bytes` its dead letter keeps: enough to see
+/// what it was, not another copy of what was too large.
+pub const KEPT_OF_OVERSIZED: usize = 64 * 1024;
 
 /// How long `close` waits for a recovering connection to come back (so it can be closed).
 const CLOSE_WAIT: Duration = Duration::from_secs(20);

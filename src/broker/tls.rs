@@ -1,22 +1,17 @@
 //! TLS for `amqps://`: the CA file of `broker.ca_file` handed to lapin, and a handshake of our
-//! own that tells an untrusted certificate (never worth retrying) from a broker that is down.
+//! own that tells an untrusted certificate (never worth retrying) from other TLS failures.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::{AMQPScheme, AMQPUri};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use super::{BrokerError, redact};
+use super::ConnectError;
 use crate::config::{BrokerConfig, ConfigError};
-
-/// How long the certificate check may take; past it, lapin's own connect decides.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The TLS settings for `amqps://`: the system's roots, plus the CA certificates of
 /// `broker.ca_file` when set (lapin keeps them for its reconnections too).
@@ -43,40 +38,37 @@ pub(super) fn config(config: &BrokerConfig) -> Result<OwnedTLSConfig, ConfigErro
     })
 }
 
-/// For an `amqps://` URL, one TLS handshake with the trust lapin will use (the system's roots
-/// and the CA file): a certificate rustls rejects is [`BrokerError::Untrusted`] at once. Any
-/// other failure (refused, timed out, not a URL) is left for lapin's connect to report.
-pub(super) async fn check_certificate(url: &str, tls: &OwnedTLSConfig) -> Result<(), BrokerError> {
-    let Ok(uri) = url.parse::<AMQPUri>() else {
-        return Ok(());
-    };
-    if uri.scheme != AMQPScheme::AMQPS {
-        return Ok(());
-    }
-    let host = uri.authority.host.clone();
-    let Ok(server_name) = ServerName::try_from(host.clone()) else {
-        return Ok(());
-    };
-    let Some(client) = client_config(tls) else {
+/// One TLS handshake over `tcp` with the trust lapin will use (the system's roots and the CA
+/// file): a certificate rustls rejects is [`ConnectError::Untrusted`], any other failure (a
+/// port that does not speak TLS) [`ConnectError::Tls`]. A host name rustls cannot take, or
+/// rustls that cannot be set up, is left for lapin's connect to report.
+pub(super) async fn handshake(
+    tcp: TcpStream,
+    host: &str,
+    address: &str,
+    tls: &OwnedTLSConfig,
+) -> Result<(), ConnectError> {
+    let (Ok(server_name), Some(client)) =
+        (ServerName::try_from(host.to_string()), client_config(tls))
+    else {
         return Ok(());
     };
     let connector = TlsConnector::from(Arc::new(client));
-    let handshake = async {
-        let tcp = TcpStream::connect((host.as_str(), uri.authority.port)).await?;
-        connector.connect(server_name, tcp).await
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, handshake).await {
-        Ok(Err(error)) => match error
+    match connector.connect(server_name, tcp).await {
+        Ok(_) => Ok(()),
+        Err(error) => match error
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            Some(rejected @ rustls::Error::InvalidCertificate(_)) => Err(BrokerError::Untrusted {
-                url: redact(url),
+            Some(rejected @ rustls::Error::InvalidCertificate(_)) => Err(ConnectError::Untrusted {
+                address: address.to_string(),
                 reason: rejected.to_string(),
             }),
-            _ => Ok(()),
+            _ => Err(ConnectError::Tls {
+                address: address.to_string(),
+                reason: error.to_string(),
+            }),
         },
-        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! or serve every locale side by side in the browser (`serve`).
 
 mod grid;
+mod guard;
 mod page;
 pub mod serve;
 pub mod webmail;
@@ -61,7 +62,7 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| default_locale.clone()),
         ]
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::stdout::Stdout;
     for tag in requested {
         let recipient = Recipient {
             locale: Some(tag.clone()),
@@ -96,7 +97,7 @@ fn check(dir: &Path, template: Option<&TemplateName>, default_locale: &str) -> a
             || format!("every template in {}", dir.display()),
             |t| t.to_string(),
         );
-        println!("ok: {what}");
+        crate::say!("ok: {what}")?;
         Ok(())
     } else {
         Err(CheckFailed {

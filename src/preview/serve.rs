@@ -26,6 +26,7 @@ use crate::lint;
 use crate::render::{self, Sample, TemplateError, TemplateName};
 
 use super::grid;
+use super::guard::{self, Guard};
 use super::page::{self, Listing};
 
 /// Only same-origin scripts, styles and requests; the email iframes are sandboxed without
@@ -79,14 +80,14 @@ pub async fn run(
         changes,
         shutdown: shutdown.clone(),
     });
-    println!("sunset preview: http://{address}{start_page} (Ctrl-C to stop)");
-    axum::serve(listener, router(site))
+    crate::say!("sunset preview: http://{address}{start_page} (Ctrl-C to stop)")?;
+    axum::serve(listener, router(site, Guard::new(address)))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("The preview server failed")
 }
 
-fn router(site: Arc<Site>) -> Router {
+fn router(site: Arc<Site>, guard: Guard) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/t/{template}", get(grid_page))
@@ -96,6 +97,10 @@ fn router(site: Arc<Site>) -> Router {
         .route("/assets/page.js", get(script))
         .route("/assets/page.css", get(style))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::check,
+        ))
         .layer(axum::middleware::map_response(secure))
         .with_state(site)
 }

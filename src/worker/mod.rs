@@ -17,7 +17,7 @@ use crate::channel::{Channel, Delivery, Outcome, Sender};
 use crate::events;
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use crate::limit::Limits;
-use crate::render::{Renderer, TemplateError, TemplateName};
+use crate::render::{BatchCache, Notice, Renderer, TemplateError, TemplateName};
 
 mod books;
 mod breaker;
@@ -252,24 +252,27 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     /// the rate limits and a send slot; then, immediately before sending, checks the campaign's
     /// state (at most a second old), the deadline and the claim's lease; sends, and records the
     /// outcome before giving back the slot.
+    /// The notice is rendered (by `render`) only once the send may go, so a batch holds the
+    /// notices of the sends in flight, not one per recipient.
     async fn send(
         &self,
         channel: Channel,
-        delivery: Delivery<'_>,
+        (recipient, locale): (&Recipient, &str),
+        render: impl FnOnce() -> Result<Notice, Unsendable>,
         batch: &Batch,
         claims: Option<&Claims>,
     ) -> Sent {
         let entry = |mark: Mark, error: Option<String>| Entry {
-            campaign: delivery.campaign_id.clone(),
+            campaign: batch.campaign_id.clone(),
             pair: Pair {
-                user_id: delivery.recipient.user_id.clone(),
+                user_id: recipient.user_id.clone(),
                 channel,
-                locale: delivery.notice.locale.clone(),
+                locale: locale.to_string(),
             },
             mark,
             error,
         };
-        let _probe = match self.breakers.gate(channel) {
+        let probe = match self.breakers.gate(channel) {
             Gate::Go(probe) => probe,
             Gate::Hold(reason) => {
                 self.note(claims, entry(Mark::Held, Some(reason.clone())))
@@ -277,77 +280,98 @@ impl<E: Sender, P: Sender> Deps<E, P> {
                 return Sent::Held(reason);
             }
         };
-        let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
+        let domain = recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
         self.limits.acquire(channel, domain).await;
         events::rate_limit_waited(channel, waiting.elapsed());
         let Ok(_permit) = self.sends.acquire().await else {
             return Sent::Outcome(Outcome::transient("worker is shutting down"));
         };
-        if let (Some(books), Some(claims)) = (&self.books, claims) {
-            match books
-                .state(delivery.campaign_id, batch.template.as_str())
-                .await
+        // Boxed once a slot is had: a batch has a send waiting per recipient × channel, each
+        // as small as the waits above; the rest (ledger, rendering, transport) is kilobytes,
+        // held only by the sends in flight.
+        Box::pin(async move {
+            let _probe = probe;
+            if let (Some(books), Some(claims)) = (&self.books, claims) {
+                match books
+                    .state(&batch.campaign_id, batch.template.as_str())
+                    .await
+                {
+                    Ok(CampaignState::Running) => {}
+                    Ok(CampaignState::Paused) => {
+                        self.note(claims.into(), entry(Mark::Held, None)).await;
+                        return Sent::Held("campaign paused".into());
+                    }
+                    Ok(CampaignState::Cancelled) => {
+                        self.note(claims.into(), entry(Mark::Cancelled, None)).await;
+                        return Sent::Cancelled;
+                    }
+                    // The row stays claimed; the next claim takes it back once this batch is done.
+                    Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
+                }
+                if !books.may_send(claims) {
+                    return Sent::Held(
+                        "this worker's lease is not current or outcomes wait for the ledger".into(),
+                    );
+                }
+            }
+            if passed(batch.deadline) {
+                self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
+                    .await;
+                return Sent::Unsendable(Unsendable::Deadline);
+            }
+            let notice = match render() {
+                Ok(notice) => notice,
+                Err(unsendable) => {
+                    self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
+                        .await;
+                    return Sent::Unsendable(unsendable);
+                }
+            };
+            let delivery = Delivery {
+                campaign_id: &batch.campaign_id,
+                recipient,
+                notice: &notice,
+            };
+            let _in_flight = events::InFlight::begin();
+            let sending = Instant::now();
+            let outcome = match channel {
+                Channel::Email => self.email.send(delivery).await,
+                Channel::Push => self.push.send(delivery).await,
+            };
+            events::send_took(channel, sending.elapsed());
+            self.breakers.record(channel, &outcome);
+            // With the breaker off, a transport that does not answer fails sends like any other
+            // transient error: they spend attempts, and each is logged.
+            let outcome = match outcome {
+                Outcome::Unreachable { reason } if self.breakers.off() => {
+                    Outcome::transient(reason)
+                }
+                outcome => outcome,
+            };
+            if let Outcome::Transient {
+                throttled: true, ..
+            } = outcome
             {
-                Ok(CampaignState::Running) => {}
-                Ok(CampaignState::Paused) => {
-                    self.note(claims.into(), entry(Mark::Held, None)).await;
-                    return Sent::Held("campaign paused".into());
+                self.limits.throttled(channel, domain);
+            }
+            let (mark, error) = match &outcome {
+                Outcome::Delivered => (Mark::Delivered, None),
+                Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
+                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+                // Nothing was handed over, and the recipient is not at fault: no attempt is spent.
+                Outcome::Unreachable { reason } => (Mark::Held, Some(reason.clone())),
+                // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
+                // second copy. Email has no such key: an unknown email is not sent again unless asked.
+                Outcome::Unknown { reason } if channel == Channel::Push => {
+                    (Mark::Failed, Some(reason.clone()))
                 }
-                Ok(CampaignState::Cancelled) => {
-                    self.note(claims.into(), entry(Mark::Cancelled, None)).await;
-                    return Sent::Cancelled;
-                }
-                // The row stays claimed; the next claim takes it back once this batch is done.
-                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
-            }
-            if !books.may_send(claims) {
-                return Sent::Held(
-                    "this worker's lease is not current or outcomes wait for the ledger".into(),
-                );
-            }
-        }
-        if passed(batch.deadline) {
-            self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
-                .await;
-            return Sent::Unsendable(Unsendable::Deadline);
-        }
-        let _in_flight = events::InFlight::begin();
-        let sending = Instant::now();
-        // Boxed after the permit: a send future is kilobytes, and a batch queues many at once.
-        let outcome = match channel {
-            Channel::Email => Box::pin(self.email.send(delivery)).await,
-            Channel::Push => Box::pin(self.push.send(delivery)).await,
-        };
-        events::send_took(channel, sending.elapsed());
-        self.breakers.record(channel, &outcome);
-        // With the breaker off, a transport that does not answer fails sends like any other
-        // transient error: they spend attempts, and each is logged.
-        let outcome = match outcome {
-            Outcome::Unreachable { reason } if self.breakers.off() => Outcome::transient(reason),
-            outcome => outcome,
-        };
-        if let Outcome::Transient {
-            throttled: true, ..
-        } = outcome
-        {
-            self.limits.throttled(channel, domain);
-        }
-        let (mark, error) = match &outcome {
-            Outcome::Delivered => (Mark::Delivered, None),
-            Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
-            Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
-            // Nothing was handed over, and the recipient is not at fault: no attempt is spent.
-            Outcome::Unreachable { reason } => (Mark::Held, Some(reason.clone())),
-            // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
-            // second copy. Email has no such key: an unknown email is not sent again unless asked.
-            Outcome::Unknown { reason } if channel == Channel::Push => {
-                (Mark::Failed, Some(reason.clone()))
-            }
-            Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
-        };
-        self.note(claims, entry(mark, error)).await;
-        Sent::Outcome(outcome)
+                Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
+            };
+            self.note(claims, entry(mark, error)).await;
+            Sent::Outcome(outcome)
+        })
+        .await
     }
 }
 
@@ -483,9 +507,12 @@ async fn send_all<E: Sender, P: Sender>(
     deps: &Deps<E, P>,
     verdict: &mut Verdict,
 ) -> (Vec<(Item, Sent)>, Vec<crate::batch::Failure>) {
+    // The parts every recipient of a locale shares, rendered once for the batch.
+    let alike = Mutex::new(BatchCache::default());
     let mut sends = Vec::with_capacity(plan.todo.len());
     let mut held = Vec::new();
     let contested = claims.is_some_and(|c| !c.all_ours());
+    let alike = &alike;
     for &(index, channel) in &plan.todo {
         let recipient: &Recipient = &batch.recipients[index];
         if let (true, Some(claims)) = (contested, claims) {
@@ -505,14 +532,16 @@ async fn send_all<E: Sender, P: Sender>(
             }
         }
         sends.push(async move {
-            let sent = match &plan.notices[index] {
-                Ok(notice) => {
-                    let delivery = Delivery {
-                        campaign_id: &batch.campaign_id,
-                        recipient,
-                        notice,
+            let sent = match &plan.renderer {
+                Ok(renderer) => {
+                    let render = || {
+                        let mut alike = alike.lock().unwrap_or_else(PoisonError::into_inner);
+                        renderer
+                            .render_cached(&batch.vars, recipient, &[channel], &mut alike)
+                            .map_err(|e| Unsendable::Render(e.to_string()))
                     };
-                    deps.send(channel, delivery, batch, claims).await
+                    let to = (recipient, plan.locale(index));
+                    deps.send(channel, to, render, batch, claims).await
                 }
                 Err(unsendable) => {
                     let entry = Entry {

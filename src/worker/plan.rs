@@ -1,5 +1,5 @@
-//! The pure first step of a batch: each recipient's notice, and which recipient × channel
-//! pairs are to be sent.
+//! The pure first step of a batch: the locale of each recipient's notice, and which recipient ×
+//! channel pairs are to be sent. Notices themselves are rendered one per send, when it goes.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::batch::{Batch, UserId};
 use crate::channel::Channel;
 use crate::ledger::Pair;
-use crate::render::{BatchCache, Notice, Renderer, TemplateError};
+use crate::render::{BatchCache, Renderer, TemplateError};
 
 use super::DeadLetterKind;
 
@@ -47,8 +47,10 @@ pub(super) type Item = (usize, Channel);
 
 /// What a batch asks for.
 pub(super) struct Plan {
-    /// Each recipient's notice (in batch order), or why it cannot be sent.
-    pub(super) notices: Vec<Result<Notice, Unsendable>>,
+    /// The renderer, or why no notice of the batch can be sent.
+    pub(super) renderer: Result<Arc<Renderer>, Unsendable>,
+    /// The locale of each recipient's notice (in batch order).
+    pub(super) locales: Vec<String>,
     /// The pairs to send.
     pub(super) todo: Vec<Item>,
     /// The same pairs as the ledger claims them (empty without a ledger).
@@ -60,16 +62,15 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// The locale a pair is (to be) sent in, `-` when its notice did not render.
+    /// The locale a pair is (to be) sent in, `-` when the batch's notices cannot be rendered.
     pub(super) fn locale(&self, recipient: usize) -> &str {
-        self.notices[recipient]
-            .as_ref()
-            .map_or("-", |n| n.locale.as_str())
+        self.locales.get(recipient).map_or("-", String::as_str)
     }
 }
 
-/// Renders each recipient's notice (none when `late`) and lists the pairs to send, skipping
-/// those in `already`; `claims` says whether the ledger will claim them.
+/// Finds the locale of each recipient's notice (nothing can be sent when `late` or without a
+/// renderer) and lists the pairs to send, skipping those in `already`; `claims` says whether
+/// the ledger will claim them.
 pub(super) fn plan(
     batch: &Batch,
     already: &HashSet<(UserId, Channel)>,
@@ -77,21 +78,26 @@ pub(super) fn plan(
     late: bool,
     claims: bool,
 ) -> Plan {
-    let mut alike = BatchCache::default();
-    let notices: Vec<Result<Notice, Unsendable>> = batch
-        .recipients
-        .iter()
-        .map(|recipient| match &renderer {
-            _ if late => Err(Unsendable::Deadline),
-            Ok(renderer) => renderer
-                .render_cached(&batch.vars, recipient, &batch.channels, &mut alike)
-                .map_err(|e| Unsendable::Render(e.to_string())),
-            Err(e) => Err(Unsendable::Template(e.to_string())),
-        })
-        .collect();
+    let renderer = match renderer {
+        _ if late => Err(Unsendable::Deadline),
+        Ok(renderer) => Ok(renderer),
+        Err(e) => Err(Unsendable::Template(e.to_string())),
+    };
+    let locales = match &renderer {
+        Ok(renderer) => {
+            let mut alike = BatchCache::default();
+            batch
+                .recipients
+                .iter()
+                .map(|recipient| renderer.locale_of(recipient, &mut alike))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
     let most = batch.recipients.len() * batch.channels.len();
     let mut plan = Plan {
-        notices,
+        renderer,
+        locales,
         todo: Vec::with_capacity(most),
         pairs: Vec::with_capacity(if claims { most } else { 0 }),
         delivered: Vec::new(),
