@@ -178,7 +178,7 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
         config.templates.default_locale.clone(),
         email,
         push,
-        Arc::new(Limits::new(&config.rate)),
+        Arc::new(Limits::from_config(&config.rate)?),
         config.worker.concurrency,
         RetryPolicy {
             max_attempts: config.worker.max_attempts,

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod preview;
 pub mod render;
 pub mod secret;
+pub mod shaping;
 pub mod variables;
 pub mod worker;
 

@@ -15,6 +15,7 @@ use sunset::config::{PerDomainRates, RateConfig};
 use sunset::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
+use sunset::shaping::Rules;
 use sunset::worker::{Books, DeadLetterKind, Deps, Owed, RetryPolicy, Verdict, process_batch};
 
 /// Records what it is asked to send by its channel and answers from a table (default: delivered).
@@ -76,8 +77,9 @@ fn unlimited() -> Arc<Limits> {
             default: 0,
             domains: Default::default(),
         },
+        ..RateConfig::default()
     };
-    Arc::new(Limits::new(&rates))
+    Arc::new(Limits::new(&rates, Rules::default()))
 }
 
 fn policy() -> RetryPolicy {

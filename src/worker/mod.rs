@@ -293,12 +293,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             Channel::Push => Box::pin(self.push.send(delivery)).await,
         };
         events::send_took(channel, sending.elapsed());
-        if let Outcome::Transient {
-            throttled: true, ..
-        } = outcome
-        {
-            self.limits.throttled(channel, domain);
-        }
+        self.limits.observed(channel, domain, &outcome);
         let (mark, error) = match &outcome {
             Outcome::Delivered => (Mark::Delivered, None),
             Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
