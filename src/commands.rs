@@ -168,7 +168,10 @@ pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Resul
     Ok(())
 }
 
-fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
+fn deps(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
     let email =
         EmailSender::from_config(&config.email).context("Failed to set up the email channel")?;
     let push =
@@ -189,6 +192,10 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
         },
+    )
+    .with_shutdown(
+        shutdown.clone(),
+        Duration::from_millis(config.worker.shutdown_timeout_ms),
     );
     Ok(Arc::new(match open_ledger(config)? {
         Some(ledger) => deps.with_ledger(ledger),
@@ -200,8 +207,8 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
 /// the daemon has finished its in-flight batches.
 async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyhow::Result<Report> {
     // After the exporter installed the recorder: the limits report their domains' rates.
-    let deps = deps(config)?;
     let shutdown = CancellationToken::new();
+    let deps = deps(config, &shutdown)?;
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let readiness = Readiness::default();
     let stop_exporter = CancellationToken::new();

@@ -86,6 +86,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// Delay before the N-th retry; one delay queue per entry.
     pub retry_delays_ms: Vec<u64>,
+    /// On SIGTERM, how long to wait for sends in flight before exiting anyway (their batches
+    /// go back to the queue unacked); sends not yet started are handed back at once.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +97,7 @@ impl Default for WorkerConfig {
             concurrency: 64,
             max_attempts: 5,
             retry_delays_ms: vec![30_000, 120_000, 600_000, 1_800_000],
+            shutdown_timeout_ms: 25_000,
         }
     }
 }

@@ -24,6 +24,10 @@ pub const RAISE: f64 = 1.25;
 /// not a trend.
 pub const MIN_EVIDENCE: usize = 3;
 
+/// After a change, evidence for this fraction of `recover_every` (250 ms of the default 2 s) is
+/// not acted on: it is the replies to sends made at the old rate, and must not lower it again.
+const SETTLE_DIVISOR: u32 = 8;
+
 /// A domain that sends fewer attempts than this in a window is judged on its last this many
 /// attempts instead, so a slow domain still gathers enough to decide.
 const KEEP_LAST: usize = 20;
@@ -38,8 +42,8 @@ pub struct Settings {
     pub window: Duration,
     /// The share of a domain's attempts in the window that, as throttle evidence, slows it.
     pub threshold: f64,
-    /// Quiet (no evidence, no change) before each raise; also the least time between two
-    /// lowerings, so replies to sends made at the old rate do not lower it twice.
+    /// Quiet (no evidence, no change) before each raise; an eighth of it is the least time
+    /// between two lowerings.
     pub recover_every: Duration,
 }
 
@@ -186,7 +190,9 @@ impl Shaper {
             Action::Slow { .. } | Action::SetRate { .. } => {
                 let settling = state
                     .changed_at
-                    .is_some_and(|at| now.saturating_duration_since(at) < settings.recover_every);
+                    .is_some_and(|at| {
+                        now.saturating_duration_since(at) < settings.recover_every / SETTLE_DIVISOR
+                    });
                 if settling || !state.past_threshold(settings.threshold) {
                     return None;
                 }

@@ -16,12 +16,12 @@ const SHIPPED_NAME: &str = "shaping.toml (built in)";
 
 /// A rules file that cannot be used: which file, which line, what is wrong. A usage error.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: line {line}: {message}")]
+#[error("{file}: {}{message}", line.map_or(String::new(), |line| format!("line {line}: ")))]
 pub struct RulesError {
     /// The file, as given.
     pub file: String,
-    /// 1-based line of the bad rule (or of the syntax error).
-    pub line: usize,
+    /// 1-based line of the bad rule or of the syntax error; `None` when the file is unreadable.
+    pub line: Option<usize>,
     /// What is wrong, naming the key.
     pub message: String,
 }
@@ -94,7 +94,7 @@ impl Rules {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| RulesError {
             file: name.clone(),
-            line: 0,
+            line: None,
             message: format!("cannot read rate.shaping_file: {e}"),
         })?;
         let mut rules = parse(&text, &name)?;
@@ -153,11 +153,11 @@ struct Spec {
 fn parse(text: &str, file: &str) -> Result<Vec<Rule>, RulesError> {
     let error = |line: usize, message: String| RulesError {
         file: file.to_string(),
-        line,
+        line: Some(line),
         message,
     };
     let parsed: File = toml::from_str(text).map_err(|e| {
-        let line = e.span().map_or(0, |span| line_of(text, span.start));
+        let line = e.span().map_or(1, |span| line_of(text, span.start));
         error(line, e.message().to_string())
     })?;
     let mut rules: Vec<Rule> = Vec::with_capacity(parsed.rule.len());
@@ -271,7 +271,7 @@ mod tests {
         let text = "[[rule]]\nname = \"ok\"\npattern = \"x\"\nscope = \"domain\"\n\n\
                     [[rule]]\nname = \"broken\"\npattern = \"(unclosed\"\nscope = \"domain\"\n";
         let error = Rules::parse(text, "mine.toml").expect_err("a bad pattern");
-        assert_eq!((error.file.as_str(), error.line), ("mine.toml", 6));
+        assert_eq!((error.file.as_str(), error.line), ("mine.toml", Some(6)));
         assert!(
             error.message.contains("rule `broken`: key `pattern`"),
             "{error}"
@@ -279,14 +279,14 @@ mod tests {
         let text =
             "[[rule]]\nname = \"x\"\npattern = \"x\"\nscope = \"domain\"\naction = \"explode\"\n";
         let error = Rules::parse(text, "mine.toml").expect_err("a bad action");
-        assert_eq!(error.line, 1);
+        assert_eq!(error.line, Some(1));
         assert!(
             error.message.contains("unknown action `explode`"),
             "{error}"
         );
         let text = "[[rule]]\nname = \"x\"\npattern = \"x\"\nscope = \"everywhere\"\n";
         let error = Rules::parse(text, "mine.toml").expect_err("a bad scope");
-        assert_eq!(error.line, 4, "{error}");
+        assert_eq!(error.line, Some(4), "{error}");
     }
 
     #[test]

@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
 
 use futures::future::join_all;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Recipient, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
@@ -99,6 +100,9 @@ pub struct Verdict {
 /// The reason recorded for sends not made because the batch's deadline passed.
 pub const DEADLINE: &str = "deadline";
 
+/// The reason of pairs handed back, untried, because the worker is stopping.
+pub const STOPPING: &str = "worker is shutting down";
+
 /// What `process_batch` needs: templates, senders, limits and the bound on sends in flight.
 pub struct Deps<E, P> {
     /// Renderers by template, loaded on first use from `templates_dir`.
@@ -119,6 +123,10 @@ pub struct Deps<E, P> {
     ledger: Option<Arc<Ledger>>,
     /// The ledger as the worker step asks it (a fake in tests).
     books: Option<Arc<dyn Books>>,
+    /// Cancelled on shutdown: sends not yet started are handed back, untried.
+    stopping: CancellationToken,
+    /// How long the daemon waits for sends in flight once `stopping` is cancelled.
+    drain_bound: Option<Duration>,
 }
 
 impl<E: Sender, P: Sender> Deps<E, P> {
@@ -143,7 +151,23 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             retry,
             ledger: None,
             books: None,
+            stopping: CancellationToken::new(),
+            drain_bound: None,
         }
+    }
+
+    /// The same, stopping on `stopping`: from then on no send starts — a send waiting for the
+    /// rate limits or a slot hands its pair back (held, to a delay queue at the same attempt)
+    /// — and the daemon waits at most `bound` for the sends in flight.
+    pub fn with_shutdown(mut self, stopping: CancellationToken, bound: Duration) -> Deps<E, P> {
+        self.stopping = stopping;
+        self.drain_bound = Some(bound);
+        self
+    }
+
+    /// How long to wait for sends in flight after shutdown; `None` = until they are done.
+    pub fn drain_bound(&self) -> Option<Duration> {
+        self.drain_bound
     }
 
     /// The same, asking `ledger` before each send and recording every outcome in it.
@@ -242,10 +266,15 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     ) -> Sent {
         let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
-        self.limits.acquire(channel, domain).await;
-        events::rate_limit_waited(channel, waiting.elapsed());
-        let Ok(_permit) = self.sends.acquire().await else {
-            return Sent::Outcome(Outcome::transient("worker is shutting down"));
+        // Whatever a domain's pace, a send still waiting when the worker stops never starts.
+        let permit = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => None,
+            permit = async {
+                self.limits.acquire(channel, domain).await;
+                events::rate_limit_waited(channel, waiting.elapsed());
+                self.sends.acquire().await.ok()
+            } => permit,
         };
         let entry = |mark: Mark, error: Option<String>| Entry {
             campaign: delivery.campaign_id.clone(),
@@ -256,6 +285,10 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             },
             mark,
             error,
+        };
+        let Some(_permit) = permit.filter(|_| !self.stopping.is_cancelled()) else {
+            self.note(claims, entry(Mark::Held, None)).await;
+            return Sent::Held(STOPPING.into());
         };
         if let (Some(books), Some(claims)) = (&self.books, claims) {
             match books
@@ -340,7 +373,8 @@ enum Sent {
     Outcome(Outcome),
     /// It could not be sent (no notice, deadline passed).
     Unsendable(Unsendable),
-    /// Not tried: the campaign was paused or the ledger went away meanwhile; try later.
+    /// Not tried: the campaign was paused, the ledger went away meanwhile, or the worker is
+    /// stopping; try later.
     Held(String),
     /// Not tried: the campaign was cancelled.
     Cancelled,
