@@ -71,7 +71,12 @@ pub struct Limits {
     shaping: Mutex<Shaping>,
     /// The configuration: the rates shaping recovers to, and `Debug`.
     rates: RateConfig,
+    /// How often a send waiting on a lowered rate looks whether it changed.
+    recheck: Duration,
 }
+
+/// Sends waiting on a lowered rate look at it again this many times per quiet period.
+const RECHECK_DIVISOR: u32 = 4;
 
 /// The shaper's decisions, and a limiter for each rate below its ceiling.
 struct Shaping {
@@ -106,6 +111,7 @@ impl Limits {
                 lowered: HashMap::new(),
             }),
             rates: rates.clone(),
+            recheck: settings.recover_every / RECHECK_DIVISOR,
         };
         for domain in limits.listed.keys() {
             events::domain_rate(domain, limits.configured_domain_rate(domain));
@@ -162,12 +168,9 @@ impl Limits {
             }
         }
         let lowered_before = match &key {
-            Some(key) => self.shaped(key).await,
+            Some(key) => self.paced(key).await,
             None => None,
         };
-        if let Some(lowered) = &lowered_before {
-            lowered.until_ready().await;
-        }
         let limiter = match channel {
             Channel::Email => &self.email,
             Channel::Push => &self.push,
@@ -175,21 +178,24 @@ impl Limits {
         if let Some(limiter) = limiter {
             limiter.until_ready().await;
         }
-        let lowered_after = match &key {
-            Some(key) => self.shaped(key).await,
-            None => None,
-        };
-        if let Some(lowered) = lowered_after
+        if let Some(key) = &key
+            && let Some(lowered) = self.shaped(key).await
             && !lowered_before.is_some_and(|before| Arc::ptr_eq(&before, &lowered))
         {
-            lowered.until_ready().await;
+            self.paced(key).await;
         }
     }
 
-    /// Reports what became of one send by `channel` to `domain`: every attempt counts toward
-    /// the share, and a transient reply is judged by the rules (see [`Shaper::observe`]).
-    /// Email without a domain is ignored.
-    pub fn observed(&self, channel: Channel, domain: Option<&str>, outcome: &Outcome) {
+    /// Reports what became of one send by `channel` to `domain`, started at `started`: every
+    /// attempt counts toward the share, and a transient reply is judged by the rules (see
+    /// [`Shaper::observe`]). Email without a domain is ignored.
+    pub fn observed(
+        &self,
+        channel: Channel,
+        domain: Option<&str>,
+        outcome: &Outcome,
+        started: Instant,
+    ) {
         let Some(key) = key(channel, domain) else {
             return;
         };
@@ -209,7 +215,8 @@ impl Limits {
         };
         let ceiling = self.ceiling(&key);
         let mut shaping = self.lock();
-        if let Some(decision) = shaping.shaper.observe(&key, ceiling, seen, Instant::now()) {
+        let now = Instant::now();
+        if let Some(decision) = shaping.shaper.observe(&key, ceiling, seen, started, now) {
             self.apply(&mut shaping, &key, decision);
         }
     }
@@ -260,6 +267,19 @@ impl Limits {
             .find_map(|(key, pace)| (key == Key::Push).then(|| rate_now(pace)))
     }
 
+    /// Waits for `key`'s lowered rate, if it has one, and returns its limiter. The wait looks
+    /// at the pace again every [`RECHECK_DIVISOR`]th of the quiet period, so sends queued
+    /// behind a lowered rate move on as soon as it rises, rather than at the pace they found.
+    async fn paced(&self, key: &Key) -> Option<Arc<DefaultDirectRateLimiter>> {
+        loop {
+            let lowered = self.shaped(key).await?;
+            tokio::select! {
+                () = lowered.until_ready() => return Some(lowered),
+                () = tokio::time::sleep(self.recheck) => {}
+            }
+        }
+    }
+
     /// The limiter of `key`'s lowered rate, if it has one, once any suspension is over.
     async fn shaped(&self, key: &Key) -> Option<Arc<DefaultDirectRateLimiter>> {
         loop {
@@ -290,7 +310,11 @@ impl Limits {
                 None
             }
             Change::Lowered(per_sec) | Change::Raised(per_sec) => {
-                let limiter = DefaultDirectRateLimiter::direct(fractional_quota(per_sec));
+                let quota = fractional_quota(per_sec);
+                let limiter = DefaultDirectRateLimiter::direct(quota);
+                // A new rate starts with its bucket empty: a burst of the sends queued behind
+                // the old one would reach the domain at once, the way that got us slowed.
+                let _ = limiter.check_n(quota.burst_size());
                 shaping.lowered.insert(key.clone(), Arc::new(limiter));
                 Some(per_sec)
             }

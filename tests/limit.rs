@@ -268,13 +268,15 @@ fn deferred(text: &str, throttled: bool) -> Outcome {
     }
 }
 
-/// One episode of throttle evidence: three "too fast" replies in a row, past any threshold.
+/// One episode of throttle evidence: three "too fast" replies in a row, past any threshold;
+/// every attempt refused, so the rate halves (the deepest step).
 fn throttle(limits: &Limits, channel: Channel, domain: Option<&str>) {
     for _ in 0..3 {
         limits.observed(
             channel,
             domain,
             &deferred("421 4.7.0 Too many messages, slow down", true),
+            Instant::now(),
         );
     }
 }
@@ -291,19 +293,17 @@ async fn a_throttled_domain_is_paced_at_its_lowered_rate_while_others_keep_their
     // Act
     throttle(&limits, Channel::Email, Some("Slow.Example."));
     let (slow, fast) = tokio::join!(
-        acquire_all(&limits, Channel::Email, &["slow.example"; 21]),
+        // 16 sends at 10/s: done before the first quiet period (2 s) raises the rate.
+        acquire_all(&limits, Channel::Email, &["slow.example"; 16]),
         acquire_all(&limits, Channel::Email, &["fast.example"; 21]),
     );
 
     // Assert
     let (slow, fast) = (measured_rate(slow), measured_rate(fast));
-    eprintln!("21 sends each, default 20/s: throttled {slow:.2}/s, other {fast:.2}/s");
-    assert!(
-        (12.6..=14.8).contains(&slow),
-        "throttled domain at {slow}/s"
-    );
+    eprintln!("default 20/s: throttled {slow:.2}/s, other {fast:.2}/s");
+    assert!((9.0..=10.6).contains(&slow), "throttled domain at {slow}/s");
     assert!((18.0..=21.5).contains(&fast), "other domain at {fast}/s");
-    assert_eq!(limits.domain_rates(), [("slow.example".to_string(), 14.0)]);
+    assert_eq!(limits.domain_rates(), [("slow.example".to_string(), 10.0)]);
     assert_eq!(limits.push_rate(), None);
 }
 
@@ -315,12 +315,14 @@ async fn one_too_fast_reply_or_any_number_of_recipient_deferrals_leave_the_pace_
         Channel::Email,
         Some("once.example"),
         &deferred("421 4.7.0 Too many messages, slow down", true),
+        Instant::now(),
     );
     for _ in 0..100 {
         limits.observed(
             Channel::Email,
             Some("greylisting.example"),
             &deferred("451 4.7.1 Try again later", false),
+            Instant::now(),
         );
     }
 
@@ -339,6 +341,7 @@ async fn a_suspending_rule_holds_the_domain_for_its_duration_and_no_other() {
         Channel::Email,
         Some("paused.example"),
         &deferred("451 4.7.999 come back later", false),
+        Instant::now(),
     );
     let started = Instant::now();
 
@@ -358,16 +361,16 @@ async fn a_suspending_rule_holds_the_domain_for_its_duration_and_no_other() {
 
 #[tokio::test]
 async fn a_lowered_rate_recovers_once_the_evidence_stops() {
-    // Arrange: quiet periods of 100 ms; 20/s lowered to 14/s.
+    // Arrange: quiet periods of 100 ms; 20/s halved (every attempt refused) to 10/s.
     let mut config = rates(0, 0, 20, &[]);
     config.shaping_recover_ms = 100;
     let limits = Limits::new(&config, Rules::default());
     throttle(&limits, Channel::Email, Some("qq.com"));
-    assert_eq!(rate_of(&limits, "qq.com"), Some(14.0));
+    assert_eq!(rate_of(&limits, "qq.com"), Some(10.0));
 
     // Act: wait, with a deadline, for it to leave the map.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = vec![14.0];
+    let mut seen = vec![10.0];
     while let Some(rate) = rate_of(&limits, "qq.com") {
         if seen.last() != Some(&rate) {
             seen.push(rate);
@@ -376,9 +379,9 @@ async fn a_lowered_rate_recovers_once_the_evidence_stops() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    // Assert: one raise by a quarter, then back at the configured rate.
+    // Assert: a raise by a quarter per quiet period, then back at the configured rate.
     eprintln!("recovery steps (per second): {seen:?}");
-    assert_eq!(seen, [14.0, 17.5]);
+    assert_eq!(seen, [10.0, 12.5, 15.625, 19.53125]);
     let times = acquire_all(&limits, Channel::Email, &["qq.com"; 21]).await;
     let rate = measured_rate(times);
     assert!((18.0..=21.5).contains(&rate), "{rate}/s");
@@ -390,15 +393,15 @@ async fn push_throttling_lowers_the_push_rate_but_not_email() {
 
     throttle(&limits, Channel::Push, None);
     let (push, email) = tokio::join!(
-        acquire_all(&limits, Channel::Push, &["ignored.example"; 21]),
+        acquire_all(&limits, Channel::Push, &["ignored.example"; 16]),
         acquire_all(&limits, Channel::Email, &["example.com"; 21]),
     );
 
     let (push, email) = (measured_rate(push), measured_rate(email));
     eprintln!("push 20/s throttled: {push:.2}/s; email 20/s: {email:.2}/s");
-    assert_eq!(limits.push_rate(), Some(14.0));
+    assert_eq!(limits.push_rate(), Some(10.0));
     assert!(limits.domain_rates().is_empty());
-    assert!((12.6..=14.8).contains(&push), "push at {push}/s");
+    assert!((9.0..=10.6).contains(&push), "push at {push}/s");
     assert!((18.0..=21.5).contains(&email), "email at {email}/s");
 }
 
@@ -418,17 +421,17 @@ async fn slowing_starts_from_the_domain_rate_capped_by_the_channel_or_fifty_if_u
     assert_eq!(
         unlimited.domain_rates(),
         [
-            ("any.example".to_string(), 35.0),
-            ("free.example".to_string(), 35.0)
+            ("any.example".to_string(), 25.0),
+            ("free.example".to_string(), 25.0)
         ]
     );
     assert_eq!(
         capped.domain_rates(),
         [
-            ("gmail.com".to_string(), 21.0),
-            ("qq.com".to_string(), 14.0)
+            ("gmail.com".to_string(), 15.0),
+            ("qq.com".to_string(), 10.0)
         ]
     );
-    assert_eq!(push_unlimited.push_rate(), Some(700.0));
+    assert_eq!(push_unlimited.push_rate(), Some(500.0));
     assert!(push_unlimited.domain_rates().is_empty());
 }

@@ -288,10 +288,10 @@ fn domain_rate_gauges_and_the_rule_counter_follow_shaping_for_configured_and_slo
             .block_on(limits.acquire(Channel::Email, Some("example.org")));
         for domain in ["qq.com", "gmail.com"] {
             for _ in 0..3 {
-                limits.observed(Channel::Email, Some(domain), &too_fast);
+                limits.observed(Channel::Email, Some(domain), &too_fast, Instant::now());
             }
         }
-        assert_eq!((rate("qq.com"), rate("gmail.com")), (14.0, 35.0));
+        assert_eq!((rate("qq.com"), rate("gmail.com")), (10.0, 25.0));
         assert_eq!(
             scrape::sum(
                 &handle.render(),

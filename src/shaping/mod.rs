@@ -15,6 +15,10 @@ pub const FLOOR_PER_SEC: f64 = 1.0 / 60.0;
 /// bounded step (30 %), so one episode of evidence cannot collapse a domain.
 pub const DEFAULT_STEP: f64 = 0.7;
 
+/// The deepest single step of a `slow` rule whose own step is gentler: when most attempts are
+/// refused, the rate drops by the refused share, but never below half at once.
+pub const DEEPEST_STEP: f64 = 0.5;
+
 /// Each quiet period (`rate.shaping_recover_ms`) without evidence multiplies a lowered rate by
 /// this, back up to the ceiling: one 0.7 step is undone in two quiet periods, and even the
 /// floor is back at 50/s in 36.
@@ -23,10 +27,6 @@ pub const RAISE: f64 = 1.25;
 /// Evidence needed in the window before a domain slows, whatever the share: two replies are
 /// not a trend.
 pub const MIN_EVIDENCE: usize = 3;
-
-/// After a change, evidence for this fraction of `recover_every` (250 ms of the default 2 s) is
-/// not acted on: it is the replies to sends made at the old rate, and must not lower it again.
-const SETTLE_DIVISOR: u32 = 8;
 
 /// A domain that sends fewer attempts than this in a window is judged on its last this many
 /// attempts instead, so a slow domain still gathers enough to decide.
@@ -42,8 +42,7 @@ pub struct Settings {
     pub window: Duration,
     /// The share of a domain's attempts in the window that, as throttle evidence, slows it.
     pub threshold: f64,
-    /// Quiet (no evidence, no change) before each raise; an eighth of it is the least time
-    /// between two lowerings.
+    /// Quiet (no evidence, no change) before each raise.
     pub recover_every: Duration,
 }
 
@@ -144,13 +143,16 @@ impl Shaper {
         }
     }
 
-    /// Takes one attempt's result for `key` (whose unslowed rate is `ceiling`) at `now`; returns
-    /// the change it causes, if any.
+    /// Takes the result, at `now`, of one attempt for `key` (whose unslowed rate is `ceiling`)
+    /// that `started` then; returns the change it causes, if any. An attempt started before the
+    /// last change of rate is ignored: it judges the old rate, which is already changed, and
+    /// counting the replies to sends in flight would lower the rate again for the same cause.
     pub fn observe(
         &mut self,
         key: &Key,
         ceiling: f64,
         seen: Seen<'_>,
+        started: Instant,
         now: Instant,
     ) -> Option<Decision> {
         let fired = match seen {
@@ -166,6 +168,10 @@ impl Shaper {
             .domains
             .entry(key.clone())
             .or_insert_with(|| State::new(ceiling));
+        let stale = state.changed_at.is_some_and(|at| started < at);
+        if stale && !matches!(fired, Some((_, Action::Suspend { .. }, _))) {
+            return None;
+        }
         state.seen.push_back((now, fired.is_some()));
         state.forget(now, settings.window);
         let (rule, action, wait) = fired?;
@@ -188,20 +194,16 @@ impl Shaper {
                 })
             }
             Action::Slow { .. } | Action::SetRate { .. } => {
-                let settling = state
-                    .changed_at
-                    .is_some_and(|at| {
-                        now.saturating_duration_since(at) < settings.recover_every / SETTLE_DIVISOR
-                    });
-                if settling || !state.past_threshold(settings.threshold) {
-                    return None;
-                }
+                let share = state.evidence_share(settings.threshold)?;
                 let lowered = match action {
                     Action::SetRate { per_sec, hold } => {
                         state.hold_until = Some(now + hold);
                         state.per_sec.min(per_sec)
                     }
-                    Action::Slow { factor } => state.per_sec * factor,
+                    // What was accepted is a better guess of the pace than one fixed step.
+                    Action::Slow { factor } => {
+                        state.per_sec * (1.0 - share).clamp(factor.min(DEEPEST_STEP), factor)
+                    }
                     Action::None | Action::Suspend { .. } => state.per_sec,
                 }
                 .max(FLOOR_PER_SEC);
@@ -326,9 +328,12 @@ impl State {
         }
     }
 
-    fn past_threshold(&self, threshold: f64) -> bool {
+    /// The share of throttle evidence among the attempts seen, if it is past `threshold` and
+    /// there is at least [`MIN_EVIDENCE`].
+    fn evidence_share(&self, threshold: f64) -> Option<f64> {
         let evidence = self.seen.iter().filter(|(_, evidence)| *evidence).count();
-        evidence >= MIN_EVIDENCE && evidence as f64 > threshold * self.seen.len() as f64
+        let share = evidence as f64 / self.seen.len().max(1) as f64;
+        (evidence >= MIN_EVIDENCE && share > threshold).then_some(share)
     }
 
     /// Ends a suspension whose time has come, or raises the rate by [`RAISE`] for each whole

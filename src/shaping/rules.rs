@@ -42,7 +42,8 @@ pub enum Action {
     /// Nothing beyond retrying the recipient (recipient scope).
     None,
     /// Counts as throttle evidence; once the evidence passes the threshold the rate is
-    /// multiplied by `factor`.
+    /// multiplied by `factor`, or by less (down to [`DEEPEST_STEP`](super::DEEPEST_STEP)) when a
+    /// larger share of attempts is refused.
     Slow { factor: f64 },
     /// Counts as evidence; once past the threshold the rate drops to at most `per_sec` and
     /// stays there for `hold`.

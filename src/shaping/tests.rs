@@ -24,6 +24,17 @@ fn deferred(text: &str, throttled: bool) -> Seen<'_> {
     }
 }
 
+/// `seen` at `now`, of an attempt that started then too.
+fn at(
+    shaper: &mut Shaper,
+    key: &Key,
+    ceiling: f64,
+    seen: Seen<'_>,
+    now: Instant,
+) -> Option<Decision> {
+    shaper.observe(key, ceiling, seen, now, now)
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -39,7 +50,7 @@ fn per_recipient_deferrals_never_change_the_domain_pace() {
         } else {
             Seen::Attempt
         };
-        assert_eq!(shaper.observe(&key, 300.0, seen, start + ms(i)), None);
+        assert_eq!(at(&mut shaper, &key, 300.0, seen, start + ms(i)), None);
     }
     let (pace, _) = shaper.pace(&key, start + ms(1000));
     assert!(!pace.expect("seen").slowed);
@@ -52,11 +63,11 @@ fn one_throttle_reply_is_not_enough_but_a_share_past_the_threshold_slows_by_one_
     let start = Instant::now();
     let too_fast = deferred("421 4.7.0 Too many messages, slow down", true);
     for i in 0..20 {
-        shaper.observe(&key, 100.0, Seen::Attempt, start + ms(i));
+        at(&mut shaper, &key, 100.0, Seen::Attempt, start + ms(i));
     }
-    assert_eq!(shaper.observe(&key, 100.0, too_fast, start + ms(20)), None);
-    assert_eq!(shaper.observe(&key, 100.0, too_fast, start + ms(21)), None);
-    let third = shaper.observe(&key, 100.0, too_fast, start + ms(22));
+    assert_eq!(at(&mut shaper, &key, 100.0, too_fast, start + ms(20)), None);
+    assert_eq!(at(&mut shaper, &key, 100.0, too_fast, start + ms(21)), None);
+    let third = at(&mut shaper, &key, 100.0, too_fast, start + ms(22));
     assert_eq!(
         third,
         Some(Decision {
@@ -66,10 +77,8 @@ fn one_throttle_reply_is_not_enough_but_a_share_past_the_threshold_slows_by_one_
     );
     // Replies to sends made at the old rate do not lower it again.
     for i in 0..10 {
-        assert_eq!(
-            shaper.observe(&key, 100.0, too_fast, start + ms(30 + i)),
-            None
-        );
+        let reply = shaper.observe(&key, 100.0, too_fast, start + ms(5), start + ms(30 + i));
+        assert_eq!(reply, None);
     }
 }
 
@@ -85,7 +94,7 @@ fn evidence_below_the_threshold_share_does_not_slow() {
         } else {
             Seen::Attempt
         };
-        assert_eq!(shaper.observe(&key, 100.0, seen, start + ms(i * 10)), None);
+        assert_eq!(at(&mut shaper, &key, 100.0, seen, start + ms(i * 10)), None);
     }
 }
 
@@ -96,14 +105,20 @@ fn a_lowered_rate_rises_each_quiet_period_back_to_the_ceiling() {
     let start = Instant::now();
     let too_fast = deferred("421 4.7.0 Too many connections, slow down", true);
     for i in 0..3 {
-        shaper.observe(&key, 100.0, too_fast, start + ms(i));
+        at(&mut shaper, &key, 100.0, too_fast, start + ms(i));
     }
     let (pace, _) = shaper.pace(&key, start + ms(1000));
-    assert_eq!(pace.expect("slowed").per_sec, 70.0);
+    assert_eq!(
+        pace.expect("slowed").per_sec,
+        50.0,
+        "all refused: the deepest step"
+    );
     let (pace, raised) = shaper.pace(&key, start + ms(2002));
-    assert_eq!(pace.expect("raised").per_sec, 70.0 * RAISE);
+    assert_eq!(pace.expect("raised").per_sec, 50.0 * RAISE);
     assert!(matches!(raised.expect("a raise").change, Change::Raised(_)));
-    let (pace, recovered) = shaper.pace(&key, start + ms(4002));
+    let (pace, _) = shaper.pace(&key, start + ms(6002));
+    assert_eq!(pace.expect("raised").per_sec, 50.0 * RAISE * RAISE * RAISE);
+    let (pace, recovered) = shaper.pace(&key, start + ms(8002));
     assert!(!pace.expect("recovered").slowed);
     assert_eq!(recovered.expect("a decision").change, Change::Recovered);
 }
@@ -116,7 +131,7 @@ fn repeated_episodes_go_down_to_the_floor_and_no_further() {
     let too_fast = deferred("452 4.7.0 Ratelimit exceeded", true);
     for _ in 0..100 {
         for _ in 0..3 {
-            shaper.observe(&key, 50.0, too_fast, now);
+            at(&mut shaper, &key, 50.0, too_fast, now);
         }
         now += ms(1000);
     }
@@ -133,7 +148,7 @@ fn a_suspend_rule_fires_at_once_and_holds_for_its_duration() {
         "451 DT:SPM 163 smtp14,EsCowAA; please try again later",
         true,
     );
-    let decision = shaper.observe(&key, 20.0, spam, start).expect("suspended");
+    let decision = at(&mut shaper, &key, 20.0, spam, start).expect("suspended");
     assert_eq!(decision.rule, "netease-spam-deferral");
     assert_eq!(
         decision.change,
@@ -160,7 +175,7 @@ fn a_suspension_without_a_duration_takes_the_wait_the_reply_asks_for() {
         throttled: true,
         retry_after: Some(Duration::from_secs(30)),
     };
-    let decision = shaper.observe(&domain("x.example"), 10.0, seen, start);
+    let decision = at(&mut shaper, &domain("x.example"), 10.0, seen, start);
     assert_eq!(
         decision.expect("suspended").change,
         Change::Suspended(start + Duration::from_secs(30))
@@ -180,7 +195,8 @@ fn a_set_rate_rule_holds_its_rate_for_its_duration() {
     let start = Instant::now();
     let mut decision = None;
     for i in 0..3 {
-        decision = shaper.observe(
+        decision = at(
+            &mut shaper,
             &key,
             100.0,
             deferred("451 4.7.999 busy", false),
@@ -199,27 +215,31 @@ fn provider_rules_apply_to_their_domains_only() {
     let mut shaper = shaper();
     let start = Instant::now();
     let spam = deferred("451 DT:SPM 163 smtp14", false);
-    assert!(
-        shaper
-            .observe(&domain("163.com"), 20.0, spam, start)
-            .is_some()
-    );
-    assert!(
-        shaper
-            .observe(&domain("example.com"), 20.0, spam, start)
-            .is_none()
-    );
+    assert!(at(&mut shaper, &domain("163.com"), 20.0, spam, start).is_some());
+    assert!(at(&mut shaper, &domain("example.com"), 20.0, spam, start).is_none());
 }
 
 #[test]
 fn pruning_forgets_quiet_domains_at_their_ceiling_only() {
     let mut shaper = shaper();
     let start = Instant::now();
-    shaper.observe(&domain("quiet.example"), 50.0, Seen::Attempt, start);
+    at(
+        &mut shaper,
+        &domain("quiet.example"),
+        50.0,
+        Seen::Attempt,
+        start,
+    );
     let too_fast = deferred("421 4.7.0 Too many connections", true);
     let later = start + Duration::from_secs(10);
     for i in 0..3 {
-        shaper.observe(&domain("slow.example"), 50.0, too_fast, later + ms(i));
+        at(
+            &mut shaper,
+            &domain("slow.example"),
+            50.0,
+            too_fast,
+            later + ms(i),
+        );
     }
     shaper.prune(later + ms(500));
     assert_eq!(shaper.tracked(), 1);

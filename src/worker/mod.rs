@@ -267,13 +267,15 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         let domain = delivery.recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
         // Whatever a domain's pace, a send still waiting when the worker stops never starts.
+        // The pace judges a send by when the limits let it go, not when a slot freed up.
         let permit = tokio::select! {
             biased;
             () = self.stopping.cancelled() => None,
             permit = async {
                 self.limits.acquire(channel, domain).await;
-                events::rate_limit_waited(channel, waiting.elapsed());
-                self.sends.acquire().await.ok()
+                let paced = Instant::now();
+                events::rate_limit_waited(channel, paced - waiting);
+                self.sends.acquire().await.ok().map(|permit| (permit, paced))
             } => permit,
         };
         let entry = |mark: Mark, error: Option<String>| Entry {
@@ -286,7 +288,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             mark,
             error,
         };
-        let Some(_permit) = permit.filter(|_| !self.stopping.is_cancelled()) else {
+        let Some((_permit, paced)) = permit.filter(|_| !self.stopping.is_cancelled()) else {
             self.note(claims, entry(Mark::Held, None)).await;
             return Sent::Held(STOPPING.into());
         };
@@ -326,7 +328,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             Channel::Push => Box::pin(self.push.send(delivery)).await,
         };
         events::send_took(channel, sending.elapsed());
-        self.limits.observed(channel, domain, &outcome);
+        self.limits.observed(channel, domain, &outcome, paced);
         let (mark, error) = match &outcome {
             Outcome::Delivered => (Mark::Delivered, None),
             Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
