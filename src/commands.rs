@@ -204,7 +204,8 @@ fn deps(
 }
 
 /// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
-/// the daemon has finished its in-flight batches.
+/// the daemon has settled its batches (on shutdown: sends in flight for at most
+/// `worker.shutdown_timeout_ms`, the rest handed back).
 async fn work(config: &Config, until: Until, exporter: Option<Exporter>) -> anyhow::Result<Report> {
     // After the exporter installed the recorder: the limits report their domains' rates.
     let shutdown = CancellationToken::new();
@@ -261,7 +262,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-    info!("shutdown requested: finishing in-flight work");
+    info!("shutdown requested: handing back sends not started, finishing those in flight");
     shutdown.cancel();
 }
 
