@@ -6,7 +6,7 @@ mod rules;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-pub use rules::{Action, DEFAULT_SUSPENSION, Rule, Rules, RulesError, SHIPPED, Scope};
+pub use rules::{Action, DEFAULT_SUSPENSION, Rule, Rules, RulesError, Scope};
 
 /// The lowest rate slowing goes down to, in sends per second: one a minute.
 pub const FLOOR_PER_SEC: f64 = 1.0 / 60.0;
@@ -253,7 +253,8 @@ impl Shaper {
     }
 
     /// Keys remembered (slowed, suspended or recently seen).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.domains.len()
     }
 

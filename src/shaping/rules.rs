@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// The shipped rules: provider reply codes of qq.com, 163.com, gmail.com, outlook.com,
 /// yahoo.com and their sister domains.
-pub const SHIPPED: &str = include_str!("../../shaping.toml");
+const SHIPPED: &str = include_str!("../../shaping.toml");
 
 /// Where the shipped rules come from, in error messages.
 const SHIPPED_NAME: &str = "shaping.toml (built in)";
@@ -73,7 +73,7 @@ pub struct Rule {
 
 impl Rule {
     /// Whether this rule applies to a reply `text` from `domain` (normalized).
-    pub fn matches(&self, domain: &str, text: &str) -> bool {
+    fn matches(&self, domain: &str, text: &str) -> bool {
         (self.domains.is_empty() || self.domains.iter().any(|d| d == domain))
             && self.pattern.is_match(text)
     }
@@ -118,13 +118,9 @@ impl Rules {
     }
 
     /// How many rules there are.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
