@@ -268,10 +268,10 @@ fn deferred(text: &str, throttled: bool) -> Outcome {
     }
 }
 
-/// One episode of throttle evidence: three "too fast" replies in a row, past any threshold;
+/// One episode of throttle evidence: ten "too fast" replies in a row, past any threshold;
 /// every attempt refused, so the rate halves (the deepest step).
 fn throttle(limits: &Limits, channel: Channel, domain: Option<&str>) {
-    for _ in 0..3 {
+    for _ in 0..10 {
         limits.observed(
             channel,
             domain,

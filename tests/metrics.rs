@@ -287,7 +287,7 @@ fn domain_rate_gauges_and_the_rule_counter_follow_shaping_for_configured_and_slo
             .expect("runtime")
             .block_on(limits.acquire(Channel::Email, Some("example.org")));
         for domain in ["qq.com", "gmail.com"] {
-            for _ in 0..3 {
+            for _ in 0..10 {
                 limits.observed(Channel::Email, Some(domain), &too_fast, Instant::now());
             }
         }

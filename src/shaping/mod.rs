@@ -28,6 +28,10 @@ pub const RAISE: f64 = 1.25;
 /// not a trend.
 pub const MIN_EVIDENCE: usize = 3;
 
+/// Attempts at the current rate needed before it is judged again: the first replies after a
+/// change meet a provider whose own bucket is still empty from the old rate.
+pub const MIN_ATTEMPTS: usize = 10;
+
 /// A domain that sends fewer attempts than this in a window is judged on its last this many
 /// attempts instead, so a slow domain still gathers enough to decide.
 const KEEP_LAST: usize = 20;
@@ -329,12 +333,13 @@ impl State {
         }
     }
 
-    /// The share of throttle evidence among the attempts seen, if it is past `threshold` and
-    /// there is at least [`MIN_EVIDENCE`].
+    /// The share of throttle evidence among the attempts seen, if it is past `threshold`, with
+    /// at least [`MIN_EVIDENCE`] among at least [`MIN_ATTEMPTS`].
     fn evidence_share(&self, threshold: f64) -> Option<f64> {
         let evidence = self.seen.iter().filter(|(_, evidence)| *evidence).count();
         let share = evidence as f64 / self.seen.len().max(1) as f64;
-        (evidence >= MIN_EVIDENCE && share > threshold).then_some(share)
+        (evidence >= MIN_EVIDENCE && self.seen.len() >= MIN_ATTEMPTS && share > threshold)
+            .then_some(share)
     }
 
     /// Ends a suspension whose time has come, or raises the rate by [`RAISE`] for each whole
