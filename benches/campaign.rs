@@ -13,6 +13,8 @@
 //!    (127.0.0.1:5432, database `test`), interleaved; ratios against ledger-off. Then `sunset
 //!    status` on ledgers of 1 and 10 million recipients and SQLite's bytes per recipient. The
 //!    campaigns it writes to PostgreSQL are deleted when it ends.
+//! 6. **shaping** (`campaign/shaping.rs`): 10 % "451 Try again later" against none, and a relay
+//!    refusing above 100/s, on the tests' scripted SMTP sink.
 //!
 //! Throughput is measured at the sink, from the first message received to the last, for
 //! sunset and for the reference tool alike: start-up, connecting and the worker's
@@ -25,7 +27,7 @@
 //! ```sh
 //! cargo bench --bench campaign                 # full: 20,000 emails, 100,000 pushes, enqueue 200,000
 //! cargo bench --bench campaign -- --quick      # smoke check with small N (or SUNSET_BENCH_QUICK=1)
-//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger
+//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger, shaping
 //! ```
 //!
 //! Knobs (environment): `SUNSET_BENCH_N` (emails), `SUNSET_BENCH_PUSH_N` (pushes, default
@@ -55,6 +57,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::routing::post;
 use sunset::broker::{Broker, QueueNames};
 use sunset::config::BrokerConfig;
+
+#[path = "campaign/shaping.rs"]
+mod shaping;
 
 /// Rate limits off, as the issue asks.
 const UNLIMITED: &str =
@@ -144,10 +149,11 @@ impl Options {
                     "ledger",
                     "ledger-email",
                     "ledger-push",
-                    "ledger-scale"
+                    "ledger-scale",
+                    "shaping"
                 ]
                 .contains(&name.as_str()),
-                "unknown measurement `{name}` (email, push, enqueue, rss, ledger, ledger-email, ledger-push, ledger-scale)"
+                "unknown measurement `{name}` (email, push, enqueue, rss, ledger, ledger-email, ledger-push, ledger-scale, shaping)"
             );
         }
         let (n, push_n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
@@ -1743,6 +1749,9 @@ fn main() -> anyhow::Result<()> {
         }
         if bench.options.wants("ledger-scale") {
             bench.ledger_scale()?;
+        }
+        if bench.options.wants("shaping") {
+            bench.shaping()?;
         }
         if !bench.postgres_campaigns.is_empty() {
             bench.forget_postgres_campaigns()?;

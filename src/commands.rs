@@ -227,7 +227,10 @@ pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Resul
     Ok(())
 }
 
-fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
+fn deps(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
     let email =
         EmailSender::from_config(&config.email).context("Failed to set up the email channel")?;
     let push =
@@ -237,7 +240,7 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
         config.templates.default_locale.clone(),
         email,
         push,
-        Arc::new(Limits::new(&config.rate)),
+        Arc::new(Limits::from_config(&config.rate)?),
         config.worker.concurrency,
         RetryPolicy {
             max_attempts: config.worker.max_attempts,
@@ -248,6 +251,10 @@ fn deps(config: &Config) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
         },
+    )
+    .with_shutdown(
+        shutdown.clone(),
+        Duration::from_millis(config.worker.shutdown_timeout_ms),
     );
     let breakers = Arc::new(Breakers::new(BreakerPolicy::from_config(&config.worker)?));
     let deps = deps.with_breakers(breakers);
@@ -266,16 +273,16 @@ struct Worked {
 }
 
 /// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
-/// the daemon has finished its in-flight batches; `live` shows what it has processed so far.
-/// The caller closes the ledger.
+/// the daemon has settled its batches (on shutdown: sends in flight for at most
+/// `worker.shutdown_timeout_ms`, the rest handed back); `live` shows what it has processed so
+/// far. `shutdown` is the token `deps` was built with. The caller closes the ledger.
 async fn work(
     config: &Config,
-    deps: Arc<Deps<EmailSender, PushSender>>,
+    (deps, shutdown): (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
     until: Until,
     exporter: Option<Exporter>,
     live: &Live,
 ) -> anyhow::Result<Worked> {
-    let shutdown = CancellationToken::new();
     let signal = tokio::spawn(cancel_on_signal(shutdown.clone()));
     let readiness = Readiness::default();
     let stop_exporter = CancellationToken::new();
@@ -346,7 +353,7 @@ fn cancel_on_signal(shutdown: CancellationToken) -> impl Future<Output = Signal>
             _ = received(interrupt) => Signal::Interrupt,
             _ = received(terminate) => Signal::Terminate,
         };
-        info!(%signal, "shutdown requested: finishing in-flight work");
+        info!(%signal, "shutdown requested: handing back sends not started, finishing those in flight");
         shutdown.cancel();
         signal
     }
@@ -368,9 +375,10 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     };
     let exporter = Exporter::bind(&config.metrics).await?;
     // After the exporter installed the recorder: the limits report their domains' rates.
-    let deps = deps(config)?;
+    let shutdown = CancellationToken::new();
+    let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let worked = work(config, deps, until, exporter, &Live::default()).await;
+    let worked = work(config, (deps, shutdown), until, exporter, &Live::default()).await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -389,9 +397,10 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     // Bound before anything is published: a port in use stops the command with nothing sent.
     let exporter = Exporter::bind(&config.metrics).await?;
     // Set up before anything is published too: a bad email.url or push.url sends nothing.
-    let deps = deps(config)?;
+    let shutdown = CancellationToken::new();
+    let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let sent = send_with(config, args, &campaign, deps, exporter, started).await;
+    let sent = send_with(config, args, &campaign, (deps, shutdown), exporter, started).await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -404,11 +413,11 @@ async fn send_with(
     config: &Config,
     args: &CampaignArgs,
     campaign: &CampaignId,
-    deps: Arc<Deps<EmailSender, PushSender>>,
+    deps: (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
     exporter: Option<Exporter>,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let ledger = deps.ledger().cloned();
+    let ledger = deps.0.ledger().cloned();
     let before = match &ledger {
         Some(ledger) => results::before(ledger, campaign).await?,
         None => None,

@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     pub breaker_after: u32,
     /// While a breaker is open, one send every this often probes the transport.
     pub breaker_probe_ms: u64,
+    /// On SIGTERM, how long to wait for sends in flight before exiting anyway (their batches
+    /// go back to the queue unacked); sends not yet started are handed back at once.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -106,6 +109,7 @@ impl Default for WorkerConfig {
             retry_delays_ms: vec![30_000, 120_000, 600_000, 1_800_000],
             breaker_after: 5,
             breaker_probe_ms: 5_000,
+            shutdown_timeout_ms: 25_000,
         }
     }
 }
@@ -201,6 +205,16 @@ pub struct RateConfig {
     /// Email per recipient domain; `default` for domains not listed.
     /// A table given in the file replaces the listed domains; `default` stays 50 unless set.
     pub per_domain_per_sec: PerDomainRates,
+    /// Shaping rules of your own (docs/shaping.md), tried before the shipped ones; a rule named
+    /// like a shipped one replaces it. Empty = the shipped rules only.
+    pub shaping_file: PathBuf,
+    /// How far back a domain's throttle evidence counts, in milliseconds.
+    pub shaping_window_ms: u64,
+    /// The share of a domain's attempts in the window that, as throttle evidence, slows it
+    /// (0–1, exclusive).
+    pub shaping_threshold: f64,
+    /// Quiet (no throttle evidence) before each raise of a slowed domain, in milliseconds.
+    pub shaping_recover_ms: u64,
 }
 
 impl Default for RateConfig {
@@ -209,6 +223,10 @@ impl Default for RateConfig {
             email_per_sec: 200,
             push_per_sec: 1000,
             per_domain_per_sec: PerDomainRates::default(),
+            shaping_file: PathBuf::new(),
+            shaping_window_ms: 10_000,
+            shaping_threshold: 0.05,
+            shaping_recover_ms: 2_000,
         }
     }
 }

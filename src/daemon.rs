@@ -320,10 +320,26 @@ where
     if outcome.is_ok() {
         let _ = subscription.cancel().await;
     }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(done) = done {
-            progress.record(until, done);
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(done) = done {
+                progress.record(until, done);
+            }
         }
+    };
+    match deps.drain_bound().filter(|_| shutdown.is_cancelled()) {
+        Some(bound) => {
+            if tokio::time::timeout(bound, drain).await.is_err() {
+                // Their deliveries are unacked: the broker hands them to another worker.
+                warn!(
+                    batches = tasks.len(),
+                    bound_ms = bound.as_millis() as u64,
+                    "sends still in flight at the shutdown bound; their batches go back to the queue"
+                );
+                tasks.abort_all();
+            }
+        }
+        None => drain.await,
     }
     subscription.close().await;
     outcome

@@ -24,6 +24,10 @@ pub const BATCHES: &str = "sunset_batches_total";
 pub const INFLIGHT_SENDS: &str = "sunset_inflight_sends";
 /// Gauge: the send rate of a configured or slowed-down email domain, per second (0 = unlimited).
 pub const DOMAIN_RATE: &str = "sunset_domain_rate";
+/// Gauge: 1 while an email domain is suspended by a shaping rule, by `domain`.
+pub const DOMAIN_SUSPENDED: &str = "sunset_domain_suspended";
+/// Counter: shaping decisions (a slowing or a suspension), by the `rule` that fired.
+pub const SHAPING_RULE_FIRED: &str = "sunset_shaping_rule_fired_total";
 /// Counter: recipient × channel pairs dead-lettered, by `reason` kind.
 pub const DEAD_LETTERS: &str = "sunset_dead_letters_total";
 /// Gauge: 1 while a channel's breaker is open (its transport unreachable, its sends held), by
@@ -67,6 +71,14 @@ pub fn describe() {
     describe_counter!(
         DEAD_LETTERS,
         "Recipient x channel pairs dead-lettered, by reason kind."
+    );
+    describe_gauge!(
+        DOMAIN_SUSPENDED,
+        "1 while an email domain is suspended by a shaping rule."
+    );
+    describe_counter!(
+        SHAPING_RULE_FIRED,
+        "Shaping decisions (a domain slowed or suspended), by the rule that fired."
     );
     describe_gauge!(
         BREAKER_OPEN,
@@ -298,8 +310,19 @@ pub fn undecodable(error: &str) {
 }
 
 /// An email domain's send rate is now `per_sec` (0 = unlimited): its configured rate at start,
-/// then each change back-off makes. Only configured and slowed-down domains get here, so the
+/// then each change shaping makes. Only configured and slowed-down domains get here, so the
 /// `domain` label stays bounded.
 pub fn domain_rate(domain: &str, per_sec: f64) {
     gauge!(DOMAIN_RATE, "domain" => domain.to_string()).set(per_sec);
+}
+
+/// A shaping rule suspended `domain` (`true`) or its suspension ended.
+pub fn domain_suspended(domain: &str, suspended: bool) {
+    gauge!(DOMAIN_SUSPENDED, "domain" => domain.to_string()).set(if suspended { 1.0 } else { 0.0 });
+}
+
+/// A shaping rule fired: it slowed or suspended a domain (or the push gateway). The log line
+/// is the rate change's, which names the rule.
+pub fn shaping_rule_fired(rule: &str) {
+    counter!(SHAPING_RULE_FIRED, "rule" => rule.to_string()).increment(1);
 }

@@ -24,8 +24,9 @@ pub mod progress;
 pub mod render;
 pub mod results;
 pub mod secret;
-pub mod syntax;
+pub mod shaping;
 pub mod stdout;
+pub mod syntax;
 pub mod variables;
 pub mod worker;
 

@@ -5,37 +5,26 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::Channel;
-use crate::config::RateConfig;
+use crate::channel::{Channel, Outcome};
+use crate::config::{ConfigError, RateConfig};
 use crate::events;
+use crate::shaping::{Change, Decision, Key, Pace, Rules, Seen, Settings, Shaper, normalize};
 
-/// How long a slowed-down domain (or push gateway) must go without a throttle signal before its
-/// rate doubles; each further quiet period doubles it again, up to the configured rate.
-pub const QUIET_PERIOD: Duration = Duration::from_secs(30);
-
-/// The lowest rate back-off goes down to, in sends per second: one a minute.
-pub const FLOOR_PER_SEC: f64 = 1.0 / 60.0;
-
-/// Where back-off starts, in sends per second, for a domain that is unlimited (its rate and
+/// Where slowing starts, in sends per second, for a domain that is unlimited (its rate and
 /// `rate.email_per_sec` are 0): we do not know how fast it was going, and this is the shipped
 /// `default` per-domain rate, a fair guess at what one domain takes.
 pub const UNLIMITED_DOMAIN_START_PER_SEC: f64 = 50.0;
 
-/// Where back-off starts, in sends per second, for an unlimited push gateway (`push_per_sec`
+/// Where slowing starts, in sends per second, for an unlimited push gateway (`push_per_sec`
 /// 0): the shipped `push_per_sec`.
 pub const UNLIMITED_PUSH_START_PER_SEC: f64 = 1000.0;
-
-/// Throttle signals less than this fraction of the quiet period after a lowering (1 s of the
-/// default 30 s) are the same episode, not a new one: they are the replies to sends already in
-/// flight at the old rate, and must not halve the rate once each.
-const SETTLE_DIVISOR: u32 = 30;
 
 /// A sensible period for [`Limits::spawn_pruner`]: long enough to cost nothing, short enough
 /// that a campaign over millions of domains cannot grow the keyed state without bound.
@@ -63,11 +52,11 @@ pub const fn burst_for(per_sec: u32) -> u32 {
 /// Email waits for its recipient domain's budget first, then for the email channel's, so a
 /// send held up by its domain does not use channel budget other domains could spend.
 ///
-/// Adaptive back-off: [`Limits::throttled`] halves the rate of a domain (or of push) that said
-/// we are too fast, down to [`FLOOR_PER_SEC`]; after each [`QUIET_PERIOD`] without another such
-/// signal the rate doubles, until it is back at the configured rate. governor quotas cannot
-/// change, so a slowed-down domain gets an extra limiter at its current rate, waited for before
-/// its usual one; only slowed-down domains have one, and only until they have recovered.
+/// Shaping by evidence: every attempt's result goes to [`Limits::observed`], and a
+/// [`Shaper`] decides from the share of throttle evidence among a domain's recent attempts
+/// (and from the rules) when it slows, is suspended, or recovers (see docs/shaping.md).
+/// governor quotas cannot change, so a slowed-down domain gets an extra limiter at its current
+/// rate, waited for before its usual one; only slowed-down domains have one.
 pub struct Limits {
     /// `rate.email_per_sec`; `None` = unlimited.
     email: Option<DefaultDirectRateLimiter>,
@@ -78,25 +67,33 @@ pub struct Limits {
     listed: HashMap<String, Option<DefaultDirectRateLimiter>>,
     /// Every other domain, one bucket each at the `default` rate; `None` = unlimited.
     unlisted: Option<DefaultKeyedRateLimiter<String>>,
-    /// Lowered rates of slowed-down domains and push; empty when nothing is slowed down.
-    overrides: RwLock<Overrides>,
-    /// How long without a throttle signal before a lowered rate doubles.
-    quiet: Duration,
-    /// The configuration: the rates back-off recovers to, and `Debug`.
+    /// The shaper and the limiters of the rates it lowered.
+    shaping: Mutex<Shaping>,
+    /// The configuration: the rates shaping recovers to, and `Debug`.
     rates: RateConfig,
+    /// How often a send waiting on a lowered rate looks whether it changed.
+    recheck: Duration,
+}
+
+/// Sends waiting on a lowered rate look at it again this many times per quiet period.
+const RECHECK_DIVISOR: u32 = 4;
+
+/// The shaper's decisions, and a limiter for each rate below its ceiling.
+struct Shaping {
+    shaper: Shaper,
+    lowered: HashMap<Key, Arc<DefaultDirectRateLimiter>>,
 }
 
 impl Limits {
-    /// Builds one limiter per non-zero rate of `rates`; lowered rates recover after
-    /// [`QUIET_PERIOD`].
-    pub fn new(rates: &RateConfig) -> Limits {
-        Limits::with_recovery(rates, QUIET_PERIOD)
-    }
-
-    /// Like [`Limits::new`], with lowered rates doubling after every `quiet` (at least 1 ms)
-    /// without a throttle signal instead of [`QUIET_PERIOD`]; for tests.
-    pub fn with_recovery(rates: &RateConfig, quiet: Duration) -> Limits {
+    /// Builds one limiter per non-zero rate of `rates`, shaping with `rules` (none: only replies
+    /// the channels read as "too fast" slow a domain) and the `rate.shaping_*` settings.
+    pub fn new(rates: &RateConfig, rules: Rules) -> Limits {
         let domains = &rates.per_domain_per_sec;
+        let settings = Settings {
+            window: Duration::from_millis(rates.shaping_window_ms.max(1)),
+            threshold: rates.shaping_threshold,
+            recover_every: Duration::from_millis(rates.shaping_recover_ms.max(1)),
+        };
         let limits = Limits {
             email: quota(rates.email_per_sec).map(DefaultDirectRateLimiter::direct),
             push: quota(rates.push_per_sec).map(DefaultDirectRateLimiter::direct),
@@ -109,9 +106,12 @@ impl Limits {
                 })
                 .collect(),
             unlisted: quota(domains.default).map(DefaultKeyedRateLimiter::keyed),
-            overrides: RwLock::default(),
-            quiet: quiet.max(Duration::from_millis(1)),
+            shaping: Mutex::new(Shaping {
+                shaper: Shaper::new(rules, settings),
+                lowered: HashMap::new(),
+            }),
             rates: rates.clone(),
+            recheck: settings.recover_every / RECHECK_DIVISOR,
         };
         for domain in limits.listed.keys() {
             events::domain_rate(domain, limits.configured_domain_rate(domain));
@@ -121,37 +121,56 @@ impl Limits {
         limits
     }
 
+    /// [`Limits::new`] with the shipped rules and those of `rate.shaping_file`, after checking
+    /// the `rate.shaping_*` settings: a bad rule or setting is a configuration error naming
+    /// the file and line, or the key.
+    pub fn from_config(rates: &RateConfig) -> Result<Limits, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid(format!("  {message}"));
+        if !(rates.shaping_threshold > 0.0 && rates.shaping_threshold < 1.0) {
+            return Err(invalid(format!(
+                "key `rate.shaping_threshold`: {} is not a share between 0 and 1 (e.g. 0.05)",
+                rates.shaping_threshold
+            )));
+        }
+        for (key, ms) in [
+            ("shaping_window_ms", rates.shaping_window_ms),
+            ("shaping_recover_ms", rates.shaping_recover_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(format!("key `rate.{key}`: must be at least 1")));
+            }
+        }
+        let file = Some(rates.shaping_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+        let rules = Rules::load(file).map_err(|e| invalid(format!("rate.shaping_file: {e}")))?;
+        Ok(Limits::new(rates, rules))
+    }
+
     /// Waits until one send by `channel` is within budget. For email, `domain` (the
     /// recipient's, any case) is waited for first; it is ignored for push.
     ///
-    /// A lowered (throttled) rate is waited for before the channel's budget, and — if the
-    /// throttle arrived while this send was already waiting — once more at the end, so sends
-    /// queued before a throttling reply are paced by the lowered rate too.
+    /// A suspended domain waits out its suspension; a lowered rate is waited for before the
+    /// channel's budget, and — if it changed while this send was already waiting — once more
+    /// at the end, so sends queued before a slowing are paced by the lowered rate too.
     ///
     /// Cancel-safe: dropping the future before it resolves spends no budget it has not taken.
     pub async fn acquire(&self, channel: Channel, domain: Option<&str>) {
-        let key = domain.map(normalize);
-        let target = match (channel, &key) {
-            (Channel::Email, Some(key)) => Some(Target::Domain(key)),
-            (Channel::Email, None) => None,
-            (Channel::Push, _) => Some(Target::Push),
-        };
-        if let (Channel::Email, Some(key)) = (channel, &key) {
+        let key = key(channel, domain);
+        if let (Channel::Email, Some(Key::Domain(domain))) = (channel, &key) {
             // This domain's configured bucket only, so other domains are never held up by it.
-            match self.listed.get(key) {
+            match self.listed.get(domain) {
                 Some(Some(limiter)) => limiter.until_ready().await,
                 Some(None) => {}
                 None => {
                     if let Some(unlisted) = &self.unlisted {
-                        unlisted.until_key_ready(key).await;
+                        unlisted.until_key_ready(domain).await;
                     }
                 }
             }
         }
-        let lowered_before = target.and_then(|t| self.lowered(t));
-        if let Some(lowered) = &lowered_before {
-            lowered.until_ready().await;
-        }
+        let lowered_before = match &key {
+            Some(key) => self.paced(key).await,
+            None => None,
+        };
         let limiter = match channel {
             Channel::Email => &self.email,
             Channel::Push => &self.push,
@@ -159,168 +178,188 @@ impl Limits {
         if let Some(limiter) = limiter {
             limiter.until_ready().await;
         }
-        let lowered_after = target.and_then(|t| self.lowered(t));
-        if let Some(lowered) = lowered_after
+        if let Some(key) = &key
+            && let Some(lowered) = self.shaped(key).await
             && !lowered_before.is_some_and(|before| Arc::ptr_eq(&before, &lowered))
         {
-            lowered.until_ready().await;
+            self.paced(key).await;
+        }
+    }
+
+    /// Reports what became of one send by `channel` to `domain`, started at `started`: every
+    /// attempt counts toward the share, and a transient reply is judged by the rules (see
+    /// [`Shaper::observe`]). Email without a domain is ignored.
+    pub fn observed(
+        &self,
+        channel: Channel,
+        domain: Option<&str>,
+        outcome: &Outcome,
+        started: Instant,
+    ) {
+        let Some(key) = key(channel, domain) else {
+            return;
+        };
+        let seen = match outcome {
+            Outcome::Transient {
+                reason,
+                retry_after,
+                throttled,
+            } => Seen::Deferred {
+                text: reason,
+                throttled: *throttled,
+                retry_after: *retry_after,
+            },
+            Outcome::Delivered | Outcome::Permanent { .. } | Outcome::Unknown { .. } => {
+                Seen::Attempt
+            }
+            // The relay or gateway did not answer: no word from the domain (the channel's
+            // breaker deals with it).
+            Outcome::Unreachable { .. } => return,
+        };
+        let ceiling = self.ceiling(&key);
+        let mut shaping = self.lock();
+        let now = Instant::now();
+        if let Some(decision) = shaping.shaper.observe(&key, ceiling, seen, started, now) {
+            self.apply(&mut shaping, &key, decision);
         }
     }
 
     /// Forgets unlisted domains whose bucket is full again (governor never forgets keys by
-    /// itself). Call it every minute or so, or let [`Limits::spawn_pruner`] do it.
-    ///
-    /// It also raises lowered rates whose quiet period is over, so domains that no longer send
-    /// leave the back-off map too.
+    /// itself), and domains the shaper has nothing to remember of. Call it every minute or so,
+    /// or let [`Limits::spawn_pruner`] do it. It also carries out raises and ends of
+    /// suspensions that are due, so domains that no longer send recover too.
     pub fn prune(&self) {
-        self.recover_all();
+        let mut shaping = self.lock();
+        for (key, decision) in shaping.shaper.prune(Instant::now()) {
+            self.apply(&mut shaping, &key, decision);
+        }
+        drop(shaping);
         if let Some(unlisted) = &self.unlisted {
             unlisted.retain_recent();
             unlisted.shrink_to_fit();
         }
     }
 
-    /// Reports that a send by `channel` to `domain` was told to slow down (an
-    /// [`Outcome::Transient`](crate::channel::Outcome::Transient) with `throttled`).
-    ///
-    /// For email, that domain's rate halves (from its lowered rate, or else from its configured
-    /// one, listed or `default`, capped by `rate.email_per_sec`; from
-    /// [`UNLIMITED_DOMAIN_START_PER_SEC`] when all are unlimited), down to [`FLOOR_PER_SEC`];
-    /// other domains keep their pace. For push, the whole gateway's rate halves the same way
-    /// (from `push_per_sec`, or [`UNLIMITED_PUSH_START_PER_SEC`]). Email without a domain is
-    /// ignored. Signals within a thirtieth of the quiet period after a lowering are replies to
-    /// sends made before it, and do not lower again. Every signal restarts the quiet period.
-    pub fn throttled(&self, channel: Channel, domain: Option<&str>) {
-        let key;
-        let target = match (channel, domain) {
-            (Channel::Push, _) => Target::Push,
-            (Channel::Email, Some(domain)) => {
-                key = normalize(domain);
-                Target::Domain(&key)
-            }
-            (Channel::Email, None) => return,
-        };
-        let now = Instant::now();
-        let mut overrides = self.write_overrides();
-        self.recover(&mut overrides, target, now);
-        let lowered = match overrides.get_mut(target) {
-            Some(current) => {
-                current.quiet_since = now;
-                let settling =
-                    now.saturating_duration_since(current.lowered_at) < self.quiet / SETTLE_DIVISOR;
-                if settling || current.per_sec <= FLOOR_PER_SEC {
-                    return;
-                }
-                current.set_rate((current.per_sec / 2.0).max(FLOOR_PER_SEC));
-                current.lowered_at = now;
-                current.per_sec
-            }
-            None => {
-                let ceiling = self.ceiling(target);
-                let lowered = Override::new((ceiling / 2.0).max(FLOOR_PER_SEC), ceiling, now);
-                let per_sec = lowered.per_sec;
-                overrides.insert(target, lowered);
-                per_sec
-            }
-        };
-        drop(overrides);
-        self.changed(target, lowered, Change::Lowered);
-    }
-
-    /// The current rates, in sends per second, of the domains slowed down by
-    /// [`Limits::throttled`], by domain; domains at their configured rate are not listed.
-    /// Raises rates whose quiet period is over first.
+    /// The current rates, in sends per second, of slowed-down or suspended domains (0 while
+    /// suspended), by domain; domains at their configured rate are not listed. Carries out due
+    /// raises first.
     pub fn domain_rates(&self) -> Vec<(String, f64)> {
-        self.recover_all();
-        let overrides = self.read_overrides();
-        let mut rates: Vec<(String, f64)> = overrides
-            .domains
-            .iter()
-            .map(|(domain, lowered)| (domain.clone(), lowered.per_sec))
+        self.prune();
+        let mut rates: Vec<(String, f64)> = self
+            .lock()
+            .shaper
+            .slowed()
+            .into_iter()
+            .filter_map(|(key, pace)| match key {
+                Key::Domain(domain) => Some((domain, rate_now(pace))),
+                Key::Push => None,
+            })
             .collect();
         rates.sort_by(|a, b| a.0.cmp(&b.0));
         rates
     }
 
-    /// The push gateway's current rate, in sends per second, while it is slowed down by
-    /// [`Limits::throttled`]; `None` at its configured rate.
+    /// The push gateway's current rate, in sends per second, while it is slowed down; `None`
+    /// at its configured rate.
     pub fn push_rate(&self) -> Option<f64> {
-        self.recover_all();
-        self.read_overrides()
-            .push
-            .as_ref()
-            .map(|lowered| lowered.per_sec)
+        self.prune();
+        self.lock()
+            .shaper
+            .slowed()
+            .into_iter()
+            .find_map(|(key, pace)| (key == Key::Push).then(|| rate_now(pace)))
     }
 
-    /// The limiter of `target`'s lowered rate, if it has one, after raising it for any quiet
-    /// periods that have passed.
-    fn lowered(&self, target: Target<'_>) -> Option<Arc<DefaultDirectRateLimiter>> {
-        let now = Instant::now();
-        {
-            // The common case (nothing due) takes only the shared lock.
-            let overrides = self.read_overrides();
-            let current = overrides.get(target)?;
-            if current.due_steps(now, self.quiet) == 0 {
-                return Some(Arc::clone(&current.limiter));
+    /// Waits for `key`'s lowered rate, if it has one, and returns its limiter. The wait looks
+    /// at the pace again every [`RECHECK_DIVISOR`]th of the quiet period, so sends queued
+    /// behind a lowered rate move on as soon as it rises, rather than at the pace they found.
+    async fn paced(&self, key: &Key) -> Option<Arc<DefaultDirectRateLimiter>> {
+        loop {
+            let lowered = self.shaped(key).await?;
+            tokio::select! {
+                () = lowered.until_ready() => return Some(lowered),
+                () = tokio::time::sleep(self.recheck) => {}
             }
         }
-        let mut overrides = self.write_overrides();
-        self.recover(&mut overrides, target, now);
-        overrides
-            .get(target)
-            .map(|current| Arc::clone(&current.limiter))
     }
 
-    /// Doubles `target`'s lowered rate once per quiet period passed since its last throttle
-    /// signal or raise; forgets it once back at its ceiling (never above it).
-    fn recover(&self, overrides: &mut Overrides, target: Target<'_>, now: Instant) {
-        let Some(current) = overrides.get_mut(target) else {
-            return;
+    /// The limiter of `key`'s lowered rate, if it has one, once any suspension is over.
+    async fn shaped(&self, key: &Key) -> Option<Arc<DefaultDirectRateLimiter>> {
+        loop {
+            let now = Instant::now();
+            let suspended_until = {
+                let mut shaping = self.lock();
+                let (pace, decision) = shaping.shaper.pace(key, now);
+                if let Some(decision) = decision {
+                    self.apply(&mut shaping, key, decision);
+                }
+                match pace?.suspended_until {
+                    Some(until) if until > now => until,
+                    _ => return shaping.lowered.get(key).cloned(),
+                }
+            };
+            tokio::time::sleep_until(suspended_until.into()).await;
+        }
+    }
+
+    /// Carries out one decision: the limiter of the new rate, the gauge, the counter of the
+    /// rule that fired, the log.
+    fn apply(&self, shaping: &mut Shaping, key: &Key, decision: Decision) {
+        let gauge = match decision.change {
+            Change::Suspended(_) | Change::Resumed => {
+                if let Key::Domain(domain) = key {
+                    events::domain_suspended(domain, decision.change != Change::Resumed);
+                }
+                None
+            }
+            Change::Lowered(per_sec) | Change::Raised(per_sec) => {
+                let quota = fractional_quota(per_sec);
+                let limiter = DefaultDirectRateLimiter::direct(quota);
+                // A new rate starts with its bucket empty: a burst of the sends queued behind
+                // the old one would reach the domain at once, the way that got us slowed.
+                let _ = limiter.check_n(quota.burst_size());
+                shaping.lowered.insert(key.clone(), Arc::new(limiter));
+                Some(per_sec)
+            }
+            Change::Recovered => {
+                shaping.lowered.remove(key);
+                Some(self.configured(key))
+            }
         };
-        let steps = current.due_steps(now, self.quiet);
-        if steps == 0 {
-            return;
+        if matches!(decision.change, Change::Lowered(_) | Change::Suspended(_)) {
+            events::shaping_rule_fired(&decision.rule);
         }
-        let raised = current.per_sec * 2f64.powi(steps.min(64) as i32);
-        if raised >= current.ceiling {
-            let ceiling = current.ceiling;
-            overrides.remove(target);
-            self.changed(target, ceiling, Change::Recovered);
-        } else {
-            current.set_rate(raised);
-            current.quiet_since += self.quiet * steps;
-            self.changed(target, raised, Change::Raised);
+        if let (Key::Domain(domain), Some(per_sec)) = (key, gauge) {
+            events::domain_rate(domain, per_sec);
         }
+        log_change(key, gauge, &decision);
     }
 
-    /// [`Limits::recover`] for every lowered rate.
-    fn recover_all(&self) {
-        let now = Instant::now();
-        let mut overrides = self.write_overrides();
-        let domains: Vec<String> = overrides.domains.keys().cloned().collect();
-        for domain in &domains {
-            self.recover(&mut overrides, Target::Domain(domain), now);
-        }
-        self.recover(&mut overrides, Target::Push, now);
-    }
-
-    /// The rate `target` runs at when not slowed down, in sends per second; where back-off
-    /// starts and where recovery ends.
-    fn ceiling(&self, target: Target<'_>) -> f64 {
-        let configured = match target {
-            Target::Push => [self.rates.push_per_sec, 0],
+    /// The rate `key` runs at when not slowed down, in sends per second; where slowing starts
+    /// and where recovery ends.
+    fn ceiling(&self, key: &Key) -> f64 {
+        let configured = match key {
+            Key::Push => [self.rates.push_per_sec, 0],
             // A domain never went faster than the whole email channel.
-            Target::Domain(key) => [self.own_rate(key), self.rates.email_per_sec],
+            Key::Domain(domain) => [self.own_rate(domain), self.rates.email_per_sec],
         };
-        let unlimited = match target {
-            Target::Push => UNLIMITED_PUSH_START_PER_SEC,
-            Target::Domain(_) => UNLIMITED_DOMAIN_START_PER_SEC,
+        let unlimited = match key {
+            Key::Push => UNLIMITED_PUSH_START_PER_SEC,
+            Key::Domain(_) => UNLIMITED_DOMAIN_START_PER_SEC,
         };
         configured
             .into_iter()
             .filter(|&per_sec| per_sec > 0)
             .min()
             .map_or(unlimited, f64::from)
+    }
+
+    /// The configured rate of `key` for the gauge (0 = unlimited).
+    fn configured(&self, key: &Key) -> f64 {
+        match key {
+            Key::Domain(domain) => self.configured_domain_rate(domain),
+            Key::Push => f64::from(self.rates.push_per_sec),
+        }
     }
 
     /// A domain's configured rate, listed or `default`, in sends per second (0 = unlimited).
@@ -343,29 +382,8 @@ impl Limits {
             .map_or(0.0, f64::from)
     }
 
-    /// Logs a rate change and, for a domain, sets its `sunset_domain_rate` gauge (back to its
-    /// configured rate once recovered).
-    fn changed(&self, target: Target<'_>, per_sec: f64, change: Change) {
-        log_change(target, per_sec, change);
-        if let Target::Domain(domain) = target {
-            let now = match change {
-                Change::Recovered => self.configured_domain_rate(domain),
-                Change::Lowered | Change::Raised => per_sec,
-            };
-            events::domain_rate(domain, now);
-        }
-    }
-
-    fn read_overrides(&self) -> std::sync::RwLockReadGuard<'_, Overrides> {
-        self.overrides
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_overrides(&self) -> std::sync::RwLockWriteGuard<'_, Overrides> {
-        self.overrides
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Shaping> {
+        self.shaping.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Unlisted domains currently remembered (a gauge for metrics; an estimate under load).
@@ -404,142 +422,64 @@ impl fmt::Debug for Limits {
         f.debug_struct("Limits")
             .field("rates", &self.rates)
             .field("tracked_domains", &self.tracked_domains())
-            .field("slowed_domains", &self.read_overrides().domains.len())
+            .field("slowed", &self.lock().lowered.len())
             .finish_non_exhaustive()
     }
 }
 
-/// What a lowered rate applies to.
-#[derive(Debug, Clone, Copy)]
-enum Target<'a> {
-    /// The whole push gateway.
-    Push,
-    /// One recipient email domain, normalized.
-    Domain(&'a str),
-}
-
-/// The lowered rates in force.
-#[derive(Default)]
-struct Overrides {
-    /// The push gateway's, if it is slowed down.
-    push: Option<Override>,
-    /// Each slowed-down domain's, by normalized domain.
-    domains: HashMap<String, Override>,
-}
-
-impl Overrides {
-    fn get(&self, target: Target<'_>) -> Option<&Override> {
-        match target {
-            Target::Push => self.push.as_ref(),
-            Target::Domain(key) => self.domains.get(key),
-        }
-    }
-
-    fn get_mut(&mut self, target: Target<'_>) -> Option<&mut Override> {
-        match target {
-            Target::Push => self.push.as_mut(),
-            Target::Domain(key) => self.domains.get_mut(key),
-        }
-    }
-
-    fn insert(&mut self, target: Target<'_>, lowered: Override) {
-        match target {
-            Target::Push => self.push = Some(lowered),
-            Target::Domain(key) => {
-                self.domains.insert(key.to_string(), lowered);
-            }
-        }
-    }
-
-    fn remove(&mut self, target: Target<'_>) {
-        match target {
-            Target::Push => self.push = None,
-            Target::Domain(key) => {
-                self.domains.remove(key);
-            }
-        }
+/// What `channel`'s sends to `domain` are shaped as: the gateway for push, the normalized
+/// domain for email (nothing without one).
+fn key(channel: Channel, domain: Option<&str>) -> Option<Key> {
+    match (channel, domain) {
+        (Channel::Push, _) => Some(Key::Push),
+        (Channel::Email, Some(domain)) => Some(Key::Domain(normalize(domain))),
+        (Channel::Email, None) => None,
     }
 }
 
-/// A rate below the configured one, with a limiter built for it (governor quotas are fixed).
-struct Override {
-    /// Sends per second, at least [`FLOOR_PER_SEC`], below `ceiling`.
-    per_sec: f64,
-    /// The rate it recovers to (see [`Limits::ceiling`]).
-    ceiling: f64,
-    /// Paces sends at `per_sec`; shared with sends waiting on it.
-    limiter: Arc<DefaultDirectRateLimiter>,
-    /// The last lowering: signals soon after it belong to the same episode.
-    lowered_at: Instant,
-    /// The last throttle signal or raise: recovery counts quiet periods from here.
-    quiet_since: Instant,
-}
-
-impl Override {
-    fn new(per_sec: f64, ceiling: f64, now: Instant) -> Override {
-        Override {
-            per_sec,
-            ceiling,
-            limiter: Arc::new(DefaultDirectRateLimiter::direct(fractional_quota(per_sec))),
-            lowered_at: now,
-            quiet_since: now,
-        }
-    }
-
-    /// Replaces the limiter by one at `per_sec`. Sends already waiting on the old one keep
-    /// its pace; there are at most `worker.concurrency` of them.
-    fn set_rate(&mut self, per_sec: f64) {
-        self.per_sec = per_sec;
-        self.limiter = Arc::new(DefaultDirectRateLimiter::direct(fractional_quota(per_sec)));
-    }
-
-    /// Whole quiet periods since the last signal or raise.
-    fn due_steps(&self, now: Instant, quiet: Duration) -> u32 {
-        let quiet_for = now.saturating_duration_since(self.quiet_since);
-        u32::try_from(quiet_for.as_nanos() / quiet.as_nanos().max(1)).unwrap_or(u32::MAX)
+/// The rate a pace allows now: 0 while suspended.
+fn rate_now(pace: Pace) -> f64 {
+    if pace.suspended_until.is_some() {
+        0.0
+    } else {
+        pace.per_sec
     }
 }
 
-/// How a rate changed, for the log.
-#[derive(Debug, Clone, Copy)]
-enum Change {
-    Lowered,
-    Raised,
-    /// Raised back to the configured rate: no longer slowed down.
-    Recovered,
-}
-
-/// Logs one rate change: one event per change, with the new rate per minute.
-fn log_change(target: Target<'_>, per_sec: f64, change: Change) {
-    let rate_per_min = per_sec * 60.0;
-    let recovered = matches!(change, Change::Recovered);
-    match (target, change) {
-        (Target::Domain(domain), Change::Lowered) => tracing::info!(
+/// Logs one decision, naming the rule: one event per change, with the rate per minute.
+fn log_change(key: &Key, per_sec: Option<f64>, decision: &Decision) {
+    let rate_per_min = per_sec.unwrap_or_default() * 60.0;
+    let rule = decision.rule.as_str();
+    let domain = match key {
+        Key::Domain(domain) => domain.as_str(),
+        Key::Push => "push",
+    };
+    match decision.change {
+        Change::Lowered(_) => tracing::info!(
             event = "domain_rate_lowered",
             domain,
             rate_per_min,
-            "domain rate lowered"
+            rule,
+            "rate lowered"
         ),
-        (Target::Domain(domain), Change::Raised | Change::Recovered) => tracing::info!(
+        Change::Raised(_) | Change::Recovered => tracing::info!(
             event = "domain_rate_raised",
             domain,
             rate_per_min,
-            recovered,
-            "domain rate raised"
+            recovered = decision.change == Change::Recovered,
+            rule,
+            "rate raised"
         ),
-        (Target::Push, Change::Lowered) => {
-            tracing::info!(
-                event = "push_rate_lowered",
-                rate_per_min,
-                "push rate lowered"
-            )
+        Change::Suspended(until) => tracing::warn!(
+            event = "domain_suspended",
+            domain,
+            for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            rule,
+            "sends suspended"
+        ),
+        Change::Resumed => {
+            tracing::info!(event = "domain_resumed", domain, rule, "suspension over")
         }
-        (Target::Push, Change::Raised | Change::Recovered) => tracing::info!(
-            event = "push_rate_raised",
-            rate_per_min,
-            recovered,
-            "push rate raised"
-        ),
     }
 }
 
@@ -560,14 +500,10 @@ fn quota(per_sec: u32) -> Option<Quota> {
     Some(Quota::per_second(rate).allow_burst(burst))
 }
 
-/// Domains compare without case and without a trailing root dot.
-fn normalize(domain: &str) -> String {
-    domain.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaping::FLOOR_PER_SEC;
 
     #[test]
     fn the_burst_is_a_tenth_of_the_rate_and_at_least_one() {
@@ -602,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn back_off_recovers_to_the_listed_rate_capped_by_the_channel() {
+    fn slowing_recovers_to_the_listed_rate_capped_by_the_channel() {
         let mut rates = RateConfig {
             email_per_sec: 30,
             push_per_sec: 0,
@@ -611,35 +547,25 @@ mod tests {
         rates.per_domain_per_sec.default = 0;
         rates.per_domain_per_sec.domains =
             [("QQ.com".to_string(), 20), ("big.example".into(), 100)].into();
-        let limits = Limits::new(&rates);
-        assert_eq!(limits.ceiling(Target::Domain("qq.com")), 20.0);
-        assert_eq!(limits.ceiling(Target::Domain("big.example")), 30.0);
-        assert_eq!(limits.ceiling(Target::Domain("other.example")), 30.0);
-        assert_eq!(limits.ceiling(Target::Push), UNLIMITED_PUSH_START_PER_SEC);
+        let domain = |name: &str| Key::Domain(name.to_string());
+        let limits = Limits::new(&rates, Rules::default());
+        assert_eq!(limits.ceiling(&domain("qq.com")), 20.0);
+        assert_eq!(limits.ceiling(&domain("big.example")), 30.0);
+        assert_eq!(limits.ceiling(&domain("other.example")), 30.0);
+        assert_eq!(limits.ceiling(&Key::Push), UNLIMITED_PUSH_START_PER_SEC);
         rates.email_per_sec = 0;
-        let limits = Limits::new(&rates);
+        let limits = Limits::new(&rates, Rules::default());
         assert_eq!(
-            limits.ceiling(Target::Domain("other.example")),
+            limits.ceiling(&domain("other.example")),
             UNLIMITED_DOMAIN_START_PER_SEC
         );
-    }
-
-    #[test]
-    fn quiet_periods_are_counted_whole() {
-        let now = Instant::now();
-        let lowered = Override::new(1.0, 20.0, now);
-        let quiet = Duration::from_secs(30);
-        assert_eq!(lowered.due_steps(now, quiet), 0);
-        assert_eq!(lowered.due_steps(now + Duration::from_secs(29), quiet), 0);
-        assert_eq!(lowered.due_steps(now + Duration::from_secs(30), quiet), 1);
-        assert_eq!(lowered.due_steps(now + Duration::from_secs(95), quiet), 3);
     }
 
     #[test]
     fn listed_domains_are_matched_without_case() {
         let mut rates = RateConfig::default();
         rates.per_domain_per_sec.domains = [("QQ.com".to_string(), 0)].into();
-        let limits = Limits::new(&rates);
+        let limits = Limits::new(&rates, Rules::default());
         assert!(matches!(
             limits.listed.get(&normalize("qq.COM.")),
             Some(None)

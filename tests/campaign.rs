@@ -394,7 +394,7 @@ async fn a_domain_at_its_limit_does_not_hold_up_other_domains() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_mid_campaign_finishes_in_flight_batches_and_a_second_worker_delivers_the_rest() {
+async fn sigterm_mid_campaign_hands_unstarted_sends_back_and_a_second_worker_delivers_the_rest() {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
     let rate =
@@ -435,11 +435,7 @@ async fn sigterm_mid_campaign_finishes_in_flight_batches_and_a_second_worker_del
         after_first < 1500,
         "the first worker should not have finished the campaign"
     );
-    assert_eq!(
-        after_first % 50,
-        0,
-        "in-flight batches are finished whole: {after_first}"
-    );
+    // Sends not yet started when SIGTERM came were handed back, held, for the next worker.
 
     env.sunset_async(&["worker", "--exit-when-idle"])
         .await

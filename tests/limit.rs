@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use sunset::Channel;
+use sunset::channel::Outcome;
 use sunset::config::{PerDomainRates, RateConfig};
 use sunset::limit::{Limits, burst_for};
+use sunset::shaping::Rules;
 use tokio_util::sync::CancellationToken;
 
 fn rates(email: u32, push: u32, default: u32, domains: &[(&str, u32)]) -> RateConfig {
@@ -21,6 +23,7 @@ fn rates(email: u32, push: u32, default: u32, domains: &[(&str, u32)]) -> RateCo
                 .map(|&(domain, rate)| (domain.to_string(), rate))
                 .collect::<BTreeMap<_, _>>(),
         },
+        ..RateConfig::default()
     }
 }
 
@@ -49,7 +52,7 @@ fn busiest_second(mut times: Vec<Instant>) -> usize {
 
 #[tokio::test]
 async fn email_sends_stay_within_the_rate_plus_burst_in_every_second() {
-    let limits = Limits::new(&rates(20, 0, 0, &[]));
+    let limits = Limits::new(&rates(20, 0, 0, &[]), Rules::default());
     let started = Instant::now();
 
     let times = acquire_all(&limits, Channel::Email, &["example.com"; 60]).await;
@@ -69,7 +72,7 @@ async fn email_sends_stay_within_the_rate_plus_burst_in_every_second() {
 
 #[tokio::test]
 async fn push_sends_stay_within_their_own_rate() {
-    let limits = Limits::new(&rates(0, 50, 0, &[]));
+    let limits = Limits::new(&rates(0, 50, 0, &[]), Rules::default());
 
     let times = acquire_all(&limits, Channel::Push, &["ignored.example"; 100]).await;
 
@@ -79,7 +82,10 @@ async fn push_sends_stay_within_their_own_rate() {
 
 #[tokio::test]
 async fn a_throttled_listed_domain_does_not_slow_other_domains() {
-    let limits = Limits::new(&rates(1_000, 0, 50, &[("slow.example", 1)]));
+    let limits = Limits::new(
+        &rates(1_000, 0, 50, &[("slow.example", 1)]),
+        Rules::default(),
+    );
     let started = Instant::now();
 
     let (slow, fast) = tokio::join!(
@@ -104,7 +110,7 @@ async fn a_throttled_listed_domain_does_not_slow_other_domains() {
 
 #[tokio::test]
 async fn unlisted_domains_each_have_their_own_budget() {
-    let limits = Limits::new(&rates(0, 0, 2, &[]));
+    let limits = Limits::new(&rates(0, 0, 2, &[]), Rules::default());
     let started = Instant::now();
 
     // Shared, 9 sends at 2/s would take 4 s; one budget per domain, 1 s.
@@ -120,7 +126,7 @@ async fn unlisted_domains_each_have_their_own_budget() {
 
 #[tokio::test]
 async fn listed_domains_match_without_case() {
-    let limits = Limits::new(&rates(0, 0, 0, &[("Slow.Example", 5)]));
+    let limits = Limits::new(&rates(0, 0, 0, &[("Slow.Example", 5)]), Rules::default());
     let started = Instant::now();
 
     acquire_all(&limits, Channel::Email, &["SLOW.example", "slow.example"]).await;
@@ -135,7 +141,7 @@ async fn listed_domains_match_without_case() {
 
 #[tokio::test]
 async fn zero_means_unlimited() {
-    let limits = Limits::new(&rates(0, 0, 0, &[]));
+    let limits = Limits::new(&rates(0, 0, 0, &[]), Rules::default());
     let started = Instant::now();
 
     acquire_all(&limits, Channel::Email, &["example.com"; 10_000]).await;
@@ -151,7 +157,7 @@ async fn zero_means_unlimited() {
 
 #[tokio::test]
 async fn a_listed_domain_at_zero_is_unlimited_whatever_the_default() {
-    let limits = Limits::new(&rates(0, 0, 1, &[("free.example", 0)]));
+    let limits = Limits::new(&rates(0, 0, 1, &[("free.example", 0)]), Rules::default());
     let started = Instant::now();
 
     acquire_all(&limits, Channel::Email, &["free.example"; 1_000]).await;
@@ -165,7 +171,7 @@ async fn a_listed_domain_at_zero_is_unlimited_whatever_the_default() {
 
 #[tokio::test]
 async fn push_ignores_the_domain() {
-    let limits = Limits::new(&rates(0, 0, 1, &[("slow.example", 1)]));
+    let limits = Limits::new(&rates(0, 0, 1, &[("slow.example", 1)]), Rules::default());
     let started = Instant::now();
 
     acquire_all(&limits, Channel::Push, &["slow.example"; 100]).await;
@@ -180,7 +186,7 @@ async fn push_ignores_the_domain() {
 
 #[tokio::test]
 async fn the_pruner_forgets_idle_domains_and_stops_on_shutdown() {
-    let limits = Arc::new(Limits::new(&rates(0, 0, 100, &[])));
+    let limits = Arc::new(Limits::new(&rates(0, 0, 100, &[]), Rules::default()));
     let domains: Vec<String> = (0..50).map(|n| format!("d{n}.example")).collect();
     let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
     acquire_all(&limits, Channel::Email, &domains).await;
@@ -203,7 +209,7 @@ async fn the_pruner_forgets_idle_domains_and_stops_on_shutdown() {
 
 #[tokio::test]
 async fn the_pruner_stops_when_the_limits_are_dropped() {
-    let limits = Arc::new(Limits::new(&rates(0, 0, 100, &[])));
+    let limits = Arc::new(Limits::new(&rates(0, 0, 100, &[]), Rules::default()));
     let pruner = limits.spawn_pruner(Duration::from_millis(10), CancellationToken::new());
 
     drop(limits);
@@ -216,7 +222,10 @@ async fn the_pruner_stops_when_the_limits_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acquiring_works_from_spawned_tasks() {
-    let limits = Arc::new(Limits::new(&rates(100, 100, 50, &[("qq.com", 20)])));
+    let limits = Arc::new(Limits::new(
+        &rates(100, 100, 50, &[("qq.com", 20)]),
+        Rules::default(),
+    ));
 
     let tasks: Vec<_> = ["qq.com", "163.com", "gmail.com"]
         .into_iter()
@@ -251,21 +260,47 @@ fn rate_of(limits: &Limits, domain: &str) -> Option<f64> {
         .map(|(_, per_sec)| per_sec)
 }
 
+fn deferred(text: &str, throttled: bool) -> Outcome {
+    Outcome::Transient {
+        reason: text.into(),
+        retry_after: None,
+        throttled,
+    }
+}
+
+/// One episode of throttle evidence: ten "too fast" replies in a row, past any threshold;
+/// every attempt refused, so the rate halves (the deepest step).
+fn throttle(limits: &Limits, channel: Channel, domain: Option<&str>) {
+    for _ in 0..10 {
+        limits.observed(
+            channel,
+            domain,
+            &deferred("421 4.7.0 Too many messages, slow down", true),
+            Instant::now(),
+        );
+    }
+}
+
+fn shaped(rates: RateConfig, rules: &str) -> Limits {
+    Limits::new(&rates, Rules::parse(rules, "test rules").expect("rules"))
+}
+
 #[tokio::test]
-async fn a_throttled_domain_is_paced_at_half_its_rate_while_others_keep_theirs() {
+async fn a_throttled_domain_is_paced_at_its_lowered_rate_while_others_keep_theirs() {
     // Arrange
-    let limits = Limits::new(&rates(0, 0, 20, &[]));
+    let limits = Limits::new(&rates(0, 0, 20, &[]), Rules::default());
 
     // Act
-    limits.throttled(Channel::Email, Some("Slow.Example."));
+    throttle(&limits, Channel::Email, Some("Slow.Example."));
     let (slow, fast) = tokio::join!(
-        acquire_all(&limits, Channel::Email, &["slow.example"; 21]),
+        // 16 sends at 10/s: done before the first quiet period (2 s) raises the rate.
+        acquire_all(&limits, Channel::Email, &["slow.example"; 16]),
         acquire_all(&limits, Channel::Email, &["fast.example"; 21]),
     );
 
     // Assert
     let (slow, fast) = (measured_rate(slow), measured_rate(fast));
-    eprintln!("21 sends each, default 20/s: throttled {slow:.2}/s, other {fast:.2}/s");
+    eprintln!("default 20/s: throttled {slow:.2}/s, other {fast:.2}/s");
     assert!((9.0..=10.6).contains(&slow), "throttled domain at {slow}/s");
     assert!((18.0..=21.5).contains(&fast), "other domain at {fast}/s");
     assert_eq!(limits.domain_rates(), [("slow.example".to_string(), 10.0)]);
@@ -273,110 +308,92 @@ async fn a_throttled_domain_is_paced_at_half_its_rate_while_others_keep_theirs()
 }
 
 #[tokio::test]
-async fn repeated_throttles_halve_the_rate_down_to_one_a_minute() {
-    // A quiet period of 3 s: signals more than 100 ms apart are separate episodes.
-    let limits = Limits::with_recovery(&rates(0, 0, 50, &[]), Duration::from_secs(3));
-    let mut seen = Vec::new();
+async fn one_too_fast_reply_or_any_number_of_recipient_deferrals_leave_the_pace_alone() {
+    let limits = Limits::new(&rates(0, 0, 20, &[]), Rules::default());
 
-    for _ in 0..14 {
-        limits.throttled(Channel::Email, Some("qq.com"));
-        seen.push(rate_of(&limits, "qq.com").expect("slowed down"));
-        tokio::time::sleep(Duration::from_millis(120)).await;
+    limits.observed(
+        Channel::Email,
+        Some("once.example"),
+        &deferred("421 4.7.0 Too many messages, slow down", true),
+        Instant::now(),
+    );
+    for _ in 0..100 {
+        limits.observed(
+            Channel::Email,
+            Some("greylisting.example"),
+            &deferred("451 4.7.1 Try again later", false),
+            Instant::now(),
+        );
     }
 
-    eprintln!("rates after each throttle: {seen:?}");
-    let mut expected: Vec<f64> = (1..=11).map(|n| 50.0 / f64::from(1 << n)).collect();
-    expected.extend([1.0 / 60.0; 3]);
-    assert_eq!(seen, expected);
-    // At the floor, a second send waits a minute.
-    acquire_all(&limits, Channel::Email, &["qq.com"]).await;
-    let second = tokio::time::timeout(
-        Duration::from_millis(500),
-        limits.acquire(Channel::Email, Some("qq.com")),
-    )
-    .await;
-    assert!(second.is_err(), "a second send within 500 ms at 1/min");
-}
-
-#[tokio::test]
-async fn a_burst_of_throttle_signals_halves_the_rate_once() {
-    // Replies to sends that were in flight at the old rate arrive together: one episode.
-    let limits = Limits::with_recovery(&rates(0, 0, 20, &[]), Duration::from_secs(3));
-
-    for _ in 0..50 {
-        limits.throttled(Channel::Email, Some("163.com"));
-    }
-    let after_burst = rate_of(&limits, "163.com");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    limits.throttled(Channel::Email, Some("163.com"));
-
-    assert_eq!(after_burst, Some(10.0));
-    assert_eq!(rate_of(&limits, "163.com"), Some(5.0));
-}
-
-#[tokio::test]
-async fn a_lowered_rate_doubles_after_each_quiet_period_back_to_the_configured_one() {
-    // Arrange: qq.com listed at 20/s, lowered three times to 2.5/s.
-    let quiet = Duration::from_millis(400);
-    let limits = Limits::with_recovery(&rates(0, 0, 50, &[("qq.com", 20)]), quiet);
-    for _ in 0..3 {
-        limits.throttled(Channel::Email, Some("qq.com"));
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    let quiet_since = Instant::now() - Duration::from_millis(30);
-    assert_eq!(rate_of(&limits, "qq.com"), Some(2.5));
-
-    // Act and assert: one doubling per quiet period, then out of the map.
-    let mut seen = Vec::new();
-    for periods in [0.5, 1.5, 2.5, 3.5] {
-        tokio::time::sleep_until((quiet_since + quiet.mul_f64(periods)).into()).await;
-        seen.push(rate_of(&limits, "qq.com"));
-    }
-    eprintln!("qq.com at 0.5, 1.5, 2.5, 3.5 quiet periods: {seen:?}");
-    assert_eq!(seen, [Some(2.5), Some(5.0), Some(10.0), None]);
     assert!(limits.domain_rates().is_empty());
+}
+
+#[tokio::test]
+async fn a_suspending_rule_holds_the_domain_for_its_duration_and_no_other() {
+    // Arrange
+    let limits = shaped(
+        rates(0, 0, 0, &[]),
+        "[[rule]]\nname = \"pause\"\npattern = \"4\\\\.7\\\\.999\"\nscope = \"domain\"\n\
+         action = \"suspend\"\nduration_secs = 1\n",
+    );
+    limits.observed(
+        Channel::Email,
+        Some("paused.example"),
+        &deferred("451 4.7.999 come back later", false),
+        Instant::now(),
+    );
+    let started = Instant::now();
+
+    // Act
+    let (paused, other) = tokio::join!(
+        acquire_all(&limits, Channel::Email, &["paused.example"]),
+        acquire_all(&limits, Channel::Email, &["other.example"]),
+    );
+
+    // Assert
+    let (paused, other) = (paused[0] - started, other[0] - started);
+    eprintln!("paused.example waited {paused:?}, other.example {other:?}");
+    assert!(paused >= Duration::from_millis(950), "{paused:?}");
+    assert!(other < Duration::from_millis(200), "{other:?}");
+    assert!(limits.domain_rates().is_empty(), "not slowed once resumed");
+}
+
+#[tokio::test]
+async fn a_lowered_rate_recovers_once_the_evidence_stops() {
+    // Arrange: quiet periods of 100 ms; 20/s halved (every attempt refused) to 10/s.
+    let mut config = rates(0, 0, 20, &[]);
+    config.shaping_recover_ms = 100;
+    let limits = Limits::new(&config, Rules::default());
+    throttle(&limits, Channel::Email, Some("qq.com"));
+    assert_eq!(rate_of(&limits, "qq.com"), Some(10.0));
+
+    // Act: wait, with a deadline, for it to leave the map.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = vec![10.0];
+    while let Some(rate) = rate_of(&limits, "qq.com") {
+        if seen.last() != Some(&rate) {
+            seen.push(rate);
+        }
+        assert!(Instant::now() < deadline, "still slowed: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Assert: a raise by a quarter per quiet period, then back at the configured rate.
+    eprintln!("recovery steps (per second): {seen:?}");
+    assert_eq!(seen, [10.0, 12.5, 15.625, 19.53125]);
     let times = acquire_all(&limits, Channel::Email, &["qq.com"; 21]).await;
     let rate = measured_rate(times);
-    eprintln!("qq.com recovered: {rate:.2}/s");
     assert!((18.0..=21.5).contains(&rate), "{rate}/s");
 }
 
 #[tokio::test]
-async fn recovery_from_the_floor_never_goes_above_the_configured_rate() {
-    // Arrange: 20/s lowered to the floor (12 halvings), quiet periods of 150 ms.
-    let limits = Limits::with_recovery(&rates(0, 0, 20, &[]), Duration::from_millis(150));
-    for _ in 0..12 {
-        limits.throttled(Channel::Email, Some("slow.example"));
-        tokio::time::sleep(Duration::from_millis(8)).await;
-    }
-    assert_eq!(rate_of(&limits, "slow.example"), Some(1.0 / 60.0));
-
-    // Act: watch it recover.
-    let mut seen = vec![1.0 / 60.0];
-    let deadline = Instant::now() + Duration::from_secs(4);
-    while let Some(rate) = rate_of(&limits, "slow.example") {
-        if seen.last() != Some(&rate) {
-            seen.push(rate);
-        }
-        assert!(Instant::now() < deadline, "still slowed down: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-
-    // Assert: each step doubles, none reaches 20/s, then the domain leaves the map.
-    eprintln!("recovery steps (per second): {seen:?}");
-    assert_eq!(seen.len(), 11, "{seen:?}");
-    assert!(seen.windows(2).all(|w| w[1] == 2.0 * w[0]), "{seen:?}");
-    assert!(seen.iter().all(|&rate| rate < 20.0), "{seen:?}");
-    assert!(limits.domain_rates().is_empty());
-}
-
-#[tokio::test]
 async fn push_throttling_lowers_the_push_rate_but_not_email() {
-    let limits = Limits::new(&rates(0, 20, 20, &[]));
+    let limits = Limits::new(&rates(0, 20, 20, &[]), Rules::default());
 
-    limits.throttled(Channel::Push, None);
+    throttle(&limits, Channel::Push, None);
     let (push, email) = tokio::join!(
-        acquire_all(&limits, Channel::Push, &["ignored.example"; 21]),
+        acquire_all(&limits, Channel::Push, &["ignored.example"; 16]),
         acquire_all(&limits, Channel::Email, &["example.com"; 21]),
     );
 
@@ -389,17 +406,17 @@ async fn push_throttling_lowers_the_push_rate_but_not_email() {
 }
 
 #[tokio::test]
-async fn back_off_starts_from_the_domain_rate_capped_by_the_channel_or_fifty_if_unlimited() {
-    let unlimited = Limits::new(&rates(0, 0, 0, &[("free.example", 0)]));
-    let capped = Limits::new(&rates(30, 0, 50, &[("qq.com", 20)]));
-    let push_unlimited = Limits::new(&rates(0, 0, 0, &[]));
+async fn slowing_starts_from_the_domain_rate_capped_by_the_channel_or_fifty_if_unlimited() {
+    let unlimited = Limits::new(&rates(0, 0, 0, &[("free.example", 0)]), Rules::default());
+    let capped = Limits::new(&rates(30, 0, 50, &[("qq.com", 20)]), Rules::default());
+    let push_unlimited = Limits::new(&rates(0, 0, 0, &[]), Rules::default());
 
-    unlimited.throttled(Channel::Email, Some("free.example"));
-    unlimited.throttled(Channel::Email, Some("any.example"));
-    capped.throttled(Channel::Email, Some("qq.com"));
-    capped.throttled(Channel::Email, Some("gmail.com"));
-    push_unlimited.throttled(Channel::Push, None);
-    push_unlimited.throttled(Channel::Email, None);
+    throttle(&unlimited, Channel::Email, Some("free.example"));
+    throttle(&unlimited, Channel::Email, Some("any.example"));
+    throttle(&capped, Channel::Email, Some("qq.com"));
+    throttle(&capped, Channel::Email, Some("gmail.com"));
+    throttle(&push_unlimited, Channel::Push, None);
+    throttle(&push_unlimited, Channel::Email, None);
 
     assert_eq!(
         unlimited.domain_rates(),

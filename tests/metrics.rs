@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
 use common::scrape::{self, free_address, until_status};
@@ -13,8 +13,10 @@ use common::tcp_proxy::TcpProxy;
 use common::worker_process::WorkerProcess;
 use common::{TestEnv, audience_csv, campaign_args, sinks_config, unique};
 use sunset::Channel;
+use sunset::channel::Outcome;
 use sunset::config::RateConfig;
 use sunset::limit::Limits;
+use sunset::shaping::Rules;
 
 const UNLIMITED: &str = "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n\"qq.com\" = 20\n";
 
@@ -253,16 +255,16 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
 }
 
 #[test]
-fn domain_rate_gauges_follow_back_off_for_configured_and_throttled_domains_only() {
+fn domain_rate_gauges_and_the_rule_counter_follow_shaping_for_configured_and_slowed_domains_only() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let mut rates = RateConfig {
         email_per_sec: 200,
+        shaping_recover_ms: 20,
         ..RateConfig::default()
     };
     rates.per_domain_per_sec.default = 50;
     rates.per_domain_per_sec.domains = [("qq.com".to_string(), 20)].into();
-    let quiet = Duration::from_millis(20);
     let rate = |domain: &str| {
         scrape::sum(
             &handle.render(),
@@ -270,28 +272,46 @@ fn domain_rate_gauges_follow_back_off_for_configured_and_throttled_domains_only(
             &[("domain", domain)],
         )
     };
+    let too_fast = Outcome::Transient {
+        reason: "421 4.7.0 Too many messages, slow down".into(),
+        retry_after: None,
+        throttled: true,
+    };
 
     metrics::with_local_recorder(&recorder, || {
-        let limits = Limits::with_recovery(&rates, quiet);
+        let limits = Limits::new(&rates, Rules::default());
         assert_eq!((rate("qq.com"), rate("default")), (20.0, 50.0));
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(limits.acquire(Channel::Email, Some("example.org")));
-        limits.throttled(Channel::Email, Some("qq.com"));
-        limits.throttled(Channel::Email, Some("gmail.com"));
+        for domain in ["qq.com", "gmail.com"] {
+            for _ in 0..10 {
+                limits.observed(Channel::Email, Some(domain), &too_fast, Instant::now());
+            }
+        }
         assert_eq!((rate("qq.com"), rate("gmail.com")), (10.0, 25.0));
+        assert_eq!(
+            scrape::sum(
+                &handle.render(),
+                "sunset_shaping_rule_fired_total",
+                &[("rule", "rate-wording")]
+            ),
+            2.0
+        );
         assert!(
             !handle.render().contains("example.org"),
             "a domain that was never slowed down has no series"
         );
-        std::thread::sleep(quiet * 3);
-        limits.prune();
-        assert_eq!(
-            (rate("qq.com"), rate("gmail.com")),
-            (20.0, 50.0),
-            "back at the configured rates once recovered"
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (rate("qq.com"), rate("gmail.com")) != (20.0, 50.0) {
+            assert!(
+                Instant::now() < deadline,
+                "not back at the configured rates"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            limits.prune();
+        }
     });
 }

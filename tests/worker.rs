@@ -15,6 +15,7 @@ use sunset::config::{PerDomainRates, RateConfig};
 use sunset::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
 use sunset::limit::Limits;
 use sunset::render::{TemplateName, Vars};
+use sunset::shaping::Rules;
 use sunset::worker::{
     Books, BreakerPolicy, Breakers, DeadLetterKind, Deps, Owed, RetryPolicy, Verdict, process_batch,
 };
@@ -78,8 +79,9 @@ fn unlimited() -> Arc<Limits> {
             default: 0,
             domains: Default::default(),
         },
+        ..RateConfig::default()
     };
-    Arc::new(Limits::new(&rates))
+    Arc::new(Limits::new(&rates, Rules::default()))
 }
 
 fn policy() -> RetryPolicy {
@@ -732,7 +734,11 @@ async fn an_unreachable_relay_holds_email_at_the_same_attempt_and_push_still_goe
     assert_eq!(held.channels, [Channel::Email]);
     assert_eq!(deps.push.sent().len(), 8, "push still goes");
     let email = verdict.report.counts.get(&Channel::Email);
-    assert_eq!(email.map_or(0, |c| c.dead + c.unknown), 0, "nothing given up");
+    assert_eq!(
+        email.map_or(0, |c| c.dead + c.unknown),
+        0,
+        "nothing given up"
+    );
     let open = breakers.open();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].channel, Channel::Email);
@@ -766,5 +772,9 @@ async fn with_the_breaker_off_an_unreachable_relay_spends_attempts() {
     assert_eq!(retries.len(), 1, "{verdict:?}");
     assert_eq!(retries[0].2, 2, "the next attempt");
     let email = verdict.report.counts.get(&Channel::Email);
-    assert_eq!(email.map_or(0, |c| c.delivered + c.dead), 0, "pending, retried");
+    assert_eq!(
+        email.map_or(0, |c| c.delivered + c.dead),
+        0,
+        "pending, retried"
+    );
 }

@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
 
 use futures::future::join_all;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Recipient, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
@@ -103,6 +104,9 @@ pub struct Verdict {
 /// The reason recorded for sends not made because the batch's deadline passed.
 pub const DEADLINE: &str = "deadline";
 
+/// The reason of pairs handed back, untried, because the worker is stopping.
+pub const STOPPING: &str = "worker is shutting down";
+
 /// What `process_batch` needs: templates, senders, limits and the bound on sends in flight.
 pub struct Deps<E, P> {
     /// Renderers by template, loaded on first use from `templates_dir`.
@@ -125,6 +129,10 @@ pub struct Deps<E, P> {
     books: Option<Arc<dyn Books>>,
     /// Whether each channel's transport answers.
     breakers: Arc<Breakers>,
+    /// Cancelled on shutdown: sends not yet started are handed back, untried.
+    stopping: CancellationToken,
+    /// How long the daemon waits for sends in flight once `stopping` is cancelled.
+    drain_bound: Option<Duration>,
 }
 
 impl<E: Sender, P: Sender> Deps<E, P> {
@@ -150,7 +158,23 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             ledger: None,
             books: None,
             breakers: Arc::new(Breakers::new(BreakerPolicy::default())),
+            stopping: CancellationToken::new(),
+            drain_bound: None,
         }
+    }
+
+    /// The same, stopping on `stopping`: from then on no send starts — a send waiting for the
+    /// rate limits or a slot hands its pair back (held, to a delay queue at the same attempt)
+    /// — and the daemon waits at most `bound` for the sends in flight.
+    pub fn with_shutdown(mut self, stopping: CancellationToken, bound: Duration) -> Deps<E, P> {
+        self.stopping = stopping;
+        self.drain_bound = Some(bound);
+        self
+    }
+
+    /// How long to wait for sends in flight after shutdown; `None` = until they are done.
+    pub fn drain_bound(&self) -> Option<Duration> {
+        self.drain_bound
     }
 
     /// The same, with `breakers` (shared with `/readyz`) deciding when a channel is held.
@@ -249,11 +273,11 @@ impl<E: Sender, P: Sender> Deps<E, P> {
     }
 
     /// Holds the send while the channel's breaker is open (unless it is the probe); waits for
-    /// the rate limits and a send slot; then, immediately before sending, checks the campaign's
-    /// state (at most a second old), the deadline and the claim's lease; sends, and records the
-    /// outcome before giving back the slot.
-    /// The notice is rendered (by `render`) only once the send may go, so a batch holds the
-    /// notices of the sends in flight, not one per recipient.
+    /// the rate limits and a send slot — or hands the pair back, untried, once the worker is
+    /// stopping; then, immediately before sending, checks the campaign's state (at most a
+    /// second old), the deadline and the claim's lease; sends, and records the outcome before
+    /// giving back the slot. The notice is rendered (by `render`) only once the send may go,
+    /// so a batch holds the notices of the sends in flight, not one per recipient.
     async fn send(
         &self,
         channel: Channel,
@@ -282,10 +306,21 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         };
         let domain = recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
-        self.limits.acquire(channel, domain).await;
-        events::rate_limit_waited(channel, waiting.elapsed());
-        let Ok(_permit) = self.sends.acquire().await else {
-            return Sent::Outcome(Outcome::transient("worker is shutting down"));
+        // Whatever a domain's pace, a send still waiting when the worker stops never starts.
+        // The pace judges a send by when the limits let it go, not when a slot freed up.
+        let permit = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => None,
+            permit = async {
+                self.limits.acquire(channel, domain).await;
+                let paced = Instant::now();
+                events::rate_limit_waited(channel, paced - waiting);
+                self.sends.acquire().await.ok().map(|permit| (permit, paced))
+            } => permit,
+        };
+        let Some((_permit, paced)) = permit.filter(|_| !self.stopping.is_cancelled()) else {
+            self.note(claims, entry(Mark::Held, None)).await;
+            return Sent::Held(STOPPING.into());
         };
         // Boxed once a slot is had: a batch has a send waiting per recipient × channel, each
         // as small as the waits above; the rest (ledger, rendering, transport) is kilobytes,
@@ -349,12 +384,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
                 }
                 outcome => outcome,
             };
-            if let Outcome::Transient {
-                throttled: true, ..
-            } = outcome
-            {
-                self.limits.throttled(channel, domain);
-            }
+            self.limits.observed(channel, domain, &outcome, paced);
             let (mark, error) = match &outcome {
                 Outcome::Delivered => (Mark::Delivered, None),
                 Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
@@ -405,7 +435,8 @@ enum Sent {
     Outcome(Outcome),
     /// It could not be sent (no notice, deadline passed).
     Unsendable(Unsendable),
-    /// Not tried: the campaign was paused or the ledger went away meanwhile; try later.
+    /// Not tried: the campaign was paused, the ledger went away meanwhile, or the worker is
+    /// stopping; try later.
     Held(String),
     /// Not tried: the campaign was cancelled.
     Cancelled,

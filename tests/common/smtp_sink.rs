@@ -52,9 +52,40 @@ struct Shared {
     messages: Mutex<Vec<Received>>,
     /// By lower-case address.
     rules: Mutex<HashMap<String, Rule>>,
+    /// Refusals given, with the address and when.
+    refusals: Mutex<Vec<(String, Instant)>>,
+    /// A relay-wide limit: recipients above it are refused.
+    bucket: Mutex<Option<Bucket>>,
     /// `EHLO`/`HELO` commands seen: one per SMTP session (two with STARTTLS, which the sink
     /// does not offer).
     sessions: AtomicUsize,
+}
+
+/// A token bucket of recipients per second: a relay that takes so many and refuses the rest.
+#[derive(Debug)]
+struct Bucket {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    code: u16,
+    text: String,
+}
+
+impl Bucket {
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A running SMTP server on 127.0.0.1; it accepts everything unless told otherwise and runs
@@ -121,6 +152,25 @@ impl SmtpSink {
     /// Refuses `address` the next `times` times, then accepts it again.
     pub fn reject_times(&self, address: &str, code: u16, text: &str, times: usize) {
         self.add_rule(address, code, text, Some(times));
+    }
+
+    /// Behaves like a relay that takes `per_sec` recipients a second (a token bucket with a
+    /// burst of a tenth of that) and answers `code text` to every recipient above it.
+    pub fn throttle_above(&self, per_sec: f64, code: u16, text: &str) {
+        let burst = (per_sec / 10.0).max(1.0);
+        *lock(&self.shared.bucket) = Some(Bucket {
+            per_sec,
+            burst,
+            tokens: burst,
+            refilled: Instant::now(),
+            code,
+            text: text.to_string(),
+        });
+    }
+
+    /// The refusals given so far: address and when.
+    pub fn refusals(&self) -> Vec<(String, Instant)> {
+        lock(&self.shared.refusals).clone()
     }
 
     /// Accepts `address` again.
@@ -228,6 +278,15 @@ impl Handler for Session {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
+        let refused = |response: Response| {
+            lock(&self.shared.refusals).push((to.to_string(), Instant::now()));
+            response
+        };
+        if let Some(bucket) = lock(&self.shared.bucket).as_mut()
+            && !bucket.take()
+        {
+            return refused(Response::custom(bucket.code, bucket.text.clone()));
+        }
         let mut rules = lock(&self.shared.rules);
         let key = to.to_ascii_lowercase();
         let Some(rule) = rules.get_mut(&key) else {
@@ -241,7 +300,7 @@ impl Handler for Session {
             Some(n) => *n -= 1,
             None => {}
         }
-        reply
+        refused(reply)
     }
 
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {

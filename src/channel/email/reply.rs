@@ -64,9 +64,11 @@ fn code_text(code: Option<u16>) -> String {
 }
 
 /// Whether a 4xx reply asks us to send more slowly: 421, 451 or 452 with rate wording
-/// ([`RATE_WORDING`], or a NetEase rate code). Greylisting, full mailboxes, storage and size
-/// limits and "too many recipients" (per message, not per second) are not throttling, and
-/// neither is a bare "421 service not available, closing transmission channel".
+/// ([`RATE_WORDING`], or a NetEase rate code), or a 421 (the relay closes the connection) that
+/// says "try again later". A 451 "try again later" is one recipient's deferral (greylisting,
+/// a busy mailbox): retried, it says nothing about our pace. Greylisting, full mailboxes,
+/// storage and size limits and "too many recipients" (per message, not per second) are not
+/// throttling, and neither is a bare "421 service not available, closing transmission channel".
 fn throttling(code: u16, text: &str) -> bool {
     if !matches!(code, 421 | 451 | 452) {
         return false;
@@ -88,8 +90,9 @@ fn throttling(code: u16, text: &str) -> bool {
             window[..last] == phrase[..last] && window[last].starts_with(phrase[last])
         })
     };
+    let connection_wording = code == 421 && CONNECTION_WORDING.iter().any(|phrase| has(phrase));
     !NOT_RATE_WORDING.iter().any(|phrase| has(phrase))
-        && RATE_WORDING.iter().any(|phrase| has(phrase))
+        && (connection_wording || RATE_WORDING.iter().any(|phrase| has(phrase)))
 }
 
 /// Wording of a reply that says we send too fast, as lower-case words; the last word matches
@@ -98,8 +101,7 @@ const RATE_WORDING: &[&str] = &[
     "too many",
     "too fast",
     "slow down",
-    "try again later",
-    "try later",
+    "server busy",
     "rate",
     "throttl",
     "limit",
@@ -107,6 +109,9 @@ const RATE_WORDING: &[&str] = &[
     "frequency",
     "volume",
 ];
+
+/// Wording that, in a 421 (a refusal of the whole connection), asks us to come back later.
+const CONNECTION_WORDING: &[&str] = &["try again later", "try later"];
 
 /// Wording that makes a reply about something other than our pace, even with rate wording:
 /// greylisting ("try again later" is its usual text), the recipient's mailbox, sizes.
@@ -227,6 +232,8 @@ mod tests {
                 "4.3.0 Service not available, closing transmission channel",
             ),
             (421, "4.4.2 Connection dropped due to timeout"),
+            (451, "4.7.1 Try again later"),
+            (451, "4.3.0 Temporary deferral, please try later"),
             (451, "4.7.1 Greylisted, please try again in 120 seconds"),
             (451, "4.7.1 Greylisting in action, please try again later"),
             (
