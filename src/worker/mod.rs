@@ -490,7 +490,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
     already: &HashSet<(UserId, Channel)>,
     deps: &Deps<E, P>,
 ) -> Verdict {
-    let plan = plan(
+    let mut plan = plan(
         batch,
         already,
         deps.renderer(&batch.template),
@@ -510,7 +510,10 @@ pub async fn process_batch<E: Sender, P: Sender>(
             .delivered
             .push((batch.recipients[index].user_id.clone(), channel));
     }
-    let claims = match deps.admit(batch, &plan.pairs).await {
+    // The pairs as the ledger claims them are needed for the claim only (or to record a
+    // cancelled campaign): a batch's sends do not hold them.
+    let pairs = std::mem::take(&mut plan.pairs);
+    let claims = match deps.admit(batch, &pairs).await {
         Admit::Go(claims) => claims,
         Admit::Hold(reason) => {
             tracing::info!(%reason, "batch held back");
@@ -531,7 +534,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 books,
                 token: claims.token,
             });
-            let cancelled = plan.todo.iter().zip(&plan.pairs).filter(|(_, pair)| {
+            let cancelled = plan.todo.iter().zip(&pairs).filter(|(_, pair)| {
                 let key = (pair.user_id.clone(), pair.channel);
                 !claims.delivered.contains(&key)
                     && !claims.held.contains(&key)
@@ -552,6 +555,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
             return verdict;
         }
     };
+    drop(pairs);
     let _finished = match (&deps.books, &claims) {
         (Some(books), Some(claims)) => Some(Finished {
             books: books.as_ref(),
