@@ -2,7 +2,8 @@
 # Peak RSS of one `sunset worker` (docs/benchmarks.md): `batches` drains 4 × 10,000-recipient
 # batches (email and push to the file outboxes) with prefetch 4; `oversized` drains four 50 MB
 # bodies that are not batches. Needs RabbitMQ on 127.0.0.1:5672, /usr/bin/time, amqp-publish
-# (amqp-tools). SUNSET_BIN picks the binary (default: a release build of this tree).
+# (amqp-tools). SUNSET_BIN picks the binary (default: a release build of this tree), PREFETCH the
+# prefetch (default 4).
 # Usage: scripts/worker-rss.sh batches|oversized
 set -euo pipefail
 scenario="${1:?batches or oversized}"
@@ -13,6 +14,7 @@ if [ -z "${SUNSET_BIN:-}" ]; then
 fi
 work="$(mktemp -d)"
 queue="sunset.rss.$RANDOM$RANDOM"
+prefetch="${PREFETCH:-4}"
 cleanup() {
   for q in "$queue" "$queue.dlq" "$queue.retry.1"; do
     rabbitmqctl -q delete_queue "$q" > /dev/null 2>&1 || true
@@ -25,7 +27,7 @@ ln -s "$root/templates" templates
 cat > sunset.toml <<TOML
 [broker]
 queue = "$queue"
-prefetch = 4
+prefetch = $prefetch
 [worker]
 retry_delays_ms = [1000]
 [templates]
@@ -51,7 +53,7 @@ case "$scenario" in
     } > audience.csv
     "$SUNSET_BIN" enqueue --campaign-id "rss-$RANDOM" --template xiami-shutdown \
       --audience audience.csv --channels email,push --batch-size 10000 > /dev/null 2>&1
-    label="4 x 10,000-recipient batches, prefetch 4"
+    label="4 x 10,000-recipient batches, prefetch $prefetch"
     ;;
   oversized)
     "$SUNSET_BIN" topology > /dev/null 2>&1
@@ -59,7 +61,7 @@ case "$scenario" in
     for _ in 1 2 3 4; do
       amqp-publish -u "amqp://guest:guest@127.0.0.1:5672/%2f" -r "$queue" -p < body
     done
-    label="four 50 MB bodies that are not batches, prefetch 4"
+    label="four 50 MB bodies that are not batches, prefetch $prefetch"
     ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac

@@ -172,14 +172,17 @@ impl Broker {
         check_url(&config.url).map_err(BrokerError::Config)?;
         let tls = tls::config(config).map_err(BrokerError::Config)?;
         // A URL that does not parse is left for lapin to report.
-        let uri = config.url.parse::<AMQPUri>().ok();
+        let uri = parse_url(&config.url);
         if let Some(uri) = &uri {
             reach::reach(uri, &tls).await?;
         }
-        let connector = DefaultConnectionBuilder::new()?
-            .with_uri_str(config.url.clone())
-            .with_properties(properties)
-            .with_tls_config(tls);
+        let connector = DefaultConnectionBuilder::new()?;
+        let connector = match &uri {
+            Some(uri) => connector.with_uri(uri.clone()),
+            None => connector.with_uri_str(config.url.clone()),
+        }
+        .with_properties(properties)
+        .with_tls_config(tls);
         let connection =
             match tokio::time::timeout(reach::CONNECT_TIMEOUT, connector.connect()).await {
                 Ok(Ok(connection)) => connection,
@@ -415,6 +418,18 @@ impl Broker {
     }
 }
 
+/// The largest AMQP frame a connection asks for unless `broker.url` sets `frame_max`. lapin
+/// keeps 32 frames of buffer each way per connection: at RabbitMQ's default of 128 KiB a frame
+/// that is 8 MiB a worker touches once batches flow, at 16 KiB it is 1 MiB.
+const FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` parsed, with [`FRAME_MAX`] unless it sets `frame_max`.
+fn parse_url(url: &str) -> Option<AMQPUri> {
+    let mut uri = url.parse::<AMQPUri>().ok()?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Some(uri)
+}
+
 /// How much of a body over `broker.max_message_bytes` its dead letter keeps: enough to see
 /// what it was, not another copy of what was too large.
 pub const KEPT_OF_OVERSIZED: usize = 64 * 1024;
@@ -462,6 +477,17 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_are_16_kib_unless_the_url_says() {
+        let frame_max = |url: &str| parse_url(url).and_then(|uri| uri.query.frame_max);
+        assert_eq!(frame_max("amqp://127.0.0.1:5672/%2f"), Some(16 * 1024));
+        assert_eq!(
+            frame_max("amqp://127.0.0.1:5672/%2f?frame_max=131072"),
+            Some(131_072)
+        );
+        assert_eq!(frame_max("http://127.0.0.1"), None, "not an AMQP URL");
+    }
 
     #[test]
     fn passwords_never_show_in_urls() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, FixedOffset, Utc};
 
 use futures::future::join_all;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Recipient, UserId};
@@ -22,12 +22,13 @@ use crate::render::{BatchCache, Notice, Renderer, TemplateError, TemplateName};
 
 mod books;
 mod breaker;
+mod lanes;
 mod owed;
 mod plan;
 
 pub use books::Books;
-use breaker::Gate;
 pub use breaker::{BreakerPolicy, Breakers, OpenBreaker};
+use breaker::{Gate, Probe};
 pub use owed::{DeadLetterKind, Owed, RetryPolicy};
 use owed::{Failed, Fate, failure, held_back, hold, owed, rejected};
 use plan::{Item, Plan, Unsendable, plan};
@@ -121,6 +122,8 @@ pub struct Deps<E, P> {
     pub limits: Arc<Limits>,
     /// `worker.concurrency`: sends in flight in this process, across batches.
     sends: Semaphore,
+    /// The same bound, for a batch's own sends.
+    concurrency: usize,
     /// Attempts and delays.
     pub retry: RetryPolicy,
     /// The delivery ledger; `None` sends without one (`ledger.url = ""`).
@@ -154,6 +157,7 @@ impl<E: Sender, P: Sender> Deps<E, P> {
             push,
             limits,
             sends: Semaphore::new(concurrency.max(1)),
+            concurrency: concurrency.max(1),
             retry,
             ledger: None,
             books: None,
@@ -274,37 +278,17 @@ impl<E: Sender, P: Sender> Deps<E, P> {
 
     /// Holds the send while the channel's breaker is open (unless it is the probe); waits for
     /// the rate limits and a send slot — or hands the pair back, untried, once the worker is
-    /// stopping; then, immediately before sending, checks the campaign's state (at most a
-    /// second old), the deadline and the claim's lease; sends, and records the outcome before
-    /// giving back the slot. The notice is rendered (by `render`) only once the send may go,
-    /// so a batch holds the notices of the sends in flight, not one per recipient.
-    async fn send(
-        &self,
-        channel: Channel,
-        (recipient, locale): (&Recipient, &str),
-        render: impl FnOnce() -> Result<Notice, Unsendable>,
-        batch: &Batch,
-        claims: Option<&Claims>,
-    ) -> Sent {
-        let entry = |mark: Mark, error: Option<String>| Entry {
-            campaign: batch.campaign_id.clone(),
-            pair: Pair {
-                user_id: recipient.user_id.clone(),
-                channel,
-                locale: locale.to_string(),
-            },
-            mark,
-            error,
-        };
+    /// stopping.
+    async fn wait(&self, channel: Channel, domain: Option<&str>) -> Waited<'_> {
         let probe = match self.breakers.gate(channel) {
             Gate::Go(probe) => probe,
             Gate::Hold(reason) => {
-                self.note(claims, entry(Mark::Held, Some(reason.clone())))
-                    .await;
-                return Sent::Held(reason);
+                return Waited::Held {
+                    error: Some(reason.clone()),
+                    reason,
+                };
             }
         };
-        let domain = recipient.email.as_ref().map(|e| e.domain());
         let waiting = Instant::now();
         // Whatever a domain's pace, a send still waiting when the worker stops never starts.
         // The pace judges a send by when the limits let it go, not when a slot freed up.
@@ -318,90 +302,125 @@ impl<E: Sender, P: Sender> Deps<E, P> {
                 self.sends.acquire().await.ok().map(|permit| (permit, paced))
             } => permit,
         };
-        let Some((_permit, paced)) = permit.filter(|_| !self.stopping.is_cancelled()) else {
-            self.note(claims, entry(Mark::Held, None)).await;
-            return Sent::Held(STOPPING.into());
+        match permit.filter(|_| !self.stopping.is_cancelled()) {
+            Some((permit, paced)) => Waited::Go {
+                probe,
+                permit,
+                paced,
+            },
+            None => Waited::Held {
+                error: None,
+                reason: STOPPING.into(),
+            },
+        }
+    }
+
+    /// Sends a pair that `waited`: immediately before sending, checks the campaign's state (at
+    /// most a second old), the deadline and the claim's lease; sends, and records the outcome
+    /// before giving back the slot. The notice is rendered (by `render`) only now, so a batch
+    /// holds the notices of the sends in flight, not one per recipient.
+    async fn send(
+        &self,
+        channel: Channel,
+        (recipient, locale): (&Recipient, &str),
+        render: impl FnOnce() -> Result<Notice, Unsendable>,
+        batch: &Batch,
+        claims: Option<&Claims>,
+        waited: Waited<'_>,
+    ) -> Sent {
+        let entry = |mark: Mark, error: Option<String>| Entry {
+            campaign: batch.campaign_id.clone(),
+            pair: Pair {
+                user_id: recipient.user_id.clone(),
+                channel,
+                locale: locale.to_string(),
+            },
+            mark,
+            error,
         };
-        // Boxed once a slot is had: a batch has a send waiting per recipient × channel, each
-        // as small as the waits above; the rest (ledger, rendering, transport) is kilobytes,
-        // held only by the sends in flight.
-        Box::pin(async move {
-            let _probe = probe;
-            if let (Some(books), Some(claims)) = (&self.books, claims) {
-                match books
-                    .state(&batch.campaign_id, batch.template.as_str())
-                    .await
-                {
-                    Ok(CampaignState::Running) => {}
-                    Ok(CampaignState::Paused) => {
-                        self.note(claims.into(), entry(Mark::Held, None)).await;
-                        return Sent::Held("campaign paused".into());
-                    }
-                    Ok(CampaignState::Cancelled) => {
-                        self.note(claims.into(), entry(Mark::Cancelled, None)).await;
-                        return Sent::Cancelled;
-                    }
-                    // The row stays claimed; the next claim takes it back once this batch is done.
-                    Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
-                }
-                if !books.may_send(claims) {
-                    return Sent::Held(
-                        "this worker's lease is not current or outcomes wait for the ledger".into(),
-                    );
-                }
+        let (_probe, _permit, paced) = match waited {
+            Waited::Go {
+                probe,
+                permit,
+                paced,
+            } => (probe, permit, paced),
+            Waited::Held { error, reason } => {
+                self.note(claims, entry(Mark::Held, error)).await;
+                return Sent::Held(reason);
             }
-            if passed(batch.deadline) {
-                self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
+        };
+        let domain = recipient.email.as_ref().map(|e| e.domain());
+        if let (Some(books), Some(claims)) = (&self.books, claims) {
+            match books
+                .state(&batch.campaign_id, batch.template.as_str())
+                .await
+            {
+                Ok(CampaignState::Running) => {}
+                Ok(CampaignState::Paused) => {
+                    self.note(claims.into(), entry(Mark::Held, None)).await;
+                    return Sent::Held("campaign paused".into());
+                }
+                Ok(CampaignState::Cancelled) => {
+                    self.note(claims.into(), entry(Mark::Cancelled, None)).await;
+                    return Sent::Cancelled;
+                }
+                // The row stays claimed; the next claim takes it back once this batch is done.
+                Err(e) => return Sent::Held(format!("ledger unavailable: {e}")),
+            }
+            if !books.may_send(claims) {
+                return Sent::Held(
+                    "this worker's lease is not current or outcomes wait for the ledger".into(),
+                );
+            }
+        }
+        if passed(batch.deadline) {
+            self.note(claims, entry(Mark::Dead, Some(DEADLINE.into())))
+                .await;
+            return Sent::Unsendable(Unsendable::Deadline);
+        }
+        let notice = match render() {
+            Ok(notice) => notice,
+            Err(unsendable) => {
+                self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
                     .await;
-                return Sent::Unsendable(Unsendable::Deadline);
+                return Sent::Unsendable(unsendable);
             }
-            let notice = match render() {
-                Ok(notice) => notice,
-                Err(unsendable) => {
-                    self.note(claims, entry(Mark::Dead, Some(unsendable.to_string())))
-                        .await;
-                    return Sent::Unsendable(unsendable);
-                }
-            };
-            let delivery = Delivery {
-                campaign_id: &batch.campaign_id,
-                recipient,
-                notice: &notice,
-            };
-            let _in_flight = events::InFlight::begin();
-            let sending = Instant::now();
-            let outcome = match channel {
-                Channel::Email => self.email.send(delivery).await,
-                Channel::Push => self.push.send(delivery).await,
-            };
-            events::send_took(channel, sending.elapsed());
-            self.breakers.record(channel, &outcome);
-            // With the breaker off, a transport that does not answer fails sends like any other
-            // transient error: they spend attempts, and each is logged.
-            let outcome = match outcome {
-                Outcome::Unreachable { reason } if self.breakers.off() => {
-                    Outcome::transient(reason)
-                }
-                outcome => outcome,
-            };
-            self.limits.observed(channel, domain, &outcome, paced);
-            let (mark, error) = match &outcome {
-                Outcome::Delivered => (Mark::Delivered, None),
-                Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
-                Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
-                // Nothing was handed over, and the recipient is not at fault: no attempt is spent.
-                Outcome::Unreachable { reason } => (Mark::Held, Some(reason.clone())),
-                // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
-                // second copy. Email has no such key: an unknown email is not sent again unless asked.
-                Outcome::Unknown { reason } if channel == Channel::Push => {
-                    (Mark::Failed, Some(reason.clone()))
-                }
-                Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
-            };
-            self.note(claims, entry(mark, error)).await;
-            Sent::Outcome(outcome)
-        })
-        .await
+        };
+        let delivery = Delivery {
+            campaign_id: &batch.campaign_id,
+            recipient,
+            notice: &notice,
+        };
+        let _in_flight = events::InFlight::begin();
+        let sending = Instant::now();
+        let outcome = match channel {
+            Channel::Email => self.email.send(delivery).await,
+            Channel::Push => self.push.send(delivery).await,
+        };
+        events::send_took(channel, sending.elapsed());
+        self.breakers.record(channel, &outcome);
+        // With the breaker off, a transport that does not answer fails sends like any other
+        // transient error: they spend attempts, and each is logged.
+        let outcome = match outcome {
+            Outcome::Unreachable { reason } if self.breakers.off() => Outcome::transient(reason),
+            outcome => outcome,
+        };
+        self.limits.observed(channel, domain, &outcome, paced);
+        let (mark, error) = match &outcome {
+            Outcome::Delivered => (Mark::Delivered, None),
+            Outcome::Transient { reason, .. } => (Mark::Failed, Some(reason.clone())),
+            Outcome::Permanent { reason } => (Mark::Dead, Some(reason.clone())),
+            // Nothing was handed over, and the recipient is not at fault: no attempt is spent.
+            Outcome::Unreachable { reason } => (Mark::Held, Some(reason.clone())),
+            // Push may be retried: the Idempotency-Key lets a gateway that honours it drop the
+            // second copy. Email has no such key: an unknown email is not sent again unless asked.
+            Outcome::Unknown { reason } if channel == Channel::Push => {
+                (Mark::Failed, Some(reason.clone()))
+            }
+            Outcome::Unknown { reason } => (Mark::Unknown, Some(reason.clone())),
+        };
+        self.note(claims, entry(mark, error)).await;
+        Sent::Outcome(outcome)
     }
 }
 
@@ -427,6 +446,21 @@ enum Admit {
     Cancelled(Claims),
     /// The ledger refused the batch for a reason waiting will not fix: dead-lettered.
     Refused(String),
+}
+
+/// What a send's wait gave.
+enum Waited<'a> {
+    /// The send may go: its slot, the breaker's probe if it is one, and when the limits let it.
+    Go {
+        probe: Option<Probe<'a>>,
+        permit: SemaphorePermit<'a>,
+        paced: Instant,
+    },
+    /// Not tried: the breaker is open (`error` names why) or the worker is stopping.
+    Held {
+        error: Option<String>,
+        reason: String,
+    },
 }
 
 /// What became of one recipient × channel.
@@ -456,7 +490,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
     already: &HashSet<(UserId, Channel)>,
     deps: &Deps<E, P>,
 ) -> Verdict {
-    let plan = plan(
+    let mut plan = plan(
         batch,
         already,
         deps.renderer(&batch.template),
@@ -476,7 +510,10 @@ pub async fn process_batch<E: Sender, P: Sender>(
             .delivered
             .push((batch.recipients[index].user_id.clone(), channel));
     }
-    let claims = match deps.admit(batch, &plan.pairs).await {
+    // The pairs as the ledger claims them are needed for the claim only (or to record a
+    // cancelled campaign): a batch's sends do not hold them.
+    let pairs = std::mem::take(&mut plan.pairs);
+    let claims = match deps.admit(batch, &pairs).await {
         Admit::Go(claims) => claims,
         Admit::Hold(reason) => {
             tracing::info!(%reason, "batch held back");
@@ -497,7 +534,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
                 books,
                 token: claims.token,
             });
-            let cancelled = plan.todo.iter().zip(&plan.pairs).filter(|(_, pair)| {
+            let cancelled = plan.todo.iter().zip(&pairs).filter(|(_, pair)| {
                 let key = (pair.user_id.clone(), pair.channel);
                 !claims.delivered.contains(&key)
                     && !claims.held.contains(&key)
@@ -518,6 +555,7 @@ pub async fn process_batch<E: Sender, P: Sender>(
             return verdict;
         }
     };
+    drop(pairs);
     let _finished = match (&deps.books, &claims) {
         (Some(books), Some(claims)) => Some(Finished {
             books: books.as_ref(),
@@ -540,10 +578,9 @@ async fn send_all<E: Sender, P: Sender>(
 ) -> (Vec<(Item, Sent)>, Vec<crate::batch::Failure>) {
     // The parts every recipient of a locale shares, rendered once for the batch.
     let alike = Mutex::new(BatchCache::default());
-    let mut sends = Vec::with_capacity(plan.todo.len());
+    let mut todo = Vec::with_capacity(plan.todo.len());
     let mut held = Vec::new();
     let contested = claims.is_some_and(|c| !c.all_ours());
-    let alike = &alike;
     for &(index, channel) in &plan.todo {
         let recipient: &Recipient = &batch.recipients[index];
         if let (true, Some(claims)) = (contested, claims) {
@@ -562,9 +599,25 @@ async fn send_all<E: Sender, P: Sender>(
                 continue;
             }
         }
-        sends.push(async move {
-            let sent = match &plan.renderer {
-                Ok(renderer) => {
+        todo.push((index, channel));
+    }
+    let alike = &alike;
+    let lanes = lanes::lanes(batch, todo);
+    let sent = lanes::drive(
+        lanes,
+        deps.concurrency,
+        // An unrenderable batch waits for nothing: each pair is recorded dead straight away.
+        |(index, channel)| async move {
+            let domain = batch.recipients[index].email.as_ref().map(|e| e.domain());
+            match &plan.renderer {
+                Ok(renderer) => Ok((renderer, deps.wait(channel, domain).await)),
+                Err(unsendable) => Err(unsendable),
+            }
+        },
+        |(index, channel), waited| async move {
+            let recipient: &Recipient = &batch.recipients[index];
+            let sent = match waited {
+                Ok((renderer, waited)) => {
                     let render = || {
                         let mut alike = alike.lock().unwrap_or_else(PoisonError::into_inner);
                         renderer
@@ -572,7 +625,7 @@ async fn send_all<E: Sender, P: Sender>(
                             .map_err(|e| Unsendable::Render(e.to_string()))
                     };
                     let to = (recipient, plan.locale(index));
-                    deps.send(channel, to, render, batch, claims).await
+                    deps.send(channel, to, render, batch, claims, waited).await
                 }
                 Err(unsendable) => {
                     let entry = Entry {
@@ -590,9 +643,10 @@ async fn send_all<E: Sender, P: Sender>(
                 }
             };
             ((index, channel), sent)
-        });
-    }
-    (join_all(sends).await, held)
+        },
+    )
+    .await;
+    (sent, held)
 }
 
 /// The pure decision (with the ledger told which failed pairs are given up): counts, delivered
