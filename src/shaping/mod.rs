@@ -22,7 +22,7 @@ pub const DEFAULT_STEP: f64 = 0.7;
 pub const DEEPEST_STEP: f64 = 0.5;
 
 /// How long a rate runs before it is judged on what the domain accepted at it, and the least
-/// time between two lowerings: just after a change, the replies answer sends paced by the old
+/// time from a lowering or a raise to the next lowering: just after a change, the replies answer sends paced by the old
 /// rate and meet a provider's bucket emptied by it, so they say little about the new rate;
 /// half a second outlasts them on a loaded machine and bounds what a too-high rate costs.
 pub const HOLD_OFF: Duration = Duration::from_millis(500);
@@ -35,7 +35,7 @@ pub const BACKOFF: f64 = 0.9;
 /// Each quiet period (`rate.shaping_recover_ms`) near a recent lowering adds this share of the
 /// rate the domain was lowered to: a linear probe back up to the provider's limit, so the rate
 /// settles just under it instead of overshooting by a growing factor.
-pub const PROBE: f64 = 0.2;
+pub const PROBE: f64 = 0.1;
 
 /// Each quiet period once a whole window has passed without evidence multiplies the rate by
 /// this instead: the limit found earlier no longer holds, and even the floor is back at 50/s
@@ -149,10 +149,8 @@ struct State {
     seen: VecDeque<(Instant, bool)>,
     /// The last throttle evidence.
     last_evidence: Option<Instant>,
-    /// The last lowering or raise.
+    /// The last lowering or raise: no lowering within [`HOLD_OFF`] of it.
     changed_at: Option<Instant>,
-    /// The last lowering: none again within [`HOLD_OFF`].
-    lowered_at: Option<Instant>,
     /// Since when (the last change, or the first reply), and how many replies were not
     /// evidence, whatever rate paced their sends: they all took the domain's capacity.
     accepted: Option<(Instant, usize)>,
@@ -226,8 +224,10 @@ impl Shaper {
                 })
             }
             Action::Slow { .. } | Action::SetRate { .. } => {
+                // A raise is judged like a lowering: its first replies meet sends paced by the
+                // old rate, and are no measure of the new one.
                 if state
-                    .lowered_at
+                    .changed_at
                     .is_some_and(|at| now.saturating_duration_since(at) < HOLD_OFF)
                 {
                     return None;
@@ -254,7 +254,6 @@ impl Shaper {
                 // Fresh evidence, at the new rate, decides the next step.
                 state.seen.clear();
                 state.changed_at = Some(now);
-                state.lowered_at = Some(now);
                 state.accepted = Some((now, 0));
                 if lowered >= state.per_sec {
                     return None;
@@ -351,7 +350,6 @@ impl State {
             seen: VecDeque::new(),
             last_evidence: None,
             changed_at: None,
-            lowered_at: None,
             accepted: None,
             hold_until: None,
             suspended_until: None,

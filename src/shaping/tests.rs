@@ -113,14 +113,16 @@ fn a_lowered_rate_rises_each_quiet_period_back_to_the_ceiling() {
         50.0,
         "all refused: the deepest step"
     );
-    // Near the lowering: a fifth of the lowered rate per quiet period.
+    // Near the lowering: a tenth of the lowered rate per quiet period.
     let (pace, raised) = shaper.pace(&key, start + ms(2010));
-    assert_eq!(pace.expect("raised").per_sec, 60.0);
-    assert_eq!(raised.expect("a raise").change, Change::Raised(60.0));
+    assert_eq!(pace.expect("raised").per_sec, 55.0);
+    assert_eq!(raised.expect("a raise").change, Change::Raised(55.0));
     let (pace, _) = shaper.pace(&key, start + ms(6010));
-    assert_eq!(pace.expect("raised").per_sec, 80.0);
-    // A window (10 s) after the last evidence: by a quarter, from 90/s past the ceiling.
-    let (pace, recovered) = shaper.pace(&key, start + ms(10_010));
+    assert_eq!(pace.expect("raised").per_sec, 65.0);
+    // A window (10 s) after the last evidence: by a quarter per quiet period.
+    let (pace, _) = shaper.pace(&key, start + ms(10_010));
+    assert_eq!(pace.expect("raised").per_sec, 70.0 * RAISE);
+    let (pace, recovered) = shaper.pace(&key, start + ms(12_010));
     assert!(!pace.expect("recovered").slowed);
     assert_eq!(recovered.expect("a decision").change, Change::Recovered);
 }
