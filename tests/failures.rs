@@ -408,7 +408,8 @@ async fn a_domain_that_answers_421_too_fast_is_slowed_by_a_rule_and_everyone_is_
             "s{i},s{i}@throttled.example,en\nf{i},f{i}@calm.example,en"
         );
     }
-    for i in 1..=3 {
+    // A rate is judged on at least ten attempts at it (shaping::MIN_ATTEMPTS).
+    for i in 1..=10 {
         smtp.reject_times(
             &format!("s{i}@throttled.example"),
             421,
