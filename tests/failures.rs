@@ -408,9 +408,8 @@ async fn a_domain_that_answers_421_too_fast_is_slowed_by_a_rule_and_everyone_is_
             "s{i},s{i}@throttled.example,en\nf{i},f{i}@calm.example,en"
         );
     }
-    // A domain's sends go in batch order, and the shaper judges a rate on at least 10 attempts
-    // made at it: the 421s come after the first ten.
-    for i in 11..=13 {
+    // A rate is judged on at least ten attempts at it (shaping::MIN_ATTEMPTS).
+    for i in 1..=10 {
         smtp.reject_times(
             &format!("s{i}@throttled.example"),
             421,

@@ -11,17 +11,35 @@ pub use rules::{Action, DEFAULT_SUSPENSION, Rule, Rules, RulesError, Scope};
 /// The lowest rate slowing goes down to, in sends per second: one a minute.
 pub const FLOOR_PER_SEC: f64 = 1.0 / 60.0;
 
-/// The step of a `slow` rule without its own `factor`, and of replies no rule matched: a
-/// bounded step (30 %), so one episode of evidence cannot collapse a domain.
+/// The step of a `slow` rule without its own `factor`, and of replies no rule matched, while
+/// there is no measure of what the domain accepts: a bounded step (30 %), so one episode of
+/// evidence cannot collapse a domain.
 pub const DEFAULT_STEP: f64 = 0.7;
 
 /// The deepest single step of a `slow` rule whose own step is gentler: when most attempts are
-/// refused, the rate drops by the refused share, but never below half at once.
+/// refused, the rate drops by the refused share, or to what the domain accepted, but never
+/// below half at once.
 pub const DEEPEST_STEP: f64 = 0.5;
 
-/// Each quiet period (`rate.shaping_recover_ms`) without evidence multiplies a lowered rate by
-/// this, back up to the ceiling: one 0.7 step is undone in two quiet periods, and even the
-/// floor is back at 50/s in 36.
+/// How long a rate runs before it is judged on what the domain accepted at it, and the least
+/// time from a lowering or a raise to the next lowering: just after a change, the replies answer sends paced by the old
+/// rate and meet a provider's bucket emptied by it, so they say little about the new rate;
+/// half a second outlasts them on a loaded machine and bounds what a too-high rate costs.
+pub const HOLD_OFF: Duration = Duration::from_millis(500);
+
+/// A measured lowering sets the rate to this share of what the domain accepted, and at least
+/// this far below the current rate: the margin lets the provider's bucket refill, so the next
+/// refusals come from probing, not from running at its very limit.
+pub const BACKOFF: f64 = 0.9;
+
+/// Each quiet period (`rate.shaping_recover_ms`) near a recent lowering adds this share of the
+/// rate the domain was lowered to: a linear probe back up to the provider's limit, so the rate
+/// settles just under it instead of overshooting by a growing factor.
+pub const PROBE: f64 = 0.1;
+
+/// Each quiet period once a whole window has passed without evidence multiplies the rate by
+/// this instead: the limit found earlier no longer holds, and even the floor is back at 50/s
+/// in about 40 quiet periods.
 pub const RAISE: f64 = 1.25;
 
 /// Evidence needed in the window before a domain slows, whatever the share: two replies are
@@ -124,12 +142,18 @@ struct State {
     ceiling: f64,
     /// The rate now.
     per_sec: f64,
+    /// The rate of the last lowering: what the domain was last seen to take; the unit of the
+    /// linear probe.
+    taken: f64,
     /// Recent attempts and whether each was throttle evidence.
     seen: VecDeque<(Instant, bool)>,
     /// The last throttle evidence.
     last_evidence: Option<Instant>,
-    /// The last lowering or raise.
+    /// The last lowering or raise: no lowering within [`HOLD_OFF`] of it.
     changed_at: Option<Instant>,
+    /// Since when (the last change, or the first reply), and how many replies were not
+    /// evidence, whatever rate paced their sends: they all took the domain's capacity.
+    accepted: Option<(Instant, usize)>,
     /// A `set_rate` rule's hold: no raise before.
     hold_until: Option<Instant>,
     suspended_until: Option<Instant>,
@@ -172,6 +196,8 @@ impl Shaper {
             .domains
             .entry(key.clone())
             .or_insert_with(|| State::new(ceiling));
+        let (_, accepted) = state.accepted.get_or_insert((now, 0));
+        *accepted += usize::from(fired.is_none());
         let stale = state.changed_at.is_some_and(|at| started < at);
         if stale && !matches!(fired, Some((_, Action::Suspend { .. }, _))) {
             return None;
@@ -198,15 +224,29 @@ impl Shaper {
                 })
             }
             Action::Slow { .. } | Action::SetRate { .. } => {
+                // A raise is judged like a lowering: its first replies meet sends paced by the
+                // old rate, and are no measure of the new one.
+                if state
+                    .changed_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < HOLD_OFF)
+                {
+                    return None;
+                }
                 let share = state.evidence_share(settings.threshold)?;
                 let lowered = match action {
                     Action::SetRate { per_sec, hold } => {
                         state.hold_until = Some(now + hold);
                         state.per_sec.min(per_sec)
                     }
-                    // What was accepted is a better guess of the pace than one fixed step.
                     Action::Slow { factor } => {
-                        state.per_sec * (1.0 - share).clamp(factor.min(DEEPEST_STEP), factor)
+                        let deepest = factor.min(DEEPEST_STEP);
+                        match state.accepted_per_sec(now) {
+                            Some(accepted) => (accepted * BACKOFF)
+                                .clamp(state.per_sec * deepest, state.per_sec * BACKOFF),
+                            // Too soon to measure: the accepted share is a better guess of
+                            // the pace than one fixed step.
+                            None => state.per_sec * (1.0 - share).clamp(deepest, factor),
+                        }
                     }
                     Action::None | Action::Suspend { .. } => state.per_sec,
                 }
@@ -214,10 +254,12 @@ impl Shaper {
                 // Fresh evidence, at the new rate, decides the next step.
                 state.seen.clear();
                 state.changed_at = Some(now);
+                state.accepted = Some((now, 0));
                 if lowered >= state.per_sec {
                     return None;
                 }
                 state.per_sec = lowered;
+                state.taken = lowered;
                 state.rule.clone_from(&rule);
                 Some(Decision {
                     rule,
@@ -233,7 +275,7 @@ impl Shaper {
         let Some(state) = self.domains.get_mut(key) else {
             return (None, None);
         };
-        let decision = state.recover(now, settings.recover_every);
+        let decision = state.recover(now, settings);
         (Some(state.pace()), decision)
     }
 
@@ -243,7 +285,7 @@ impl Shaper {
         let settings = self.settings;
         let mut decisions = Vec::new();
         self.domains.retain(|key, state| {
-            if let Some(decision) = state.recover(now, settings.recover_every) {
+            if let Some(decision) = state.recover(now, settings) {
                 decisions.push((key.clone(), decision));
             }
             state.forget(now, settings.window);
@@ -304,9 +346,11 @@ impl State {
         State {
             ceiling,
             per_sec: ceiling,
+            taken: ceiling,
             seen: VecDeque::new(),
             last_evidence: None,
             changed_at: None,
+            accepted: None,
             hold_until: None,
             suspended_until: None,
             rule: String::new(),
@@ -342,9 +386,20 @@ impl State {
             .then_some(share)
     }
 
-    /// Ends a suspension whose time has come, or raises the rate by [`RAISE`] for each whole
-    /// quiet period since the last evidence and change (and after any hold).
-    fn recover(&mut self, now: Instant, every: Duration) -> Option<Decision> {
+    /// What the domain accepted per second since the last change (or its first reply), once
+    /// that is [`HOLD_OFF`] ago. Replies to sends paced by the old rate count too: they took
+    /// the domain's capacity like any other, and while the evidence lasts the domain is busy,
+    /// so what it accepts is what it takes.
+    fn accepted_per_sec(&self, now: Instant) -> Option<f64> {
+        let (since, accepted) = self.accepted?;
+        let span = now.saturating_duration_since(since);
+        (span >= HOLD_OFF).then(|| accepted as f64 / span.as_secs_f64())
+    }
+
+    /// Ends a suspension whose time has come, or raises the rate for each whole quiet period
+    /// since the last evidence and change (and after any hold): by [`PROBE`] of the rate it
+    /// was lowered to, or by [`RAISE`] once a whole window has passed without evidence.
+    fn recover(&mut self, now: Instant, settings: Settings) -> Option<Decision> {
         if let Some(until) = self.suspended_until {
             if now < until {
                 return None;
@@ -359,14 +414,26 @@ impl State {
             .into_iter()
             .flatten()
             .max()?;
-        // 64 raises take any rate from the floor past any ceiling.
+        let every = settings.recover_every;
+        // At most 64 raises per call bound its work; the rest are due at the next call.
         let steps = (now.saturating_duration_since(since).as_nanos() / every.as_nanos().max(1))
             .min(64) as u32;
         if steps == 0 {
             return None;
         }
-        let raised = self.per_sec * RAISE.powi(steps as i32);
+        let raised = (1..=steps).fold(self.per_sec, |rate, step| {
+            let at = since + every * step;
+            let calm = self
+                .last_evidence
+                .is_none_or(|evidence| at.saturating_duration_since(evidence) >= settings.window);
+            if calm {
+                rate * RAISE
+            } else {
+                rate + PROBE * self.taken
+            }
+        });
         self.changed_at = Some(since + every * steps);
+        self.accepted = self.changed_at.map(|at| (at, 0));
         if raised >= self.ceiling {
             self.per_sec = self.ceiling;
             self.hold_until = None;

@@ -113,14 +113,101 @@ fn a_lowered_rate_rises_each_quiet_period_back_to_the_ceiling() {
         50.0,
         "all refused: the deepest step"
     );
+    // Near the lowering: a tenth of the lowered rate per quiet period.
     let (pace, raised) = shaper.pace(&key, start + ms(2010));
-    assert_eq!(pace.expect("raised").per_sec, 50.0 * RAISE);
-    assert!(matches!(raised.expect("a raise").change, Change::Raised(_)));
+    assert_eq!(pace.expect("raised").per_sec, 55.0);
+    assert_eq!(raised.expect("a raise").change, Change::Raised(55.0));
     let (pace, _) = shaper.pace(&key, start + ms(6010));
-    assert_eq!(pace.expect("raised").per_sec, 50.0 * RAISE * RAISE * RAISE);
-    let (pace, recovered) = shaper.pace(&key, start + ms(8010));
+    assert_eq!(pace.expect("raised").per_sec, 65.0);
+    // A window (10 s) after the last evidence: by a quarter per quiet period.
+    let (pace, _) = shaper.pace(&key, start + ms(10_010));
+    assert_eq!(pace.expect("raised").per_sec, 70.0 * RAISE);
+    let (pace, recovered) = shaper.pace(&key, start + ms(12_010));
     assert!(!pace.expect("recovered").slowed);
     assert_eq!(recovered.expect("a decision").change, Change::Recovered);
+}
+
+#[test]
+fn a_second_lowering_waits_the_hold_off_and_goes_to_what_was_accepted() {
+    let mut shaper = shaper();
+    let key = domain("example.com");
+    let start = Instant::now();
+    let too_fast = deferred("421 4.7.0 Too many messages, slow down", true);
+    for i in 0..10 {
+        at(&mut shaper, &key, 300.0, too_fast, start + ms(i));
+    }
+    let (pace, _) = shaper.pace(&key, start + ms(10));
+    assert_eq!(pace.expect("slowed").per_sec, 150.0);
+    // At 150/s the domain takes two sends of three: 100/s.
+    let mut decisions = Vec::new();
+    for i in 0..100u64 {
+        let seen = if i % 3 == 2 { too_fast } else { Seen::Attempt };
+        let now = start + ms(10) + Duration::from_micros(6_667 * (i + 1));
+        if let Some(decision) = at(&mut shaper, &key, 300.0, seen, now) {
+            decisions.push((now - start, decision.change));
+        }
+    }
+    let [(when, Change::Lowered(rate))] = decisions[..] else {
+        panic!("one lowering expected: {decisions:?}");
+    };
+    assert!(when >= ms(10) + HOLD_OFF, "lowered again after {when:?}");
+    assert!((85.0..=95.0).contains(&rate), "lowered to {rate}/s");
+}
+
+/// A relay that takes `per_sec` with a burst of a tenth of it and refuses the rest, the way
+/// the tests' SMTP sink does (`throttle_above`).
+struct Relay {
+    per_sec: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Relay {
+    fn take(&mut self, now: Instant) -> bool {
+        let burst = self.per_sec / 10.0;
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.per_sec).min(burst);
+        self.at = now;
+        let taken = self.tokens >= 1.0;
+        if taken {
+            self.tokens -= 1.0;
+        }
+        taken
+    }
+}
+
+#[test]
+fn against_a_relay_taking_100_per_second_the_rate_settles_under_it_without_hammering() {
+    let mut shaper = shaper();
+    let key = domain("example.com");
+    let start = Instant::now();
+    let too_fast = deferred("421 4.7.0 Too many messages, slow down", true);
+    let mut relay = Relay {
+        per_sec: 100.0,
+        tokens: 10.0,
+        at: start,
+    };
+    let (mut attempts, mut accepted, mut settled) = (0u32, 0u32, 0u32);
+    let mut now = start;
+    while now < start + Duration::from_secs(40) {
+        let (pace, _) = shaper.pace(&key, now);
+        let rate = pace.map_or(300.0, |pace| pace.per_sec);
+        let taken = relay.take(now);
+        let seen = if taken { Seen::Attempt } else { too_fast };
+        at(&mut shaper, &key, 300.0, seen, now);
+        attempts += 1;
+        if taken {
+            accepted += 1;
+            if now >= start + Duration::from_secs(10) {
+                settled += 1;
+            }
+        }
+        now += Duration::from_secs_f64(1.0 / rate);
+    }
+    let rate = f64::from(settled) / 30.0;
+    let ratio = f64::from(attempts) / f64::from(accepted);
+    println!("settled at {rate:.1}/s, {ratio:.3} attempts per message");
+    assert!((70.0..=110.0).contains(&rate), "settled at {rate}/s");
+    assert!(ratio <= 1.3, "{ratio} attempts per message");
 }
 
 #[test]
