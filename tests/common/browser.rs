@@ -4,6 +4,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder};
@@ -17,28 +18,39 @@ pub struct ChromeDriver {
 }
 
 impl ChromeDriver {
+    /// Starts chromedriver on a port no other driver of this process was given, and checks
+    /// that the driver answering there is this one: tests run side by side, and a port freed
+    /// by one can be picked by the next, whose chromedriver then fails to bind while the
+    /// other's answers in its place until that one is killed.
     pub fn start() -> ChromeDriver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "chromedriver is needed: install Debian's chromium and chromium-driver (.ci/run does)",
-            );
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            let port = unused_port();
+            let mut child = Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "chromedriver is needed: install Debian's chromium and chromium-driver (.ci/run does)",
+                );
+            while TcpStream::connect(("127.0.0.1", port)).is_err()
+                && child.try_wait().is_ok_and(|exited| exited.is_none())
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "chromedriver did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if child.try_wait().is_ok_and(|exited| exited.is_none()) {
+                return ChromeDriver { child, port };
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not listen"
+                "chromedriver exited on every port tried"
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        ChromeDriver { child, port }
     }
 
     pub async fn browser(&self) -> Client {
@@ -67,6 +79,22 @@ impl Drop for ChromeDriver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port not handed to another chromedriver of this process.
+fn unused_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
     }
 }
 
