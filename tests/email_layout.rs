@@ -3,29 +3,11 @@
 
 mod common;
 
-use common::shipped_templates;
-use sunset::Channel;
-use sunset::batch::{Recipient, UserId};
-use sunset::render::{Renderer, Sample, TemplateName, Vars, template_dir};
+use common::{notice_html, shipped_notice};
 
 fn html_for(locale: &str) -> String {
-    let dir = shipped_templates();
-    let name = TemplateName::parse("xiami-shutdown").expect("name");
-    let renderer = Renderer::load(&dir, &name, "en").expect("shipped templates load");
-    let sample = Sample::load(&template_dir(&dir, &name).expect("exists")).expect("sample");
-    let recipient = Recipient {
-        user_id: UserId::parse("u-1").expect("id"),
-        email: None,
-        locale: Some(locale.into()),
-        name: Some("DJ K.".into()),
-        vars: Vars::new(),
-    };
-    renderer
-        .render(&sample.vars, &recipient, &[Channel::Email])
-        .expect("renders")
-        .email
-        .expect("email")
-        .html
+    let (renderer, sample) = shipped_notice();
+    notice_html(&renderer, &sample, locale, "DJ K.")
 }
 
 /// The text after `<body …>`: what webmail keeps.

@@ -8,38 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::browser::{ChromeDriver, js};
-use common::shipped_templates;
+use common::{notice_html, shipped_notice};
 use fantoccini::{Client, Locator};
 use serde_json::json;
-use sunset::Channel;
-use sunset::batch::{Recipient, UserId};
 use sunset::preview::webmail;
-use sunset::render::{Renderer, Sample, TemplateName, Vars, template_dir};
-
-fn shipped() -> (Renderer, Sample) {
-    let dir = shipped_templates();
-    let name = TemplateName::parse("xiami-shutdown").expect("name");
-    let renderer = Renderer::load(&dir, &name, "en").expect("shipped templates load");
-    let sample = Sample::load(&template_dir(&dir, &name).expect("exists")).expect("sample");
-    (renderer, sample)
-}
-
-/// The email HTML for a recipient; `name` is not checked, so controls can reach the renderer.
-fn html(renderer: &Renderer, sample: &Sample, locale: &str, name: &str) -> String {
-    let recipient = Recipient {
-        user_id: UserId::parse("u-1").expect("id"),
-        email: None,
-        locale: Some(locale.into()),
-        name: Some(name.into()),
-        vars: Vars::new(),
-    };
-    renderer
-        .render(&sample.vars, &recipient, &[Channel::Email])
-        .expect("renders")
-        .email
-        .expect("email")
-        .html
-}
 
 /// Writes `html` to `dir/file` and opens it.
 async fn open(browser: &Client, dir: &Path, file: &str, html: &str) {
@@ -93,7 +65,7 @@ async fn assert_name_in_reading_order(browser: &Client, dir: &str, what: &str) {
 
 #[tokio::test]
 async fn in_chromium_webmail_keeps_direction_button_and_isolated_names_per_locale() {
-    let (renderer, sample) = shipped();
+    let (renderer, sample) = shipped_notice();
     let pages = tempfile::tempdir().expect("temp dir");
     let driver = ChromeDriver::start();
     let browser = driver.browser().await;
@@ -108,7 +80,7 @@ async fn in_chromium_webmail_keeps_direction_button_and_isolated_names_per_local
         ("zh-CN", "DJ K. ليلى", "ltr", "left"),
         ("zh-TW", "ليلى", "ltr", "left"),
     ] {
-        let full = html(&renderer, &sample, locale, name);
+        let full = notice_html(&renderer, &sample, locale, name);
         for (view, page) in [
             ("full", full.clone()),
             ("webmail", webmail::sanitise(&full)),
@@ -172,14 +144,14 @@ async fn in_chromium_webmail_keeps_direction_button_and_isolated_names_per_local
 
 #[tokio::test]
 async fn in_chromium_a_name_with_bidi_controls_cannot_reorder_the_text_after_it() {
-    let (renderer, sample) = shipped();
+    let (renderer, sample) = shipped_notice();
     let pages = tempfile::tempdir().expect("temp dir");
     let driver = ChromeDriver::start();
     let browser = driver.browser().await;
 
     // Enqueue and the decoder refuse such names; the isolate is the second line of defence.
     for (locale, name) in [("ar", "DJ \u{202E}K."), ("en", "Eve \u{202E}evE \u{2067}x")] {
-        let page = webmail::sanitise(&html(&renderer, &sample, locale, name));
+        let page = webmail::sanitise(&notice_html(&renderer, &sample, locale, name));
         open(&browser, pages.path(), "page.html", &page).await;
         let dir = if locale == "ar" { "rtl" } else { "ltr" };
         assert_name_in_reading_order(&browser, dir, locale).await;
@@ -201,7 +173,7 @@ async fn in_chromium_a_name_with_bidi_controls_cannot_reorder_the_text_after_it(
 
 #[tokio::test]
 async fn in_chromium_the_deadline_reads_as_each_region_writes_it() {
-    let (renderer, sample) = shipped();
+    let (renderer, sample) = shipped_notice();
     let pages = tempfile::tempdir().expect("temp dir");
     let driver = ChromeDriver::start();
     let browser = driver.browser().await;
@@ -220,7 +192,7 @@ async fn in_chromium_the_deadline_reads_as_each_region_writes_it() {
         ("zh-CN", "2021年2月5日 中国标准时间 00:00（GMT+8）"),
         ("zh-TW", "2021年2月5日 凌晨12:00 中國標準時間（GMT+8）"),
     ] {
-        let page = webmail::sanitise(&html(&renderer, &sample, locale, "x"));
+        let page = webmail::sanitise(&notice_html(&renderer, &sample, locale, "x"));
         open(&browser, pages.path(), "page.html", &page).await;
         let strong = js(
             &browser,

@@ -408,6 +408,41 @@ pub fn shipped_templates() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
 }
 
+/// The shipped Xiami notice's renderer and sample variables.
+pub fn shipped_notice() -> (sunset::render::Renderer, sunset::render::Sample) {
+    use sunset::render::{Renderer, Sample, TemplateName, template_dir};
+    let dir = shipped_templates();
+    let name = TemplateName::parse("xiami-shutdown").expect("name");
+    let renderer = Renderer::load(&dir, &name, "en").expect("shipped templates load");
+    let sample = Sample::load(&template_dir(&dir, &name).expect("exists")).expect("sample");
+    (renderer, sample)
+}
+
+/// The email HTML for a recipient; `name` is not checked, so controls can reach the renderer.
+pub fn notice_html(
+    renderer: &sunset::render::Renderer,
+    sample: &sunset::render::Sample,
+    locale: &str,
+    name: &str,
+) -> String {
+    use sunset::Channel;
+    use sunset::batch::{Recipient, UserId};
+    use sunset::render::Vars;
+    let recipient = Recipient {
+        user_id: UserId::parse("u-1").expect("id"),
+        email: None,
+        locale: Some(locale.into()),
+        name: Some(name.into()),
+        vars: Vars::new(),
+    };
+    renderer
+        .render(&sample.vars, &recipient, &[Channel::Email])
+        .expect("renders")
+        .email
+        .expect("email")
+        .html
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("mkdir");
     for entry in fs::read_dir(from).expect("read dir") {
