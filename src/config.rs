@@ -45,6 +45,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Prometheus exporter.
     pub metrics: MetricsConfig,
+    /// `sunset feedback`, VERP and unsubscribe tokens.
+    pub feedback: FeedbackConfig,
 }
 
 /// `[broker]`
@@ -143,6 +145,8 @@ pub struct EmailConfig {
     pub final_reply_timeout_ms: u64,
     /// Directory of `.eml` files for the file transport.
     pub outbox: PathBuf,
+    /// DKIM signing.
+    pub dkim: DkimConfig,
 }
 
 impl Default for EmailConfig {
@@ -155,6 +159,44 @@ impl Default for EmailConfig {
             timeout_ms: 10_000,
             final_reply_timeout_ms: 600_000,
             outbox: "outbox/email".into(),
+            dkim: DkimConfig::default(),
+        }
+    }
+}
+
+/// Which DKIM signatures each email carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DkimAlgorithm {
+    /// One RSA-SHA256 signature: what every receiver verifies.
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// An RSA-SHA256 and an Ed25519-SHA256 signature (RFC 8463); receivers that do not know
+    /// Ed25519 (Gmail) rely on the RSA one.
+    #[serde(rename = "rsa-sha256+ed25519-sha256")]
+    RsaSha256AndEd25519,
+}
+
+/// `[email.dkim]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DkimConfig {
+    /// `d=`: the signing domain, aligned with `email.from`'s for DMARC.
+    pub domain: String,
+    /// `s=`: the selector whose TXT record (`<selector>._domainkey.<domain>`) holds the key.
+    pub selector: String,
+    /// PEM private key, readable by its owner only; empty = no signing.
+    pub key_file: PathBuf,
+    /// The signatures to add.
+    pub algorithm: DkimAlgorithm,
+}
+
+impl Default for DkimConfig {
+    fn default() -> Self {
+        Self {
+            domain: "xiami.example".into(),
+            selector: "s1".into(),
+            key_file: PathBuf::new(),
+            algorithm: DkimAlgorithm::RsaSha256,
         }
     }
 }
@@ -304,6 +346,57 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9185".into(),
+        }
+    }
+}
+
+/// Whom an unsubscribe stops mail to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsubscribeScope {
+    /// Every later campaign (templates with `legal_notice = true` still send).
+    Global,
+    /// Only the campaign whose link was used.
+    Campaign,
+}
+
+/// `[feedback]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// SMTP listener of `sunset feedback` for DSNs and complaint reports to the bounce domain.
+    pub smtp_listen: String,
+    /// HTTP listener of `sunset feedback`: one-click unsubscribe and provider webhooks.
+    pub http_listen: String,
+    /// Public base URL of the HTTP listener, used in `List-Unsubscribe`.
+    pub public_url: String,
+    /// Domain of the VERP envelope sender `b-<token>@<bounce_domain>`; empty = the envelope
+    /// sender is `email.from`'s address.
+    pub bounce_domain: String,
+    /// Owner-only file holding the HMAC key of VERP and unsubscribe tokens.
+    pub secret_file: PathBuf,
+    /// Soft bounces within `soft_bounce_window_ms` that suppress an address; 0 = never.
+    pub soft_bounces_to_suppress: u32,
+    /// The window soft bounces are counted in.
+    pub soft_bounce_window_ms: u64,
+    /// Complaints per delivered email above which a campaign is paused; 0 = never.
+    pub pause_complaint_rate: f64,
+    /// Whom an unsubscribe stops mail to.
+    pub unsubscribe_scope: UnsubscribeScope,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self {
+            smtp_listen: "127.0.0.1:2525".into(),
+            http_listen: "127.0.0.1:8687".into(),
+            public_url: "https://notices.xiami.example".into(),
+            bounce_domain: String::new(),
+            secret_file: PathBuf::new(),
+            soft_bounces_to_suppress: 3,
+            soft_bounce_window_ms: 7 * 24 * 3600 * 1000,
+            pause_complaint_rate: 0.003,
+            unsubscribe_scope: UnsubscribeScope::Global,
         }
     }
 }

@@ -26,7 +26,10 @@ pub mod results;
 pub mod secret;
 pub mod shaping;
 pub mod stdout;
+pub mod suppression;
 pub mod syntax;
+pub mod template_options;
+pub mod token;
 pub mod variables;
 pub mod worker;
 

@@ -20,6 +20,7 @@ use crate::channel::Channel;
 use crate::dates::Dates;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
 use crate::syntax::{self, Mistake};
+use crate::template_options::{OptionsError, TemplateOptions};
 use crate::variables::usage_of;
 
 /// Campaign variables (`vars` of a batch): names to JSON values.
@@ -190,6 +191,9 @@ pub enum TemplateError {
         /// ICU's error.
         reason: String,
     },
+    /// `template.toml` is unreadable or not valid.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
     /// `sample.json` is missing or not the expected JSON.
     #[error("{path}: {reason}")]
     Sample {
@@ -453,6 +457,8 @@ pub struct Renderer {
     html: Handlebars<'static>,
     /// For every other part: values as they are.
     text: Handlebars<'static>,
+    /// `template.toml`.
+    options: TemplateOptions,
 }
 
 impl fmt::Debug for Renderer {
@@ -665,7 +671,13 @@ impl Renderer {
             reads,
             html,
             text,
+            options: TemplateOptions::load(root)?,
         })
+    }
+
+    /// The template's `template.toml`.
+    pub fn options(&self) -> &TemplateOptions {
+        &self.options
     }
 
     /// The template's name.

@@ -39,6 +39,12 @@ fn env(var: &str) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// The secret in the owner-only file at `path`, which the config key `key` names (a key such
+/// as `feedback.secret_file`); `None` when the file is empty. Errors as for [`read`].
+pub fn read_file(key: &str, path: &Path) -> Result<Option<String>, ConfigError> {
+    from_file(&format!("key `{key}`"), path)
+}
+
 fn from_file(file_var: &str, path: &Path) -> Result<Option<String>, ConfigError> {
     let shown = path.display();
     let mut file =
