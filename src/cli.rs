@@ -58,7 +58,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The campaign.
-    #[arg(long)]
+    #[arg(long, alias = "campaign-id", value_name = "ID")]
     pub campaign: String,
     /// Stable JSON for scripts instead of a table.
     #[arg(long, conflicts_with = "watch")]
@@ -75,21 +75,46 @@ pub struct StatusArgs {
 /// `sunset campaign …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CampaignAction {
+    /// Every campaign in the ledger: template, state, recipients, delivered share, deadline.
+    List {
+        /// Stable JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop sending: batches wait in a delay queue until resumed.
-    Pause {
-        /// The campaign.
-        id: String,
-    },
+    Pause(CampaignRef),
     /// Send again after a pause.
-    Resume {
-        /// The campaign.
-        id: String,
-    },
+    Resume(CampaignRef),
     /// Stop for good: the rest is recorded as cancelled and never sent.
-    Cancel {
-        /// The campaign.
-        id: String,
-    },
+    Cancel(CampaignRef),
+}
+
+/// The campaign a `campaign pause|resume|cancel` acts on: `--campaign ID`, the spelling of every
+/// other command; the bare `ID` of earlier scripts is still read.
+#[derive(Debug, Clone, Args)]
+pub struct CampaignRef {
+    /// The campaign.
+    #[arg(
+        long,
+        alias = "campaign-id",
+        value_name = "ID",
+        required_unless_present = "id",
+        conflicts_with = "id"
+    )]
+    campaign: Option<String>,
+    /// The campaign, given without `--campaign`.
+    #[arg(hide = true)]
+    id: Option<String>,
+}
+
+impl CampaignRef {
+    /// The id as given, by either spelling.
+    pub fn id(&self) -> &str {
+        self.campaign
+            .as_deref()
+            .or(self.id.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// `sunset dlq …`.
@@ -98,7 +123,7 @@ pub enum DlqAction {
     /// Show dead letters without consuming them.
     List {
         /// Only this campaign's.
-        #[arg(long)]
+        #[arg(long, alias = "campaign-id", value_name = "ID")]
         campaign: Option<String>,
         /// One JSON object per dead letter instead of a table.
         #[arg(long)]
@@ -107,7 +132,7 @@ pub enum DlqAction {
     /// Republish failed recipients to the work queue with attempts reset.
     Replay {
         /// Only this campaign's.
-        #[arg(long)]
+        #[arg(long, alias = "campaign-id", value_name = "ID")]
         campaign: Option<String>,
         /// At most this many dead letters.
         #[arg(long)]
@@ -123,7 +148,7 @@ pub enum DlqAction {
     /// Delete a campaign's dead letters.
     Purge {
         /// The campaign.
-        #[arg(long)]
+        #[arg(long, alias = "campaign-id", value_name = "ID")]
         campaign: String,
         /// Required: confirms the deletion.
         #[arg(long)]
@@ -135,8 +160,8 @@ pub enum DlqAction {
 #[derive(Debug, Args)]
 pub struct CampaignArgs {
     /// Campaign id (1-128 of A-Z a-z 0-9 . _ : -); prefixes batch ids, Message-IDs, keys.
-    #[arg(long)]
-    pub campaign_id: String,
+    #[arg(long, alias = "campaign-id", value_name = "ID")]
+    pub campaign: String,
     /// Template folder name under `templates.dir`.
     #[arg(long)]
     pub template: String,

@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::batch::CampaignId;
 use crate::broker::{self, Broker, QueueNames, redact};
+use crate::campaign_list::CampaignList;
 use crate::channel::email::EmailSender;
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
@@ -54,7 +55,7 @@ pub async fn topology(config: &Config) -> anyhow::Result<()> {
 
 fn options(args: &CampaignArgs) -> Options {
     Options {
-        campaign_id: args.campaign_id.clone(),
+        campaign_id: args.campaign.clone(),
         template: args.template.clone(),
         audience: args.audience.clone(),
         channels: args.channels.clone(),
@@ -206,14 +207,15 @@ async fn watch(ledger: &Ledger, campaign: &CampaignId, interval: Duration) -> an
     }
 }
 
-/// `sunset campaign pause|resume|cancel`.
+/// `sunset campaign list|pause|resume|cancel`.
 pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Result<()> {
-    let (id, state) = match action {
-        CampaignAction::Pause { id } => (id, CampaignState::Paused),
-        CampaignAction::Resume { id } => (id, CampaignState::Running),
-        CampaignAction::Cancel { id } => (id, CampaignState::Cancelled),
+    let (which, state) = match action {
+        CampaignAction::List { json } => return list_campaigns(config, *json).await,
+        CampaignAction::Pause(which) => (which, CampaignState::Paused),
+        CampaignAction::Resume(which) => (which, CampaignState::Running),
+        CampaignAction::Cancel(which) => (which, CampaignState::Cancelled),
     };
-    let campaign = campaign_id(id)?;
+    let campaign = campaign_id(which.id())?;
     let ledger = require_ledger(config)?;
     let changed = ledger.set_state(&campaign, state).await.with_context(|| {
         format!(
@@ -225,6 +227,24 @@ pub async fn campaign(config: &Config, action: &CampaignAction) -> anyhow::Resul
     changed?;
     crate::say!("campaign {campaign}: {}", state.as_str())?;
     Ok(())
+}
+
+/// `sunset campaign list`.
+async fn list_campaigns(config: &Config, json: bool) -> anyhow::Result<()> {
+    let ledger = require_ledger(config)?;
+    let listed = ledger.campaigns().await.with_context(|| {
+        format!(
+            "Failed to list the campaigns in the ledger at {}",
+            ledger.url()
+        )
+    });
+    ledger.close().await;
+    let list = CampaignList(listed?);
+    if json {
+        crate::say!("{}", list.json())
+    } else {
+        crate::stdout::print(format_args!("{list}"))
+    }
 }
 
 fn deps(
@@ -392,10 +412,15 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return enqueue_plan(config, args).await.map(drop);
     }
-    let campaign = CampaignId::parse(&args.campaign_id)
-        .map_err(|e| InvalidInput(format!("--campaign-id: {e}")))?;
-    // Bound before anything is published: a port in use stops the command with nothing sent.
-    let exporter = Exporter::bind(&config.metrics).await?;
+    let campaign =
+        CampaignId::parse(&args.campaign).map_err(|e| InvalidInput(format!("--campaign: {e}")))?;
+    // Only when asked for: a one-box run needs no listener, and one beside a worker would take
+    // its port. Bound before anything is published: a port in use stops the command with
+    // nothing sent.
+    let exporter = match config.metrics.listen {
+        Some(_) => Exporter::bind(&config.metrics).await?,
+        None => None,
+    };
     // Set up before anything is published too: a bad email.url or push.url sends nothing.
     let shutdown = CancellationToken::new();
     let deps = deps(config, &shutdown)?;

@@ -334,20 +334,17 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Where `sunset worker` serves metrics when `metrics.listen` is not set.
+pub const WORKER_METRICS_LISTEN: &str = "127.0.0.1:9185";
+
 /// `[metrics]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `host:port` of the Prometheus exporter; empty = off.
-    pub listen: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9185".into(),
-        }
-    }
+    /// `host:port` of the Prometheus exporter; empty = off. Unset: a worker serves on
+    /// [`WORKER_METRICS_LISTEN`] and `send` serves none, so a one-box `send` next to a worker
+    /// does not fight it for the port.
+    pub listen: Option<String>,
 }
 
 /// Whom an unsubscribe stops mail to.

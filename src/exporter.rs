@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::InvalidInput;
-use crate::config::MetricsConfig;
+use crate::config::{MetricsConfig, WORKER_METRICS_LISTEN};
 use crate::daemon::Readiness;
 use crate::events;
 use crate::logging::MaskedText;
@@ -40,20 +40,28 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Binds `metrics.listen` and installs the metrics recorder for the whole process; `None`
-    /// when the address is empty (metrics off: the counting macros then do nothing).
+    /// Binds `metrics.listen` ([`WORKER_METRICS_LISTEN`] when unset) and installs the metrics
+    /// recorder for the whole process; `None` when the address is empty (metrics off: the
+    /// counting macros then do nothing).
     ///
-    /// An address that is not `host:port` is a usage error ([`InvalidInput`], exit 2); one that
-    /// cannot be bound (in use, not ours) is a runtime error naming it (exit 1).
+    /// An address that is not `host:port`, or one that cannot be bound (in use, not ours), is a
+    /// usage error naming the key ([`InvalidInput`], exit 2): the fix is another address.
     pub async fn bind(config: &MetricsConfig) -> anyhow::Result<Option<Exporter>> {
-        let listen = config.listen.trim();
+        let listen = config
+            .listen
+            .as_deref()
+            .unwrap_or(WORKER_METRICS_LISTEN)
+            .trim();
         if listen.is_empty() {
             return Ok(None);
         }
         check_host_port(listen)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("Failed to listen on {listen} (metrics.listen)"))?;
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            InvalidInput(format!(
+                "Failed to listen on {listen} (metrics.listen): {e}; set metrics.listen to a free \
+                 host:port, or to \"\" for no metrics"
+            ))
+        })?;
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(events::SEND_SECONDS.into()),

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod bidi;
 pub mod broker;
+pub mod campaign_list;
 pub mod channel;
 pub mod cli;
 pub mod commands;

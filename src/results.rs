@@ -367,12 +367,12 @@ mod tests {
             "--config",
             "my box.toml",
             "send",
-            "--campaign-id",
+            "--campaign",
             "c1",
         ]);
         assert_eq!(
             resume_command(&send, true),
-            "sunset --config 'my box.toml' send --campaign-id c1"
+            "sunset --config 'my box.toml' send --campaign c1"
         );
         assert_eq!(
             resume_command(&send, false),

@@ -23,7 +23,7 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(config.rate.per_domain_per_sec.default, 50);
     assert_eq!(config.rate.per_domain_per_sec.domains["qq.com"], 20);
     assert_eq!(config.templates.default_locale, "en");
-    assert_eq!(config.metrics.listen, "127.0.0.1:9185");
+    assert_eq!(config.metrics.listen, None);
 }
 
 #[test]

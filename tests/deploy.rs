@@ -334,7 +334,8 @@ fn the_kubernetes_worker_drains_within_its_termination_grace_period() {
     let port: u64 = config
         .metrics
         .listen
-        .rsplit_once(':')
+        .as_deref()
+        .and_then(|listen| listen.rsplit_once(':'))
         .and_then(|(_, port)| port.parse().ok())
         .expect("metrics.listen has a port");
     let container = &pod["containers"][0];

@@ -11,10 +11,10 @@ use common::scrape::{self, free_address, until_status};
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::WorkerProcess;
-use common::{TestEnv, audience_csv, campaign_args, sinks_config, unique};
+use common::{Run, TestEnv, audience_csv, campaign_args, sinks_config, unique};
 use sunset::Channel;
 use sunset::channel::Outcome;
-use sunset::config::RateConfig;
+use sunset::config::{RateConfig, WORKER_METRICS_LISTEN};
 use sunset::limit::Limits;
 use sunset::shaping::Rules;
 
@@ -216,7 +216,7 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
     let address = taken.local_addr().expect("address").to_string();
     let run = env
         .sunset_with_env(&["worker"], &[("SUNSET__METRICS__LISTEN", &address)])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
         run.stderr()
             .contains(&format!("Failed to listen on {address} (metrics.listen)")),
@@ -225,7 +225,7 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
     );
     let send = [
         "send",
-        "--campaign-id",
+        "--campaign",
         "taken",
         "--template",
         "xiami-shutdown",
@@ -234,7 +234,7 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
     ];
     let run = env
         .sunset_with_env(&send, &[("SUNSET__METRICS__LISTEN", &address)])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
         run.stderr().contains("(metrics.listen)"),
         "send binds first, before the audience is read: {}",
@@ -314,4 +314,34 @@ fn domain_rate_gauges_and_the_rule_counter_follow_shaping_for_configured_and_slo
             limits.prune();
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_serves_metrics_only_when_metrics_listen_is_set_and_a_worker_keeps_its_default() {
+    // The worker's default port, taken: by this test, or already by someone else.
+    let _held = std::net::TcpListener::bind(WORKER_METRICS_LISTEN);
+    let env = TestEnv::with_broker("[ledger]\nurl = \"\"\n");
+    env.write("audience.csv", &audience_csv(3, |_| "example.com".into()));
+    let unset = |args: &[&str]| {
+        let mut command = env.command(args, &[]);
+        command.env_remove("SUNSET__METRICS__LISTEN");
+        Run(command.output().expect("run sunset"))
+    };
+
+    let args = campaign_args("send", "no-metrics", &[]);
+    let sent = tokio::task::block_in_place(|| unset(&args)).expect_code(0);
+    assert!(
+        !sent.stderr().contains("metrics.listen"),
+        "{}",
+        sent.stderr()
+    );
+
+    let run = tokio::task::block_in_place(|| unset(&["worker"])).expect_code(2);
+    assert!(
+        run.stderr().contains(&format!(
+            "Failed to listen on {WORKER_METRICS_LISTEN} (metrics.listen)"
+        )),
+        "{}",
+        run.stderr()
+    );
 }

@@ -188,7 +188,7 @@ impl Plan {
 /// The campaign options shared by `enqueue` and `send`, as given on the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `--campaign-id`.
+    /// `--campaign`.
     pub campaign_id: String,
     /// `--template`.
     pub template: String,
@@ -212,7 +212,7 @@ pub struct Options {
 /// render of every locale with the campaign vars), deadline, and every audience row.
 pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
     let campaign = CampaignId::parse(&options.campaign_id)
-        .map_err(|e| InvalidInput(format!("--campaign-id: {e}")))?;
+        .map_err(|e| InvalidInput(format!("--campaign: {e}")))?;
     let template = TemplateName::parse(&options.template)?;
     if !(1..=MAX_RECIPIENTS).contains(&options.batch_size) {
         return Err(InvalidInput(format!(

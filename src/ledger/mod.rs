@@ -447,6 +447,18 @@ impl Ledger {
         status::build(campaign, self.store.snapshot(campaign).await?)
     }
 
+    /// Every recorded campaign's counts, oldest first.
+    pub async fn campaigns(&self) -> Result<Vec<Status>, LedgerError> {
+        self.ready().await?;
+        let mut all = Vec::new();
+        for id in self.store.campaign_ids().await? {
+            let campaign = CampaignId::parse(&id)
+                .map_err(|e| LedgerError::Corrupt(format!("campaign id `{id}`: {e}")))?;
+            all.push(self.status(&campaign).await?);
+        }
+        Ok(all)
+    }
+
     /// Removes this process from `workers` (a command such as `status` registers too) and
     /// closes the database.
     pub async fn close(&self) {

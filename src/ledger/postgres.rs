@@ -103,6 +103,7 @@ const CLEAR_TOTALS: &str = "DELETE FROM campaign_totals WHERE campaign_id = $1";
 const TOTALS_IN: &str = "INSERT INTO campaign_totals (campaign_id, channel, locale, total)
     SELECT $1, t.c, t.l, t.n FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(c, l, n)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = $1";
+const CAMPAIGN_IDS: &str = "SELECT id FROM campaigns ORDER BY created_at, id";
 const SET_STATE: &str = "UPDATE campaigns SET state = $2 WHERE id = $1";
 const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = $1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = $1";
@@ -259,6 +260,12 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| r.try_get::<String, _>(0)?.parse()).transpose()
+    }
+
+    pub(super) async fn campaign_ids(&self) -> Result<Vec<String>, LedgerError> {
+        Ok(sqlx::query_scalar(CAMPAIGN_IDS)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub(super) async fn set_state(

@@ -68,6 +68,7 @@ const CLEAR_TOTALS: &str = "DELETE FROM campaign_totals WHERE campaign_id = ?1";
 const TOTAL: &str =
     "INSERT INTO campaign_totals (campaign_id, channel, locale, total) VALUES (?1, ?2, ?3, ?4)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = ?1";
+const CAMPAIGN_IDS: &str = "SELECT id FROM campaigns ORDER BY created_at, id";
 const SET_STATE: &str = "UPDATE campaigns SET state = ?2 WHERE id = ?1";
 const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = ?1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = ?1";
@@ -570,6 +571,16 @@ impl Store {
                     .query_row([campaign], |r| r.get(0))
                     .optional()?;
                 state.map(|s| s.parse()).transpose()
+            })
+            .await
+    }
+
+    pub(super) async fn campaign_ids(&self) -> Result<Vec<String>, LedgerError> {
+        self.writer
+            .run(|c| {
+                Ok(c.prepare_cached(CAMPAIGN_IDS)?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
             })
             .await
     }

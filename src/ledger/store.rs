@@ -119,6 +119,13 @@ impl Store {
         }
     }
 
+    pub(super) async fn campaign_ids(&self) -> Result<Vec<String>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.campaign_ids().await,
+            Store::Postgres(s) => s.campaign_ids().await,
+        }
+    }
+
     pub(super) async fn set_state(
         &self,
         campaign: &CampaignId,

@@ -345,12 +345,12 @@ pub async fn until_emails(smtp: &SmtpSink, n: usize) {
     }
 }
 
-/// `VERB --campaign-id CAMPAIGN --template xiami-shutdown --audience audience.csv EXTRA…`: the
+/// `VERB --campaign CAMPAIGN --template xiami-shutdown --audience audience.csv EXTRA…`: the
 /// arguments of `enqueue` or `send` for a test's `audience.csv`.
 pub fn campaign_args<'a>(verb: &'a str, campaign: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         verb,
-        "--campaign-id",
+        "--campaign",
         campaign,
         "--template",
         "xiami-shutdown",
