@@ -1,5 +1,5 @@
 //! Campaign throughput of the built `sunset` binary against reference tools, in the same run, on
-//! the same sinks (issue 3, performance):
+//! the same sinks:
 //!
 //! 1. **email**: N notices → RabbitMQ → `sunset worker` (no ledger) → SMTP (8 pooled connections) into
 //!    postfix's `smtp-sink`, against `smtp-source -d -s 8 -m N -l <sunset's average size>`
@@ -61,7 +61,7 @@ use sunset::config::BrokerConfig;
 #[path = "campaign/shaping.rs"]
 mod shaping;
 
-/// Rate limits off, as the issue asks.
+/// Rate limits off: the figures are the most sunset sends, not what a limit allows.
 const UNLIMITED: &str =
     "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
 /// Retry delays of the bench queues (only their names matter: nothing fails).

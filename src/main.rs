@@ -7,7 +7,8 @@ use clap::Parser;
 use sunset::cli::{self, Cli, Command};
 use sunset::{Config, commands, dlq, preview};
 
-/// mimalloc: rendering is allocation-heavy (handlebars), and glibc malloc was a quarter of it.
+/// mimalloc: rendering is allocation-heavy (handlebars), and under glibc malloc allocation is a
+/// quarter of it.
 /// Built with `no_thp`: no transparent huge pages, so freed memory goes back in small pages and
 /// a worker's peak RSS stays low.
 #[global_allocator]

@@ -1,4 +1,4 @@
-//! `shaping`: the campaign's pace against SMTP servers that behave like providers (issue 23),
+//! `shaping`: the campaign's pace against SMTP servers that behave like providers,
 //! on the scripted sink of the tests: per-recipient deferrals against none, and a relay that
 //! refuses everything above 100 recipients a second.
 
@@ -21,7 +21,8 @@ const RECIPIENTS: usize = 3000;
 /// Messages of the relay run, to one domain.
 const RELAY_MESSAGES: usize = 2000;
 
-/// The issue's setting: email at 300/s, no per-domain limit, the default shaping.
+/// The setting of the shaping figures in docs/benchmarks.md: email at 300/s, no per-domain
+/// limit, the default shaping.
 fn config(sink: &SmtpSink) -> String {
     format!(
         "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\
