@@ -299,7 +299,7 @@ fn encode(delivery: &Delivery<'_>) -> Result<Vec<u8>, Outcome> {
         title: &push.title,
         body: &push.body,
     };
-    // Sized up front: growing the buffer from empty was a string of reallocations per push.
+    // Sized up front: a buffer grown from empty reallocates several times per push.
     let fields = [
         message.user_id,
         message.campaign_id,
