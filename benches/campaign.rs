@@ -312,7 +312,7 @@ impl Workdir {
         let batch = BATCH_SIZE.to_string();
         let mut args = vec![
             "enqueue",
-            "--campaign-id",
+            "--campaign",
             campaign,
             "--template",
             "xiami-shutdown",
@@ -973,7 +973,7 @@ impl Bench {
         work.audience("sample.csv", SIZE_SAMPLE)?;
         let args = [
             "send",
-            "--campaign-id",
+            "--campaign",
             "size",
             "--template",
             "xiami-shutdown",

@@ -33,7 +33,7 @@ push_per_sec = 0
 [rate.per_domain_per_sec]
 default = 0
 TOML
-"$root/target/release/sunset" enqueue --campaign-id "rss-$RANDOM" --template xiami-shutdown \
+"$root/target/release/sunset" enqueue --campaign "rss-$RANDOM" --template xiami-shutdown \
   --audience audience.csv --channels push > /dev/null 2>&1
 /usr/bin/time -f "$n pushes: peak RSS %M KB, wall %e s" \
   "$root/target/release/sunset" worker --exit-when-idle 2>&1 >/dev/null | grep -v '^{'

@@ -51,7 +51,7 @@ case "$scenario" in
       echo "user_id,email,locale,name"
       for i in $(seq 1 40000); do echo "u-$i,user$i@example.com,en-US,User $i"; done
     } > audience.csv
-    "$SUNSET_BIN" enqueue --campaign-id "rss-$RANDOM" --template xiami-shutdown \
+    "$SUNSET_BIN" enqueue --campaign "rss-$RANDOM" --template xiami-shutdown \
       --audience audience.csv --channels email,push --batch-size 10000 > /dev/null 2>&1
     label="4 x 10,000-recipient batches, prefetch $prefetch"
     ;;
