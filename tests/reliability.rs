@@ -1,5 +1,6 @@
-//! The reliability figure of README: a 20,000-recipient campaign with 10 % transient and 1 %
-//! permanent SMTP failures and one broker connection drop, counted at the sinks and the DLQ.
+//! The reliability figure of docs/benchmarks.md: a 20,000-recipient campaign with 10 % transient
+//! and 1 % permanent SMTP failures and one broker connection drop, counted at the sinks and the
+//! DLQ.
 //! Run with `cargo test --release --test reliability -- --ignored --nocapture`.
 
 mod common;
@@ -17,7 +18,7 @@ use sunset::batch::Batch;
 const RECIPIENTS: usize = 20_000;
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "a 20,000-recipient run for README's figures; takes about a minute in release"]
+#[ignore = "a 20,000-recipient run for the reliability figure of docs/benchmarks.md; takes about a minute in release"]
 async fn twenty_thousand_recipients_with_failures_and_a_broker_drop_lose_and_duplicate_no_one() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
     let mut csv = String::from("user_id,email,locale\n");
