@@ -251,7 +251,7 @@ fn bad_arguments_exit_2_with_the_reason() {
     let err = env
         .sunset(&[
             "enqueue",
-            "--campaign-id",
+            "--campaign",
             "has space",
             "--template",
             "xiami-shutdown",
@@ -260,7 +260,7 @@ fn bad_arguments_exit_2_with_the_reason() {
         ])
         .expect_code(2)
         .stderr();
-    assert!(err.contains("--campaign-id"), "{err}");
+    assert!(err.contains("--campaign: "), "{err}");
 }
 
 #[test]
