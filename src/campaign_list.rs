@@ -25,18 +25,14 @@ fn shown(percent: Option<f64>) -> String {
 }
 
 impl CampaignList {
-    /// The stable JSON form (`campaign list --json`): an array, one object per campaign.
+    /// The stable JSON form (`campaign list --json`): an array, one object per campaign, its
+    /// fields named and written as `status --json` writes them.
     pub fn json(&self) -> Value {
         let campaigns: Vec<Value> = self
             .0
             .iter()
             .map(|status| {
-                let (template, state, recipients) = match &status.recorded {
-                    Some((template, state, recipients)) => {
-                        (json!(template), json!(state.as_str()), json!(recipients))
-                    }
-                    None => (Value::Null, Value::Null, Value::Null),
-                };
+                let full = status.json();
                 let channels: serde_json::Map<String, Value> = status
                     .channels()
                     .iter()
@@ -50,13 +46,13 @@ impl CampaignList {
                     })
                     .collect();
                 json!({
-                    "campaign": status.campaign.as_str(),
-                    "template": template,
-                    "state": state,
-                    "recipients": recipients,
+                    "campaign": full["campaign"],
+                    "template": full["template"],
+                    "state": full["state"],
+                    "recipients": full["recipients"],
                     "channels": channels,
                     "delivered_percent": delivered_percent(&status.total()),
-                    "deadline": status.deadline.map(|d| d.to_rfc3339()),
+                    "deadline": full["deadline"],
                 })
             })
             .collect();
