@@ -1716,7 +1716,7 @@ fn main() -> anyhow::Result<()> {
         "no binary at {}",
         sunset_bin().display()
     );
-    // Another session may be restarting RabbitMQ: wait a little for it.
+    // RabbitMQ may still be starting or restarting on this machine: wait a little for it.
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse()?, Duration::from_secs(2))
         .is_err()
