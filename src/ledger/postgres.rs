@@ -22,20 +22,42 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections a worker opens at start: the claims of its first batches and the outcome writer.
 const WARM_CONNECTIONS: usize = 4;
 
+/// The end of both claim statements: the rows inserted (`new`) are counted, and returned.
+macro_rules! counted_claims {
+    () => {
+        "    counted AS (
+        INSERT INTO campaign_counts (campaign_id, channel, locale, status, n)
+        SELECT $1, channel, locale, 'rows', COUNT(*) FROM new GROUP BY channel, locale
+        ON CONFLICT (campaign_id, channel, locale, status)
+        DO UPDATE SET n = campaign_counts.n + excluded.n)
+    SELECT user_id, channel FROM new"
+    };
+}
+
 /// Claims every pair no row has yet; returns those it inserted. $1 campaign, $2 owner, $3
-/// token, $4 now, $5–$9 users, channels, locales, addresses, feedback tokens.
-const CLAIM_NEW: &str = "WITH new AS (
+/// token, $4 now, $5–$7 users, channels, locales.
+const CLAIM_NEW: &str = concat!(
+    "WITH new AS (
+        INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
+        SELECT $1, t.u, t.c, t.l, 'sending', 0, $2, $3, $4
+        FROM UNNEST($5::text[], $6::text[], $7::text[]) AS t(u, c, l)
+        ON CONFLICT (campaign_id, user_id, channel) DO NOTHING
+        RETURNING user_id, channel, locale),
+",
+    counted_claims!()
+);
+/// `CLAIM_NEW` for a batch with email pairs, with $8–$9 addresses and feedback tokens; a batch
+/// of push pairs only keeps the statement that carries neither.
+const CLAIM_NEW_EMAIL: &str = concat!(
+    "WITH new AS (
         INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at, address, feedback_token)
         SELECT $1, t.u, t.c, t.l, 'sending', 0, $2, $3, $4, t.a, t.f
         FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS t(u, c, l, a, f)
         ON CONFLICT (campaign_id, user_id, channel) DO NOTHING
         RETURNING user_id, channel, locale),
-    counted AS (
-        INSERT INTO campaign_counts (campaign_id, channel, locale, status, n)
-        SELECT $1, channel, locale, 'rows', COUNT(*) FROM new GROUP BY channel, locale
-        ON CONFLICT (campaign_id, channel, locale, status)
-        DO UPDATE SET n = campaign_counts.n + excluded.n)
-    SELECT user_id, channel FROM new";
+",
+    counted_claims!()
+);
 /// The rows of pairs a claim did not insert: $1 campaign, $2 users, $3 channels.
 const FIND: &str = "SELECT d.user_id, d.channel, d.status, d.owner, d.token, d.locale
     FROM deliveries d JOIN UNNEST($2::text[], $3::text[]) AS t(u, c)
@@ -299,18 +321,21 @@ impl Store {
             .iter()
             .map(|p| p.address.as_ref().map(EmailAddress::as_str))
             .collect();
-        let inserted = sqlx::query(CLAIM_NEW)
+        let email = addresses.iter().any(Option::is_some);
+        let claim = sqlx::query(if email { CLAIM_NEW_EMAIL } else { CLAIM_NEW })
             .bind(campaign)
             .bind(owner)
             .bind(job.token)
             .bind(now)
             .bind(&users)
             .bind(&channels)
-            .bind(&locales)
-            .bind(&addresses)
-            .bind(&job.tokens)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(&locales);
+        let claim = if email {
+            claim.bind(&addresses).bind(&job.tokens)
+        } else {
+            claim
+        };
+        let inserted = claim.fetch_all(&self.pool).await?;
         if inserted.len() == job.pairs.len() {
             return Ok(claims);
         }

@@ -241,6 +241,9 @@ async fn reports_suppress_as_the_policy_says(ledger: &Ledger) {
             .expect("report"),
         suppressed(message, Reason::Unsubscribe)
     );
+    // The PostgreSQL ledger is shared: no entry of this test may stop another's email.
+    let all: Vec<EmailAddress> = all.into_iter().cloned().collect();
+    ledger.unsuppress(&all).await.expect("clean up");
 }
 
 #[tokio::test]
@@ -268,7 +271,8 @@ async fn complaints_pause_and_a_resume_forgives_them(ledger: &Ledger) {
         })
         .await
         .expect("record");
-    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let run = fastrand::u64(..);
+    let users: Vec<String> = (0..1000).map(|i| format!("c{run}-{i}")).collect();
     delivered(ledger, &campaign, &users).await;
     let complain = |user: &str| report(Reason::Complaint, About::Token(token(&campaign, user)));
     for user in &users[..3] {
@@ -328,6 +332,11 @@ async fn complaints_pause_and_a_resume_forgives_them(ledger: &Ledger) {
         Some(CampaignState::Paused),
         "a new complaint at a rate still past the limit does"
     );
+    let complained: Vec<EmailAddress> = users[..5]
+        .iter()
+        .map(|u| address(&format!("{u}@example.com")))
+        .collect();
+    ledger.unsuppress(&complained).await.expect("clean up");
 }
 
 #[tokio::test]

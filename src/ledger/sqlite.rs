@@ -27,7 +27,12 @@ const BEAT_BUSY: Duration = Duration::from_secs(1);
 /// Operations run in one transaction at most.
 const MAX_GROUP: usize = 256;
 
-const CLAIM_NEW: &str = "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at, address, feedback_token)
+const CLAIM_NEW: &str = "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
+    VALUES (?1, ?2, ?3, ?4, 'sending', 0, ?5, ?6, ?7)
+    ON CONFLICT (campaign_id, user_id, channel) DO NOTHING";
+/// `CLAIM_NEW` for an email pair, with its address and feedback token; push rows keep the
+/// statement that binds neither.
+const CLAIM_NEW_EMAIL: &str = "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at, address, feedback_token)
     VALUES (?1, ?2, ?3, ?4, 'sending', 0, ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (campaign_id, user_id, channel) DO NOTHING";
 const FIND: &str = "SELECT status, owner, token, locale FROM deliveries
@@ -304,19 +309,26 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
     let mut rest = Vec::new();
     {
         let mut insert = c.prepare_cached(CLAIM_NEW)?;
+        let mut insert_email = c.prepare_cached(CLAIM_NEW_EMAIL)?;
         for (p, feedback_token) in job.pairs.iter().zip(&job.tokens) {
             let address = p.address.as_ref().map(EmailAddress::as_str);
-            let inserted = insert.execute(params![
-                campaign,
-                p.user_id.as_str(),
-                p.channel.as_str(),
-                p.locale,
-                owner,
-                job.token,
-                now,
-                address,
-                feedback_token
-            ])?;
+            let (user, channel) = (p.user_id.as_str(), p.channel.as_str());
+            let inserted = match address {
+                None => insert.execute(params![
+                    campaign, user, channel, p.locale, owner, job.token, now
+                ])?,
+                Some(address) => insert_email.execute(params![
+                    campaign,
+                    user,
+                    channel,
+                    p.locale,
+                    owner,
+                    job.token,
+                    now,
+                    address,
+                    feedback_token
+                ])?,
+            };
             if inserted == 1 {
                 tally.add(campaign, p.channel.as_str(), &p.locale, "rows", 1);
             } else {
