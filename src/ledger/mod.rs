@@ -41,9 +41,9 @@ use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
 
-pub use reports::{PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
+pub use reports::{Feedback, PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
-pub use status::{Counts, Feedback, Status};
+pub use status::{Counts, Status};
 pub use suppressions::Suppression;
 
 /// How long a campaign's state is trusted before it is read again.

@@ -1,6 +1,6 @@
 //! What the ledger does with a bounce, complaint or unsubscribe: the recipient a token names,
-//! what recording a report did, and the suppression policy as pure decisions the two databases
-//! share.
+//! what recording a report did, the suppression policy as pure decisions the two databases
+//! share, and the counts of reports `status` shows.
 
 use super::LedgerError;
 use crate::batch::{CampaignId, EmailAddress, UserId};
@@ -44,6 +44,42 @@ pub struct TokenRecipient {
     pub address: EmailAddress,
     /// The template locale the email was sent in.
     pub locale: String,
+}
+
+/// What came back about a campaign's emails: first reports per reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Feedback {
+    /// Permanent failures reported after acceptance.
+    pub hard_bounces: u64,
+    /// Temporary failures reported after acceptance.
+    pub soft_bounces: u64,
+    /// Spam complaints.
+    pub complaints: u64,
+    /// Unsubscribes.
+    pub unsubscribes: u64,
+}
+
+impl Feedback {
+    /// Counts `n` first reports of `reason` (operators' entries name no campaign).
+    pub(super) fn add(&mut self, reason: Reason, n: u64) {
+        match reason {
+            Reason::HardBounce => self.hard_bounces += n,
+            Reason::SoftBounce => self.soft_bounces += n,
+            Reason::Complaint => self.complaints += n,
+            Reason::Unsubscribe => self.unsubscribes += n,
+            Reason::Manual => {}
+        }
+    }
+}
+
+/// `part` per `whole`, none when `whole` is 0.
+pub(super) fn rate(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// A rate as a percentage with two decimals, `-` when there is none.
+pub(super) fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0))
 }
 
 /// The scope a report's suppression takes at once (`None`: a soft bounce, which suppresses
@@ -152,7 +188,7 @@ pub(super) fn recipient(
     })
 }
 
-/// The effect of a report on `target`, given the scope it suppresses in (if any).
+/// The effect of a report on `target`: `suppressed` when it suppresses the address.
 pub(super) fn effect(target: Target, reason: Reason, suppressed: bool) -> ReportEffect {
     if suppressed {
         ReportEffect::Suppressed {

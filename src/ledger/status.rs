@@ -6,10 +6,11 @@ use std::fmt;
 use chrono::{DateTime, FixedOffset};
 use serde_json::{Value, json};
 
+use super::reports::{Feedback, percent, rate};
 use super::{CampaignState, LedgerError, Mark};
 use crate::batch::CampaignId;
 use crate::channel::Channel;
-use crate::suppression::{Reason, UnknownReason};
+use crate::suppression::UnknownReason;
 
 /// The window the rate is measured over.
 pub(super) const RATE_WINDOW_MS: i64 = 60_000;
@@ -83,29 +84,6 @@ impl Counts {
             "pending": self.pending(),
         })
     }
-}
-
-/// What came back about a campaign's emails: first reports per reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Feedback {
-    /// Permanent failures reported after acceptance.
-    pub hard_bounces: u64,
-    /// Temporary failures reported after acceptance.
-    pub soft_bounces: u64,
-    /// Spam complaints.
-    pub complaints: u64,
-    /// Unsubscribes.
-    pub unsubscribes: u64,
-}
-
-/// `part` per `whole`, none when `whole` is 0.
-fn rate(part: u64, whole: u64) -> Option<f64> {
-    (whole > 0).then(|| part as f64 / whole as f64)
-}
-
-/// A rate as a percentage with two decimals, `-` when there is none.
-fn percent(rate: Option<f64>) -> String {
-    rate.map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0))
 }
 
 /// A campaign as the ledger knows it.
@@ -413,17 +391,10 @@ pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status,
     }
     let mut feedback = Feedback::default();
     for (reason, n) in snapshot.feedback {
-        let n = n.max(0) as u64;
-        match reason
+        let reason = reason
             .parse()
-            .map_err(|e: UnknownReason| LedgerError::Corrupt(e.to_string()))?
-        {
-            Reason::HardBounce => feedback.hard_bounces += n,
-            Reason::SoftBounce => feedback.soft_bounces += n,
-            Reason::Complaint => feedback.complaints += n,
-            Reason::Unsubscribe => feedback.unsubscribes += n,
-            Reason::Manual => {}
-        }
+            .map_err(|e: UnknownReason| LedgerError::Corrupt(e.to_string()))?;
+        feedback.add(reason, n.max(0) as u64);
     }
     if recorded.is_none() && rows.is_empty() {
         return Err(LedgerError::UnknownCampaign(campaign.clone()));
