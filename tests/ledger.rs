@@ -527,12 +527,13 @@ async fn the_file_outbox_respects_the_ledger_on_a_second_send() {
         "pushes written again:\n{}",
         again.stdout()
     );
-    // Per channel: 30 recipients, none reached now, all 30 earlier, nothing dead or pending.
+    // Per channel: 30 recipients, none reached now, all 30 earlier, nothing dead, suppressed
+    // or pending.
     for channel in ["email", "push"] {
         assert!(
             again.stdout().lines().any(|line| line
                 .split_whitespace()
-                .eq([channel, "30", "0", "30", "0", "0", "0", "0"])),
+                .eq([channel, "30", "0", "30", "0", "0", "0", "0", "0"])),
             "{}",
             again.stdout()
         );

@@ -11,16 +11,22 @@
 
 mod claim;
 mod postgres;
+mod postgres_feedback;
+#[cfg(test)]
+mod report_tests;
+mod reports;
 mod rows;
 mod sqlite;
+mod sqlite_feedback;
 mod status;
 mod store;
+mod suppressions;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -29,12 +35,16 @@ use tracing::{info, warn};
 
 use crate::batch::CampaignId;
 use crate::broker::redact;
+use crate::channel::Channel;
+use crate::token::TokenKey;
 use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
 
+pub use reports::{Feedback, PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
 pub use status::{Counts, Status};
+pub use suppressions::Suppression;
 
 /// How long a campaign's state is trusted before it is read again.
 const STATE_TTL: Duration = Duration::from_secs(1);
@@ -152,6 +162,8 @@ pub struct Ledger {
     writes: mpsc::UnboundedSender<Waiting>,
     /// Outcomes wait for a database that refuses them: no send starts meanwhile.
     backlog: Arc<AtomicBool>,
+    /// `feedback.secret_file`'s key: claims store each email pair's feedback token.
+    token_key: OnceLock<TokenKey>,
 }
 
 fn now_ms() -> i64 {
@@ -190,7 +202,15 @@ impl Ledger {
             states: Mutex::default(),
             writes,
             backlog,
+            token_key: OnceLock::new(),
         }))
+    }
+
+    /// Claims store, from now on, each email pair's feedback token made with `key`, so that
+    /// [`Ledger::recipient_of`] finds the recipient of a bounce or unsubscribe. Set once: a
+    /// second key is ignored (a process has one `feedback.secret_file`).
+    pub fn use_token_key(&self, key: TokenKey) {
+        let _ = self.token_key.set(key);
     }
 
     /// The URL, with any password hidden.
@@ -375,10 +395,20 @@ impl Ledger {
             .filter(|p| seen.insert((&p.user_id, p.channel)))
             .cloned()
             .collect();
+        let tokens = pairs
+            .iter()
+            .map(|p| match (self.token_key.get(), p.channel, &p.address) {
+                (Some(key), Channel::Email, Some(_)) => {
+                    Some(key.token(campaign, &p.user_id, Channel::Email).to_string())
+                }
+                _ => None,
+            })
+            .collect();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let job = ClaimJob {
             campaign: campaign.clone(),
             pairs,
+            tokens,
             owner,
             token,
             active: Arc::clone(&self.active),
