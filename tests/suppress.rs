@@ -392,3 +392,49 @@ async fn a_complaint_rate_past_the_limit_pauses_the_campaign_until_resumed() {
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["paused_reason"], serde_json::Value::Null, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suppressed_send_is_counted_under_its_own_outcome_in_the_metrics() {
+    use common::scrape::{self, free_address};
+    use common::worker_process::WorkerProcess;
+    let env = TestEnv::with_broker("");
+    env.write(
+        "audience.csv",
+        &common::audience_csv(3, |_| "example.com".into()),
+    );
+    env.sunset(&["suppress", "add", &mail(2)]).expect_code(0);
+    env.sunset_async(&campaign_args("enqueue", &unique("metrics"), &[]))
+        .await
+        .expect_code(0);
+    let address = free_address();
+    let _worker = WorkerProcess::spawn(env.command(
+        &["worker"],
+        &[("SUNSET__METRICS__LISTEN", address.as_str())],
+    ));
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = scrape::get(&address, "/metrics").map(|(_, body)| body);
+        if text
+            .as_deref()
+            .is_some_and(|t| scrape::sum(t, "sunset_batches_total", &[]) >= 1.0)
+        {
+            break text.expect("scraped");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no batch settled in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let sends = |channel: &str, outcome: &str| {
+        scrape::sum(
+            &text,
+            "sunset_sends_total",
+            &[("channel", channel), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(sends("email", "suppressed"), 1.0, "{text}");
+    assert_eq!(sends("email", "delivered"), 2.0, "{text}");
+    assert_eq!(sends("push", "delivered"), 3.0, "{text}");
+    assert_eq!(sends("push", "suppressed"), 0.0, "{text}");
+}
