@@ -52,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// Print the DNS TXT record(s) that publish the DKIM key(s) of email.dkim.key_file.
+    DkimRecord,
 }
 
 /// `sunset status`.

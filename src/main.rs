@@ -34,6 +34,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return preview::run(&config, args);
     }
+    if let Command::DkimRecord = &cli.command {
+        return commands::dkim_record(&config);
+    }
     sunset::logging::init();
     let runtime = match &cli.command {
         // One thread: a worker's sends are I/O-bound and rendering is short, and a single
@@ -55,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Dlq { action } => dlq::run(&config, action).await,
             Command::Status(args) => commands::status(&config, args).await,
             Command::Campaign { action } => commands::campaign(&config, action).await,
+            Command::DkimRecord => commands::dkim_record(&config),
         }
     })
 }
