@@ -232,6 +232,8 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
             "Date",
             "Content-Language",
             "X-Sunset-Campaign",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
             "MIME-Version",
             "Content-Type"
         ]

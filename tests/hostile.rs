@@ -101,7 +101,7 @@ fn header_names(email: &str) -> Vec<String> {
         .collect()
 }
 
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 11] = [
     "From",
     "To",
     "Subject",
@@ -109,6 +109,8 @@ const HEADERS: [&str; 9] = [
     "Date",
     "Content-Language",
     "X-Sunset-Campaign",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
     "MIME-Version",
     "Content-Type",
 ];
