@@ -344,6 +344,22 @@ fn dkim_record_publishes_the_public_keys_in_strings_of_at_most_255_bytes() {
         ed25519_der[ed25519_der.len() - 32..]
     );
 
+    // A signing domain that is not From's (nor a parent of it) is published, with a warning.
+    let toml = fs::read_to_string(env.path().join("sunset.toml")).expect("config");
+    env.write_config(&toml.replace("domain = \"xiami.example\"", "domain = \"other.example\""));
+    let run = env.sunset(&["dkim-record"]).expect_code(0);
+    assert!(
+        run.stdout().starts_with("s1._domainkey.other.example."),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(
+        run.stderr().matches("dkim_not_aligned").count(),
+        1,
+        "warned once: {}",
+        run.stderr()
+    );
+
     // Without a key there is nothing to publish.
     env.write_config("[templates]\ndir = \"templates\"\n");
     let run = env.sunset(&["dkim-record"]).expect_code(2);
