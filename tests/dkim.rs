@@ -380,6 +380,14 @@ fn bad_key_files_stop_worker_and_send_with_exit_2_naming_the_key() {
     key_file(&env, "ed25519.pem", &ed25519);
     key_file(&env, "short.pem", &short);
     key_file(&env, "text.pem", "not a key\n");
+    let ec = openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ]);
+    key_file(&env, "ec.pem", &String::from_utf8(ec).expect("PEM"));
     let shared = env.write("shared.pem", &rsa);
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o644)).expect("chmod");
     let cases = [
@@ -397,6 +405,7 @@ fn bad_key_files_stop_worker_and_send_with_exit_2_naming_the_key() {
             DkimAlgorithm::RsaSha256AndEd25519,
             "1 RSA and 0 Ed25519",
         ),
+        ("ec.pem", DkimAlgorithm::RsaSha256, "not an RSA"),
     ];
     for (file, algorithm, says) in cases {
         dkim_config(&env, file, algorithm);
@@ -411,4 +420,12 @@ fn bad_key_files_stop_worker_and_send_with_exit_2_naming_the_key() {
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
+    // A selector that is no DNS name is named too.
+    env.write_config("[email.dkim]\nselector = \"s1; x=y\"\nkey_file = \"rsa.pem\"\n");
+    let run = env.sunset(&["worker"]).expect_code(2);
+    assert!(
+        run.stderr().contains("email.dkim.selector"),
+        "{}",
+        run.stderr()
+    );
 }

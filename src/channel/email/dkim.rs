@@ -68,25 +68,37 @@ struct Signature {
     leading_tags: String,
 }
 
-/// The `h=` lists, worked out once: without and with the `List-Unsubscribe` fields.
+/// One `h=` list, worked out once: the names, and the tag value they make.
+struct HeaderList {
+    names: Vec<&'static str>,
+    /// `from:to:…`
+    tag: String,
+}
+
+impl HeaderList {
+    fn new(extra: &[&'static str]) -> HeaderList {
+        let names: Vec<&'static str> = SIGNED
+            .iter()
+            .chain(extra)
+            .chain(&OVERSIGNED)
+            .copied()
+            .collect();
+        let tag = names.join(":");
+        HeaderList { names, tag }
+    }
+}
+
+/// The `h=` lists: without and with the `List-Unsubscribe` fields.
 struct HeaderLists {
-    plain: Vec<&'static str>,
-    with_list: Vec<&'static str>,
+    plain: HeaderList,
+    with_list: HeaderList,
 }
 
 impl HeaderLists {
     fn new() -> HeaderLists {
-        let list = |extra: &[&'static str]| {
-            SIGNED
-                .iter()
-                .chain(extra)
-                .chain(&OVERSIGNED)
-                .copied()
-                .collect()
-        };
         HeaderLists {
-            plain: list(&[]),
-            with_list: list(&SIGNED_WHEN_PRESENT),
+            plain: HeaderList::new(&[]),
+            with_list: HeaderList::new(&SIGNED_WHEN_PRESENT),
         }
     }
 }
@@ -170,13 +182,13 @@ impl DkimSigner {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"list-unsubscribe")
         });
-        let names = if has_list {
+        let list = if has_list {
             &self.headers.with_list
         } else {
             &self.headers.plain
         };
         let mut signed = Vec::with_capacity(1024);
-        for field in selected(&fields, names) {
+        for field in selected(&fields, &list.names) {
             canonical::relaxed_field(field.name, field.value, &mut signed);
             signed.extend_from_slice(b"\r\n");
         }
@@ -185,8 +197,7 @@ impl DkimSigner {
         for signature in &self.signatures {
             let unsigned = format!(
                 "DKIM-Signature: {}\r\n t={timestamp}; h={};\r\n bh={body_hash};\r\n b=",
-                signature.leading_tags,
-                names.join(":")
+                signature.leading_tags, list.tag
             );
             signed.truncate(prefix_len);
             let (name, value) = unsigned.split_at("DKIM-Signature".len());
