@@ -14,6 +14,7 @@ use sunset::channel::email::{Composer, compose, dkim_signer};
 use sunset::channel::{Channel, Delivery};
 use sunset::config::{DkimConfig, EmailConfig};
 use sunset::render::{Renderer, Sample, TemplateName, template_dir};
+use sunset::token::TokenKey;
 
 /// Signatures timed for the raw cost.
 const SIGNATURES: usize = 2000;
@@ -60,7 +61,12 @@ fn signing_micros(key: &Path) -> anyhow::Result<f64> {
         },
         ..EmailConfig::default()
     };
-    let composer = Composer::new(config.from.parse()?);
+    // The shipped template asks for List-Unsubscribe, which a key makes.
+    let composer = Composer::new(config.from.parse()?).with_tokens(
+        TokenKey::from_bytes(b"a bench key of more than sixteen bytes"),
+        "https://notices.xiami.example",
+        Some("bounces.xiami.example"),
+    )?;
     let email = compose(
         &composer,
         Delivery {
