@@ -15,6 +15,8 @@
 //!    campaigns it writes to PostgreSQL are deleted when it ends.
 //! 6. **shaping** (`campaign/shaping.rs`): 10 % "451 Try again later" against none, and a relay
 //!    refusing above 100/s, on the tests' scripted SMTP sink.
+//! 7. **dkim** (`campaign/dkim.rs`): the email run of 1. with DKIM signing (RSA-2048) against
+//!    without, interleaved; and one signature's cost in µs.
 //!
 //! Throughput is measured at the sink, from the first message received to the last, for
 //! sunset and for the reference tool alike: start-up, connecting and the worker's
@@ -27,7 +29,7 @@
 //! ```sh
 //! cargo bench --bench campaign                 # full: 20,000 emails, 100,000 pushes, enqueue 200,000
 //! cargo bench --bench campaign -- --quick      # smoke check with small N (or SUNSET_BENCH_QUICK=1)
-//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger, shaping
+//! cargo bench --bench campaign -- email push   # only some: email, push, enqueue, rss, ledger, shaping, dkim
 //! ```
 //!
 //! Knobs (environment): `SUNSET_BENCH_N` (emails), `SUNSET_BENCH_PUSH_N` (pushes, default
@@ -58,6 +60,8 @@ use axum::routing::post;
 use sunset::broker::{Broker, QueueNames};
 use sunset::config::BrokerConfig;
 
+#[path = "campaign/dkim.rs"]
+mod dkim;
 #[path = "campaign/shaping.rs"]
 mod shaping;
 
@@ -150,10 +154,11 @@ impl Options {
                     "ledger-email",
                     "ledger-push",
                     "ledger-scale",
-                    "shaping"
+                    "shaping",
+                    "dkim"
                 ]
                 .contains(&name.as_str()),
-                "unknown measurement `{name}` (email, push, enqueue, rss, ledger, ledger-email, ledger-push, ledger-scale, shaping)"
+                "unknown measurement `{name}` (email, push, enqueue, rss, ledger, ledger-email, ledger-push, ledger-scale, shaping, dkim)"
             );
         }
         let (n, push_n, enqueue_n, rss_n, concurrencies, repeat, wrk_seconds) = if quick {
@@ -228,10 +233,15 @@ impl Workdir {
         let delays: Vec<String> = RETRY_DELAYS.iter().map(u64::to_string).collect();
         let config = format!(
             "[broker]\nqueue = \"{queue}\"\n[worker]\nretry_delays_ms = [{}]\n{worker}\
-             [templates]\ndir = \"templates\"\n[metrics]\nlisten = \"\"\n{extra}",
+             [templates]\ndir = \"templates\"\n[metrics]\nlisten = \"\"\n\
+             [feedback]\nsecret_file = \"feedback.key\"\n{extra}",
             delays.join(", ")
         );
         std::fs::write(dir.path().join("sunset.toml"), config)?;
+        // The shipped template asks for List-Unsubscribe, whose link needs a feedback key.
+        let key = dir.path().join("feedback.key");
+        std::fs::write(&key, "a bench key of more than sixteen bytes\n")?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(Workdir {
             dir,
             queue,
@@ -1752,6 +1762,9 @@ fn main() -> anyhow::Result<()> {
         }
         if bench.options.wants("shaping") {
             bench.shaping()?;
+        }
+        if bench.options.wants("dkim") {
+            bench.dkim()?;
         }
         if !bench.postgres_campaigns.is_empty() {
             bench.forget_postgres_campaigns()?;

@@ -53,6 +53,8 @@ pub enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// Print the DNS TXT record(s) that publish the DKIM key(s) of email.dkim.key_file.
+    DkimRecord,
     /// Add, import, list or remove addresses no email goes to (needs the delivery ledger).
     Suppress {
         /// What to do.

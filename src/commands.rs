@@ -1,5 +1,5 @@
 //! The commands that talk to RabbitMQ or the ledger: `topology`, `enqueue`, `worker`, `send`,
-//! `status`, `campaign`.
+//! `status`, `campaign`; and `dkim-record`, which reads the config's DKIM key(s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tracing::info;
 use crate::batch::CampaignId;
 use crate::broker::{self, Broker, QueueNames, redact};
 use crate::campaign_list::CampaignList;
-use crate::channel::email::EmailSender;
+use crate::channel::email::{self, EmailSender};
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
@@ -252,8 +252,8 @@ fn deps(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
-    let email =
-        EmailSender::from_config(&config.email).context("Failed to set up the email channel")?;
+    let email = EmailSender::from_config(&config.email, &config.feedback)
+        .context("Failed to set up the email channel")?;
     let push =
         PushSender::from_config(&config.push).context("Failed to set up the push channel")?;
     let deps = Deps::new(
@@ -384,6 +384,17 @@ fn cancel_on_signal(shutdown: CancellationToken) -> impl Future<Output = Signal>
         shutdown.cancel();
         signal
     }
+}
+
+/// `sunset dkim-record`: one zone-file line per key of `email.dkim.key_file`.
+pub fn dkim_record(config: &Config) -> anyhow::Result<()> {
+    let signer = email::dkim_signer(&config.email)?.ok_or_else(|| {
+        InvalidInput("email.dkim.key_file is not set: there is no DKIM key to publish".into())
+    })?;
+    for record in signer.dns_records() {
+        crate::say!("{record}")?;
+    }
+    Ok(())
 }
 
 /// `sunset preview --serve`, until SIGTERM or SIGINT.

@@ -6,10 +6,12 @@ use std::path::Path;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
+use crate::config::FeedbackConfig;
 use crate::locale::Direction;
 use crate::render::{
     self, PUSH_BODY_MAX, PUSH_TITLE_MAX, Part, RECIPIENT_FIELDS, Renderer, Sample, TemplateName,
 };
+use crate::template_options::{OPTIONS_FILE, TemplateOptions};
 use crate::variables::{Usage, usage_of};
 
 /// One thing wrong, at one place (`xiami-shutdown/ar/email.html.hbs`).
@@ -64,6 +66,32 @@ pub fn check_all(dir: &Path, default_locale: &str) -> Vec<Problem> {
         .collect()
 }
 
+/// What a template's `template.toml` asks of the `[feedback]` config: `list_unsubscribe`
+/// needs `feedback.secret_file` (the link's token is made with its key). An unreadable
+/// `template.toml` is reported by [`check`].
+pub fn feedback_problems(
+    dir: &Path,
+    name: &TemplateName,
+    feedback: &FeedbackConfig,
+) -> Vec<Problem> {
+    let Ok(root) = render::template_dir(dir, name) else {
+        return Vec::new();
+    };
+    let Ok(options) = TemplateOptions::load(&root) else {
+        return Vec::new();
+    };
+    if options.list_unsubscribe && feedback.secret_file.as_os_str().is_empty() {
+        vec![Problem {
+            at: format!("{name}/{OPTIONS_FILE}"),
+            message: "list_unsubscribe = true needs the config key `feedback.secret_file` \
+                      (the unsubscribe link's token is made with its key), which is not set"
+                .into(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Checks one template: files present and valid, locales in step, `#if` on defined variables,
 /// and every locale renders in strict mode with `sample.json` within the push limits.
 pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Problem> {
@@ -95,7 +123,9 @@ pub fn check(dir: &Path, name: &TemplateName, default_locale: &str) -> Vec<Probl
             let at = format!("{name}/{tag}/{}", part.file_name());
             let path = root.join(tag).join(part.file_name());
             if !path.is_file() {
-                problems.push(problem(at, "missing".into()));
+                if !part.is_optional() {
+                    problems.push(problem(at, "missing".into()));
+                }
                 continue;
             }
             match render::read_source(&path).and_then(|source| render::compile(&path, &source)) {

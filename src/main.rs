@@ -36,6 +36,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return preview::run(&config, args);
     }
     sunset::logging::init();
+    // After the logger: loading the key warns when the signature would not align with From.
+    if let Command::DkimRecord = &cli.command {
+        return commands::dkim_record(&config);
+    }
     let runtime = match &cli.command {
         // One thread: a worker's sends are I/O-bound and rendering is short, and a single
         // thread saves the work-stealing scheduler's CPU (a quarter to a third of the worker's)
@@ -57,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status(args) => commands::status(&config, args).await,
             Command::Campaign { action } => commands::campaign(&config, action).await,
             Command::Suppress { action } => suppress::run(&config, action).await,
+            Command::DkimRecord => commands::dkim_record(&config),
         }
     })
 }

@@ -82,7 +82,8 @@ impl fmt::Display for TemplateName {
     }
 }
 
-/// One of the five files a locale of a template consists of.
+/// One of the files a locale of a template consists of: five it must have, and
+/// `from_name.hbs` it may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
     /// `subject.hbs`: the email subject, one line.
@@ -95,22 +96,31 @@ pub enum Part {
     PushTitle,
     /// `push_body.hbs`.
     PushBody,
+    /// `from_name.hbs` (optional): the email's `From` display name, one line.
+    FromName,
 }
 
 impl Part {
     /// Every part, in the order a notice is shown.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Subject,
         Part::Text,
         Part::Html,
         Part::PushTitle,
         Part::PushBody,
+        Part::FromName,
     ];
+
+    /// Whether a locale may lack the file: without `from_name.hbs` the email is from
+    /// `email.from`'s name.
+    pub fn is_optional(self) -> bool {
+        self == Part::FromName
+    }
 
     /// A rendered part as a notice holds it: titles on one line, the push body trimmed.
     fn tidy(self, rendered: String) -> String {
         match self {
-            Part::Subject | Part::PushTitle => one_line(&rendered),
+            Part::Subject | Part::PushTitle | Part::FromName => one_line(&rendered),
             Part::PushBody if rendered.trim().len() != rendered.len() => {
                 rendered.trim().to_string()
             }
@@ -126,13 +136,14 @@ impl Part {
             Part::Html => "email.html.hbs",
             Part::PushTitle => "push_title.hbs",
             Part::PushBody => "push_body.hbs",
+            Part::FromName => "from_name.hbs",
         }
     }
 
     /// The channel the part is sent by.
     pub fn channel(self) -> Channel {
         match self {
-            Part::Subject | Part::Text | Part::Html => Channel::Email,
+            Part::Subject | Part::Text | Part::Html | Part::FromName => Channel::Email,
             Part::PushTitle | Part::PushBody => Channel::Push,
         }
     }
@@ -227,6 +238,11 @@ pub struct EmailNotice {
     pub text: String,
     /// HTML part.
     pub html: String,
+    /// The `From` display name of the locale's `from_name.hbs`, one line; `None` when the
+    /// locale has none (or it renders empty): `email.from`'s name is used.
+    pub from_name: Option<String>,
+    /// `template.toml`'s `list_unsubscribe`: the email carries `List-Unsubscribe`.
+    pub list_unsubscribe: bool,
 }
 
 /// The rendered push parts.
@@ -448,11 +464,11 @@ pub struct Renderer {
     name: TemplateName,
     locales: Locales,
     /// Registry keys per locale (in `locales` order) and part (in `Part::ALL` order).
-    names: Vec<[String; 5]>,
+    names: Vec<[String; 6]>,
     /// Per locale and part (same order): the variables the part reads, when those are all it
     /// reads (see [`crate::variables::Usage::open`]). Such a part renders alike for every
     /// recipient of a batch that sets none of them, so a [`BatchCache`] renders it once.
-    reads: Vec<[Option<BTreeSet<String>>; 5]>,
+    reads: Vec<[Option<BTreeSet<String>>; 6]>,
     /// For `email.html.hbs`: values HTML-escaped.
     html: Handlebars<'static>,
     /// For every other part: values as they are.
@@ -582,7 +598,8 @@ pub fn compile(path: &Path, source: &str) -> Result<handlebars::Template, Templa
 }
 
 impl Renderer {
-    /// Loads template `name` from `dir`: every locale folder (each must hold all five files),
+    /// Loads template `name` from `dir`: every locale folder (each must hold the five required
+    /// files),
     /// the partials, and a date formatter per locale.
     pub fn load(
         dir: &Path,
@@ -639,17 +656,20 @@ impl Renderer {
             html.register_template(&partial, template.clone());
             text.register_template(&partial, template);
         }
-        let names: Vec<[String; 5]> = locales
+        let names: Vec<[String; 6]> = locales
             .iter()
             .map(|locale| Part::ALL.map(|part| format!("{}/{}", locale.tag(), part.file_name())))
             .collect();
         let mut reads = Vec::with_capacity(names.len());
         for (locale, names) in locales.iter().zip(&names) {
-            let mut locale_reads: [Option<BTreeSet<String>>; 5] = Default::default();
+            let mut locale_reads: [Option<BTreeSet<String>>; 6] = Default::default();
             for ((part, registered), part_reads) in
                 Part::ALL.into_iter().zip(names).zip(&mut locale_reads)
             {
                 let path = root.join(locale.tag()).join(part.file_name());
+                if part.is_optional() && !path.is_file() {
+                    continue;
+                }
                 let mut template = compile(&path, &read_source(&path)?)?;
                 let usage = usage_of(&template);
                 *part_reads = (!usage.open).then_some(usage.used);
@@ -764,6 +784,12 @@ impl Renderer {
                 subject: part(Part::Subject)?,
                 text: part(Part::Text)?,
                 html: part(Part::Html)?,
+                from_name: if self.has_part(locale, Part::FromName) {
+                    Some(part(Part::FromName)?).filter(|name| !name.is_empty())
+                } else {
+                    None
+                },
+                list_unsubscribe: self.options.list_unsubscribe,
             })
         } else {
             None
@@ -808,6 +834,11 @@ impl Renderer {
             .iter()
             .position(|l| l.tag() == locale.tag())
             .unwrap_or_default()
+    }
+
+    /// Whether the locale has the part's file (an optional one may be absent).
+    fn has_part(&self, locale: &TemplateLocale, part: Part) -> bool {
+        self.text.has_template(self.registered_name(locale, part))
     }
 
     /// The registry key of a locale's part, `<locale>/<file>`; helpers read the locale back from it.

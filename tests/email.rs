@@ -12,7 +12,7 @@ use mail_parser::MimeHeaders;
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Delivery, Outcome, Sender};
-use sunset::config::{EmailConfig, EmailTransport};
+use sunset::config::{EmailConfig, EmailTransport, FeedbackConfig};
 use sunset::locale::Direction;
 use sunset::render::{EmailNotice, Notice};
 
@@ -40,6 +40,8 @@ fn notice(locale: &str, dir: Direction, subject: &str) -> Notice {
             subject: subject.to_string(),
             text: format!("{subject}\n\nنص — 正文 — text"),
             html: format!("<p dir=\"{}\">{subject}</p>", dir.as_str()),
+            from_name: None,
+            list_unsubscribe: false,
         }),
         push: None,
     }
@@ -70,7 +72,8 @@ fn patient_config(url: &str, timeout_ms: u64, final_reply_ms: u64) -> EmailConfi
 }
 
 fn relay(url: &str) -> EmailSender {
-    EmailSender::from_config(&smtp_config(url, 4, 5_000)).expect("valid email config")
+    EmailSender::from_config(&smtp_config(url, 4, 5_000), &FeedbackConfig::default())
+        .expect("valid email config")
 }
 
 async fn send(sender: &EmailSender, recipient: &Recipient, notice: &Notice) -> Outcome {
@@ -380,7 +383,8 @@ async fn a_relay_that_never_greets_is_unreachable_within_the_timeout() {
         }
     });
     let config = smtp_config(&format!("smtp://127.0.0.1:{port}"), 2, 300);
-    let sender = EmailSender::from_config(&config).expect("valid config");
+    let sender =
+        EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
     let started = Instant::now();
 
     // Act
@@ -429,7 +433,8 @@ async fn the_pool_never_opens_more_connections_than_its_size() {
     // Arrange
     let sink = SmtpSink::start();
     let config = smtp_config(&sink.url(), 4, 10_000);
-    let sender = EmailSender::from_config(&config).expect("valid config");
+    let sender =
+        EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
 
     // Act, and assert every send was delivered
     send_all_delivered(&sender, 50).await;
@@ -493,7 +498,8 @@ async fn the_file_transport_writes_one_eml_per_recipient_and_rewrites_on_rerun()
         outbox: outbox.clone(),
         ..EmailConfig::default()
     };
-    let sender = EmailSender::from_config(&config).expect("valid config");
+    let sender =
+        EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
     let layla = recipient("u-1001", "layla@example.com", Some("ليلى"));
     let odd = recipient("../odd id/名", "odd@example.com", None);
 
@@ -550,7 +556,8 @@ async fn a_notice_without_email_parts_or_a_recipient_without_address_is_permanen
         outbox: dir.path().to_path_buf(),
         ..EmailConfig::default()
     };
-    let sender = EmailSender::from_config(&config).expect("valid config");
+    let sender =
+        EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
     let mut no_address = recipient("u-1", "li@example.com", None);
     no_address.email = None;
     let mut push_only = arabic();
@@ -597,7 +604,7 @@ fn a_bad_from_url_or_pool_size_is_a_config_error_naming_the_key() {
         ),
     ];
     for (config, key) in cases {
-        let error = EmailSender::from_config(&config).expect_err(key);
+        let error = EmailSender::from_config(&config, &FeedbackConfig::default()).expect_err(key);
         let text = error.to_string();
         assert!(text.contains(key), "{text}");
         assert!(!text.contains("secret"), "{text}");
@@ -720,7 +727,8 @@ async fn a_final_reply_after_the_command_timeout_but_within_the_final_reply_time
     let accepting = Duration::from_secs(3);
     server.answer_final_dot(FinalReply::After(accepting));
     let config = patient_config(&server.url(), 1_000, 30_000);
-    let sender = EmailSender::from_config(&config).expect("valid config");
+    let sender =
+        EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
     let started = Instant::now();
 
     // Act
@@ -756,7 +764,8 @@ async fn a_relay_that_never_answers_the_final_dot_or_hangs_up_leaves_the_outcome
         };
         server.answer_final_dot(final_reply);
         let config = patient_config(&server.url(), 10_000, 300);
-        let sender = EmailSender::from_config(&config).expect("valid config");
+        let sender =
+            EmailSender::from_config(&config, &FeedbackConfig::default()).expect("valid config");
         let started = Instant::now();
 
         // Act
@@ -791,8 +800,11 @@ async fn a_relay_that_never_answers_the_final_dot_or_hangs_up_leaves_the_outcome
 async fn after_an_unknown_outcome_the_next_send_takes_a_new_connection_and_is_delivered() {
     let server = PipeliningSmtp::start().await;
     server.answer_final_dot(FinalReply::Never);
-    let sender = EmailSender::from_config(&patient_config(&server.url(), 10_000, 300))
-        .expect("valid config");
+    let sender = EmailSender::from_config(
+        &patient_config(&server.url(), 10_000, 300),
+        &FeedbackConfig::default(),
+    )
+    .expect("valid config");
     let first = send(
         &sender,
         &recipient("u-1", "li@example.com", None),
@@ -823,12 +835,13 @@ async fn after_an_unknown_outcome_the_next_send_takes_a_new_connection_and_is_de
 fn a_zero_or_absurd_final_reply_timeout_is_a_config_error_naming_the_key() {
     for final_reply_ms in [0, 24 * 3600 * 1000 + 1, u64::MAX] {
         let config = patient_config("smtp://127.0.0.1:25", 1_000, final_reply_ms);
-        let error = EmailSender::from_config(&config).expect_err("invalid");
+        let error =
+            EmailSender::from_config(&config, &FeedbackConfig::default()).expect_err("invalid");
         let text = error.to_string();
         assert!(text.contains("email.final_reply_timeout_ms"), "{text}");
     }
     let longest = patient_config("smtp://127.0.0.1:25", 1_000, 24 * 3600 * 1000);
-    assert!(EmailSender::from_config(&longest).is_ok());
+    assert!(EmailSender::from_config(&longest, &FeedbackConfig::default()).is_ok());
 }
 
 #[test]

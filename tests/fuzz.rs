@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use sunset::Channel;
 use sunset::batch::{Batch, CampaignId, MAX_RECIPIENTS, Recipient};
 use sunset::channel::Delivery;
-use sunset::channel::email::compose;
+use sunset::channel::email::{Composer, compose};
 use sunset::enqueue::rows;
 use sunset::render::{Renderer, TemplateName, Vars};
+use sunset::token::TokenKey;
 
 /// Strings that have broken parsers and writers before: line breaks, NUL, template and markup
 /// syntax, encoded-word look-alikes, right-to-left text, and lengths at and around the limits.
@@ -189,8 +190,15 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
     };
     let from: Mailbox = "Xiami <noreply@xiami.example>".parse().expect("mailbox");
     let campaign = CampaignId::parse("fuzz").expect("id");
+    let composer = Composer::new(from)
+        .with_tokens(
+            TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
+            "https://notices.xiami.example",
+            Some("bounces.xiami.example"),
+        )
+        .expect("valid feedback addresses");
     let email = compose(
-        &from,
+        &composer,
         Delivery {
             campaign_id: &campaign,
             recipient,
@@ -224,6 +232,8 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
             "Date",
             "Content-Language",
             "X-Sunset-Campaign",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
             "MIME-Version",
             "Content-Type"
         ]

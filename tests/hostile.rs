@@ -17,9 +17,10 @@ use sunset::batch::{
 };
 use sunset::broker::{Route, attempt_headers};
 use sunset::channel::Delivery;
-use sunset::channel::email::compose;
+use sunset::channel::email::{Composer, compose};
 use sunset::enqueue::{LINE_MAX, Rejected, Row, rows};
 use sunset::render::{Renderer, Sample, TemplateName, Vars};
+use sunset::token::TokenKey;
 
 const MB10: usize = 10 * 1024 * 1024;
 
@@ -72,8 +73,15 @@ fn email_for(renderer: &Renderer, vars: &Vars, recipient: &Recipient) -> String 
         .parse()
         .expect("mailbox");
     let campaign = CampaignId::parse("hostile").expect("id");
+    let composer = Composer::new(from)
+        .with_tokens(
+            TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
+            "https://notices.xiami.example",
+            Some("bounces.xiami.example"),
+        )
+        .expect("valid feedback addresses");
     let email = compose(
-        &from,
+        &composer,
         Delivery {
             campaign_id: &campaign,
             recipient,
@@ -93,7 +101,7 @@ fn header_names(email: &str) -> Vec<String> {
         .collect()
 }
 
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 11] = [
     "From",
     "To",
     "Subject",
@@ -101,6 +109,8 @@ const HEADERS: [&str; 9] = [
     "Date",
     "Content-Language",
     "X-Sunset-Campaign",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
     "MIME-Version",
     "Content-Type",
 ];

@@ -18,7 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Delivery, Outcome, Sender};
-use sunset::config::{EmailConfig, EmailTransport};
+use sunset::config::{EmailConfig, EmailTransport, FeedbackConfig};
 use sunset::locale::Direction;
 use sunset::render::{EmailNotice, Notice};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -191,13 +191,16 @@ async fn starttls_relay(
 // TLS to SMTP
 
 fn email_sender(url: &str) -> EmailSender {
-    EmailSender::from_config(&EmailConfig {
-        transport: EmailTransport::Smtp,
-        url: url.to_string(),
-        pool_size: 1,
-        timeout_ms: 5_000,
-        ..EmailConfig::default()
-    })
+    EmailSender::from_config(
+        &EmailConfig {
+            transport: EmailTransport::Smtp,
+            url: url.to_string(),
+            pool_size: 1,
+            timeout_ms: 5_000,
+            ..EmailConfig::default()
+        },
+        &FeedbackConfig::default(),
+    )
     .expect("valid email config")
 }
 
@@ -217,6 +220,8 @@ async fn send_one(sender: &EmailSender) -> Outcome {
             subject: "subject".into(),
             text: "text".into(),
             html: "<p>html</p>".into(),
+            from_name: None,
+            list_unsubscribe: false,
         }),
         push: None,
     };

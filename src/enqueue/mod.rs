@@ -238,7 +238,8 @@ pub fn prepare(config: &Config, options: &Options) -> anyhow::Result<Plan> {
     }
     let dir = &config.templates.dir;
     let default_locale = &config.templates.default_locale;
-    let problems = lint::check(dir, &template, default_locale);
+    let mut problems = lint::check(dir, &template, default_locale);
+    problems.extend(lint::feedback_problems(dir, &template, &config.feedback));
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(InvalidInput(format!(

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use crate::batch::Recipient;
 use crate::channel::Channel;
 use crate::cli::{InvalidInput, PreviewArgs};
-use crate::config::Config;
+use crate::config::{Config, FeedbackConfig};
 use crate::lint::{self, CheckFailed};
 use crate::locale;
 use crate::render::{self, Notice, Renderer, Sample, TemplateName, Vars};
@@ -31,7 +31,7 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
         .map(TemplateName::parse)
         .transpose()?;
     if args.check {
-        return check(dir, template.as_ref(), default_locale);
+        return check(dir, template.as_ref(), default_locale, &config.feedback);
     }
     let name = template.ok_or_else(|| InvalidInput("--template is required".into()))?;
     let channels = args.channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
@@ -84,11 +84,27 @@ pub fn run(config: &Config, args: &PreviewArgs) -> anyhow::Result<()> {
 }
 
 /// Lints one template or all of them; prints one line per problem.
-fn check(dir: &Path, template: Option<&TemplateName>, default_locale: &str) -> anyhow::Result<()> {
-    let problems = match template {
+fn check(
+    dir: &Path,
+    template: Option<&TemplateName>,
+    default_locale: &str,
+    feedback: &FeedbackConfig,
+) -> anyhow::Result<()> {
+    let mut problems = match template {
         Some(name) => lint::check(dir, name, default_locale),
         None => lint::check_all(dir, default_locale),
     };
+    let names = match template {
+        Some(name) => vec![name.clone()],
+        None => render::template_folders(dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|name| TemplateName::parse(name).ok())
+            .collect(),
+    };
+    for name in &names {
+        problems.extend(lint::feedback_problems(dir, name, feedback));
+    }
     for problem in &problems {
         eprintln!("{problem}");
     }
@@ -142,6 +158,9 @@ fn print_notice(
         notice.locale, notice.dir
     )?;
     if let Some(email) = &notice.email {
+        if let Some(from_name) = &email.from_name {
+            writeln!(out, "From: {from_name}")?;
+        }
         writeln!(out, "Subject: {}\n", email.subject)?;
         writeln!(out, "{}", email.text.trim_end())?;
     }

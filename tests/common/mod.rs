@@ -15,6 +15,7 @@ pub mod worker_process;
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,6 +25,9 @@ use smtp_sink::SmtpSink;
 use sunset::Config;
 use sunset::broker::{Broker, QueueNames};
 use sunset::config::BrokerConfig;
+
+/// The owner-only feedback token key every test folder has (see [`TestEnv::write_config`]).
+pub const FEEDBACK_KEY_FILE: &str = "feedback.key";
 
 /// A scratch folder per test: `templates/` (a copy of the shipped ones) and `sunset.toml`;
 /// with a broker, its own randomly named queues, deleted when the test ends.
@@ -142,8 +146,20 @@ impl TestEnv {
         self.templates().join("xiami-shutdown").join(rel)
     }
 
-    /// Replaces `sunset.toml`.
+    /// Replaces `sunset.toml`. Without a `[feedback]` section of its own, the config gets
+    /// [`FEEDBACK_KEY_FILE`] as `feedback.secret_file`: the shipped template asks for
+    /// `List-Unsubscribe`, whose link is made with that key.
     pub fn write_config(&self, toml: &str) {
+        let key = self.path().join(FEEDBACK_KEY_FILE);
+        if !key.exists() {
+            fs::write(&key, "a test key of more than sixteen bytes\n").expect("write key");
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+        }
+        let toml = if toml.contains("[feedback]") {
+            toml.to_string()
+        } else {
+            format!("{toml}\n[feedback]\nsecret_file = \"{FEEDBACK_KEY_FILE}\"\n")
+        };
         fs::write(self.path().join("sunset.toml"), toml).expect("write config");
     }
 

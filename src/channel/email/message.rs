@@ -7,9 +7,8 @@
 
 use lettre::Address;
 use lettre::address::Envelope;
-use lettre::message::Mailbox;
 
-use super::{ComposeError, message_id};
+use super::{ComposeError, Composer, message_id};
 use crate::bidi;
 use crate::channel::Delivery;
 use crate::render::one_line;
@@ -42,10 +41,13 @@ pub struct Email {
     pub bytes: Vec<u8>,
 }
 
-/// Builds the email for one delivery: `From`, `To` with the recipient's name, UTF-8 subject,
+/// Builds the email for one delivery: `From` (the locale's sender name when the template has
+/// one, else `email.from`'s), `To` with the recipient's name, UTF-8 subject,
 /// multipart/alternative (text, then HTML), a deterministic `Message-ID`, `Content-Language`,
-/// `X-Sunset-Campaign` and `Date`. Header values never contain line breaks.
-pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Email, ComposeError> {
+/// `X-Sunset-Campaign`, `Date`, and `List-Unsubscribe` when the template asks for it; the
+/// envelope sender is the VERP address when a bounce domain is set, and the DKIM signature(s)
+/// come first when a key is set. Header values never contain line breaks of their own.
+pub fn compose(composer: &Composer, delivery: Delivery<'_>) -> Result<Email, ComposeError> {
     let parts = delivery
         .notice
         .email
@@ -60,27 +62,45 @@ pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Email, ComposeE
         .as_str()
         .parse()
         .map_err(|e| ComposeError::Invalid(format!("recipient address: {e}")))?;
-    let envelope = Envelope::new(Some(from.email.clone()), vec![address.clone()])
+    let (campaign, user) = (delivery.campaign_id, &delivery.recipient.user_id);
+    let list_unsubscribe = parts
+        .list_unsubscribe
+        .then(|| composer.list_unsubscribe(campaign, user))
+        .transpose()?;
+    let sender = composer.envelope_sender(campaign, user)?;
+    let envelope = Envelope::new(Some(sender), vec![address.clone()])
         .map_err(|e| ComposeError::Invalid(e.to_string()))?;
-    let id = message_id(
-        delivery.campaign_id,
-        &delivery.recipient.user_id,
-        from.email.domain(),
-    );
+    let from = composer.from();
+    let id = message_id(campaign, user, from.email.domain());
+    let now = chrono::Utc::now();
 
     let mut out = Vec::with_capacity(1024 + parts.text.len() * 2 + parts.html.len() * 2);
-    mailbox_header(&mut out, "From", from.name.as_deref(), &from.email);
+    let from_name = parts.from_name.as_deref().or(from.name.as_deref());
+    mailbox_header(
+        &mut out,
+        "From",
+        from_name.map(one_line).as_deref(),
+        &from.email,
+    );
     let name = delivery.recipient.name.as_deref().map(display_name);
     mailbox_header(&mut out, "To", name.as_deref(), &address);
     text_header(&mut out, "Subject", &one_line(&parts.subject));
     raw_header(&mut out, "Message-ID", &id);
-    raw_header(&mut out, "Date", &chrono::Utc::now().to_rfc2822());
+    raw_header(&mut out, "Date", &now.to_rfc2822());
     text_header(
         &mut out,
         "Content-Language",
         &one_line(&delivery.notice.locale),
     );
-    text_header(&mut out, "X-Sunset-Campaign", delivery.campaign_id.as_str());
+    text_header(&mut out, "X-Sunset-Campaign", campaign.as_str());
+    if let Some(value) = &list_unsubscribe {
+        raw_header(&mut out, "List-Unsubscribe", value);
+        raw_header(
+            &mut out,
+            "List-Unsubscribe-Post",
+            "List-Unsubscribe=One-Click",
+        );
+    }
     raw_header(&mut out, "MIME-Version", "1.0");
     raw_header(
         &mut out,
@@ -91,10 +111,15 @@ pub fn compose(from: &Mailbox, delivery: Delivery<'_>) -> Result<Email, ComposeE
     body_part(&mut out, "text/plain", &parts.text);
     body_part(&mut out, "text/html", &parts.html);
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    Ok(Email {
-        envelope,
-        bytes: out,
-    })
+    let bytes = match composer.dkim() {
+        Some(dkim) => {
+            let mut signed = dkim.sign(&out, now.timestamp())?;
+            signed.extend_from_slice(&out);
+            signed
+        }
+        None => out,
+    };
+    Ok(Email { envelope, bytes })
 }
 
 /// The recipient's name as `To:` shows it: one line, and isolated (FSI…PDI) when it is not plain

@@ -1,6 +1,9 @@
 //! The email channel: one multipart message per delivery, written to the `.eml` outbox or sent
 //! through a small pool of SMTP connections whose sockets we open ourselves (`TCP_NODELAY` on).
 
+mod canonical;
+mod composer;
+mod dkim;
 mod held;
 mod message;
 mod outbox;
@@ -8,6 +11,8 @@ mod reply;
 mod smtp;
 mod tls;
 
+pub use composer::Composer;
+pub use dkim::{DkimSigner, ED25519_SELECTOR_SUFFIX};
 pub use message::{Email, compose};
 pub use outbox::EmlOutbox;
 pub use smtp::SmtpRelay;
@@ -16,7 +21,7 @@ use lettre::message::Mailbox;
 
 use super::{Delivery, Outcome, Sender};
 use crate::batch::{CampaignId, UserId};
-use crate::config::{ConfigError, EmailConfig, EmailTransport};
+use crate::config::{ConfigError, EmailConfig, EmailTransport, FeedbackConfig};
 use smtp::Password;
 
 /// The environment variable the SMTP password is read from (or, with `_FILE` appended, the
@@ -26,22 +31,31 @@ pub const PASSWORD_ENV: &str = "SUNSET_SMTP_PASSWORD";
 /// Sends email by the transport `email.transport` names.
 #[derive(Debug)]
 pub enum EmailSender {
-    /// One `.eml` file per email in `email.outbox`.
-    File(EmlOutbox),
-    /// The SMTP relay at `email.url` (boxed: it is much larger than the outbox).
+    /// One `.eml` file per email in `email.outbox` (boxed, as the relay: the composer's keys
+    /// are large).
+    File(Box<EmlOutbox>),
+    /// The SMTP relay at `email.url`.
     Smtp(Box<SmtpRelay>),
 }
 
 impl EmailSender {
-    /// Builds the configured transport. Reads the SMTP password from [`PASSWORD_ENV`] (or the
-    /// file `SUNSET_SMTP_PASSWORD_FILE` names) when `email.url` names a user. Errors name the config key (`email.from`, `email.url`, …).
-    pub fn from_config(config: &EmailConfig) -> Result<EmailSender, ConfigError> {
-        let from = parse_from(&config.from)?;
+    /// Builds the configured transport, with the DKIM key(s) and feedback token key loaded
+    /// once (see [`Composer::from_config`]). Reads the SMTP password from [`PASSWORD_ENV`] (or
+    /// the file `SUNSET_SMTP_PASSWORD_FILE` names) when `email.url` names a user. Errors name
+    /// the config key (`email.from`, `email.url`, `email.dkim.key_file`, …).
+    pub fn from_config(
+        config: &EmailConfig,
+        feedback: &FeedbackConfig,
+    ) -> Result<EmailSender, ConfigError> {
+        let composer = Composer::from_config(config, feedback)?;
         match config.transport {
-            EmailTransport::File => Ok(EmailSender::File(EmlOutbox::new(&config.outbox, from))),
+            EmailTransport::File => Ok(EmailSender::File(Box::new(EmlOutbox::new(
+                &config.outbox,
+                composer,
+            )))),
             EmailTransport::Smtp => {
                 let password = crate::secret::read(PASSWORD_ENV)?.map(Password);
-                SmtpRelay::new(config, from, password)
+                SmtpRelay::new(config, composer, password)
                     .map(|relay| EmailSender::Smtp(Box::new(relay)))
             }
         }
@@ -62,6 +76,11 @@ impl Sender for EmailSender {
             EmailSender::Smtp(relay) => relay.send(delivery).await,
         }
     }
+}
+
+/// The DKIM signer `email.dkim` describes, as a worker loads it; `None` without a key file.
+pub fn dkim_signer(config: &EmailConfig) -> Result<Option<DkimSigner>, ConfigError> {
+    DkimSigner::from_config(&config.dkim, &parse_from(&config.from)?)
 }
 
 /// `email.from`, parsed once.
@@ -93,6 +112,15 @@ pub enum ComposeError {
     /// The address is not one lettre can send to.
     #[error("cannot build the email: {0}")]
     Invalid(String),
+    /// The template's `template.toml` asks for `List-Unsubscribe`, and no token key is set.
+    #[error(
+        "the template's template.toml sets list_unsubscribe = true, but feedback.secret_file \
+         is not set (the unsubscribe link is made with its key)"
+    )]
+    NoUnsubscribeKey,
+    /// The DKIM key refused to sign.
+    #[error(transparent)]
+    Sign(#[from] dkim::SignError),
 }
 
 /// `<{campaign_id}.{user_id}@{domain}>`, valid for any ids: characters a msg-id's dot-atom may

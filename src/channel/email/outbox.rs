@@ -5,9 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lettre::message::Mailbox;
-
-use super::{compose, escape, is_word_char};
+use super::{Composer, compose, escape, is_word_char};
 use crate::batch::{CampaignId, UserId};
 use crate::channel::{Delivery, Outcome, Sender};
 
@@ -15,20 +13,20 @@ use crate::channel::{Delivery, Outcome, Sender};
 const FILE_NAME_MAX: usize = 200;
 
 /// Writes each email as `{campaign}.{user}.eml` in a folder; a rerun rewrites the same file.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EmlOutbox {
     /// The folder, created on first write.
     dir: PathBuf,
-    /// The `From:` mailbox.
-    from: Mailbox,
+    /// Addresses and signs each email.
+    composer: Composer,
 }
 
 impl EmlOutbox {
-    /// An outbox in `dir`, sending as `from`.
-    pub fn new(dir: impl Into<PathBuf>, from: Mailbox) -> EmlOutbox {
+    /// An outbox in `dir`, writing the emails `composer` makes.
+    pub fn new(dir: impl Into<PathBuf>, composer: Composer) -> EmlOutbox {
         EmlOutbox {
             dir: dir.into(),
-            from,
+            composer,
         }
     }
 
@@ -40,12 +38,21 @@ impl EmlOutbox {
 
 impl Sender for EmlOutbox {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let email = match compose(&self.from, delivery) {
+        let email = match compose(&self.composer, delivery) {
             Ok(email) => email,
             Err(e) => return Outcome::permanent(e.to_string()),
         };
         let path = self.path_for(delivery.campaign_id, &delivery.recipient.user_id);
-        let bytes = email.bytes;
+        // A mailbox stores the envelope sender as `Return-Path`; with VERP it is the bounce
+        // address a relay would use.
+        let bytes = match email.envelope.from() {
+            Some(sender) if self.composer.uses_verp() => {
+                let mut bytes = format!("Return-Path: <{sender}>\r\n").into_bytes();
+                bytes.extend_from_slice(&email.bytes);
+                bytes
+            }
+            _ => email.bytes,
+        };
         let written = tokio::task::spawn_blocking(move || write_replacing(&path, &bytes)).await;
         match written {
             Ok(Ok(())) => Outcome::Delivered,

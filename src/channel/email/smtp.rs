@@ -12,7 +12,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
-use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
@@ -23,7 +22,7 @@ use tokio::sync::Semaphore;
 use super::held::{Beneath, HeldWrites};
 use super::reply::classify;
 use super::tls::ImplicitTls;
-use super::{Email, PASSWORD_ENV, compose, invalid};
+use super::{Composer, Email, PASSWORD_ENV, compose, invalid};
 use crate::broker::redact;
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
@@ -169,7 +168,8 @@ pub struct SmtpRelay {
     tls: Option<TlsParameters>,
     /// The `EHLO` name.
     hello: ClientId,
-    from: Mailbox,
+    /// Addresses and signs each email.
+    composer: Composer,
     /// `email.timeout_ms`: connect and commands, per message, until the message is handed over.
     timeout: Duration,
     /// `email.final_reply_timeout_ms`: the wait for the reply to the final `.`, from the moment
@@ -335,7 +335,7 @@ pub(super) enum SmtpFailure {
 impl SmtpRelay {
     pub(super) fn new(
         config: &EmailConfig,
-        from: Mailbox,
+        composer: Composer,
         password: Option<Password>,
     ) -> Result<SmtpRelay, ConfigError> {
         let url = SmtpUrl::parse(&config.url).map_err(|e| invalid("email.url", e))?;
@@ -387,7 +387,7 @@ impl SmtpRelay {
             credentials,
             tls,
             hello: ClientId::default(),
-            from,
+            composer,
             timeout: Duration::from_millis(config.timeout_ms),
             final_reply_timeout: Duration::from_millis(config.final_reply_timeout_ms),
             permits: Semaphore::new(pool_size.min(Semaphore::MAX_PERMITS)),
@@ -537,7 +537,7 @@ impl SmtpRelay {
 
 impl Sender for SmtpRelay {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let email = match compose(&self.from, delivery) {
+        let email = match compose(&self.composer, delivery) {
             Ok(email) => email,
             Err(e) => return Outcome::permanent(e.to_string()),
         };
