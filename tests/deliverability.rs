@@ -50,6 +50,22 @@ fn token(env: &TestEnv, user: &str) -> String {
         .to_string()
 }
 
+/// The shipped notice, copied into the test folder with `list_unsubscribe = true` in its
+/// `template.toml` (the shipped one is a legal notice without it).
+fn unsubscribing_notice(env: &TestEnv) -> Renderer {
+    fs::write(
+        env.template_file("template.toml"),
+        "list_unsubscribe = true\n",
+    )
+    .expect("write template.toml");
+    Renderer::load(
+        &env.templates(),
+        &TemplateName::parse("xiami-shutdown").expect("name"),
+        "en",
+    )
+    .expect("loads")
+}
+
 /// Renders the shipped notice for `recipient` and sends it with `sender`.
 async fn send_shipped(renderer: &Renderer, sender: &EmailSender, recipient: &Recipient) -> Outcome {
     let (_, sample) = shipped_notice();
@@ -83,7 +99,7 @@ async fn verp_sender_list_unsubscribe_and_the_locales_sender_name_arrive_by_smtp
         ..EmailConfig::default()
     };
     let sender = EmailSender::from_config(&email, &feedback(&env)).expect("valid config");
-    let (renderer, _) = shipped_notice();
+    let renderer = unsubscribing_notice(&env);
     let cases = [
         ("u-ar", "layla@example.com", "ar", "شيامي ميوزك"),
         ("u-zh", "wei@example.com", "zh-CN", "虾米音乐"),
@@ -264,6 +280,11 @@ async fn a_template_asking_for_list_unsubscribe_without_a_key_is_refused_everywh
     // Arrange: a config with a [feedback] section and no secret_file.
     let env = TestEnv::new();
     env.write_config("[templates]\ndir = \"templates\"\n[feedback]\n");
+    fs::write(
+        env.template_file("template.toml"),
+        "list_unsubscribe = true\n",
+    )
+    .expect("write template.toml");
     env.write(
         "audience.csv",
         "user_id,email,locale\nu-1,a@example.com,en\n",
@@ -291,7 +312,12 @@ async fn a_template_asking_for_list_unsubscribe_without_a_key_is_refused_everywh
         &FeedbackConfig::default(),
     )
     .expect("valid config");
-    let (renderer, _) = shipped_notice();
+    let renderer = Renderer::load(
+        &env.templates(),
+        &TemplateName::parse("xiami-shutdown").expect("name"),
+        "en",
+    )
+    .expect("loads");
     let outcome = send_shipped(
         &renderer,
         &sender,

@@ -146,20 +146,14 @@ impl TestEnv {
         self.templates().join("xiami-shutdown").join(rel)
     }
 
-    /// Replaces `sunset.toml`. Without a `[feedback]` section of its own, the config gets
-    /// [`FEEDBACK_KEY_FILE`] as `feedback.secret_file`: the shipped template asks for
-    /// `List-Unsubscribe`, whose link is made with that key.
+    /// Replaces `sunset.toml`; the folder also gets an owner-only [`FEEDBACK_KEY_FILE`] that a
+    /// config may name as `feedback.secret_file`.
     pub fn write_config(&self, toml: &str) {
         let key = self.path().join(FEEDBACK_KEY_FILE);
         if !key.exists() {
             fs::write(&key, "a test key of more than sixteen bytes\n").expect("write key");
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
         }
-        let toml = if toml.contains("[feedback]") {
-            toml.to_string()
-        } else {
-            format!("{toml}\n[feedback]\nsecret_file = \"{FEEDBACK_KEY_FILE}\"\n")
-        };
         fs::write(self.path().join("sunset.toml"), toml).expect("write config");
     }
 
