@@ -237,10 +237,11 @@ async fn campaigns_skip_suppressed_addresses_and_legal_notices_skip_only_bounces
         "audience.csv",
         &common::audience_csv(7, |_| "example.com".into()),
     );
-    // A legal notice: the shipped notice with `legal_notice = true`.
+    // An ordinary notice (the shipped one made no legal notice) and a legal notice beside it.
     let legal = env.templates().join("legal");
     common::copy_dir(&env.templates().join("xiami-shutdown"), &legal);
     std::fs::write(legal.join("template.toml"), "legal_notice = true\n").expect("write");
+    std::fs::write(env.template_file("template.toml"), "").expect("write");
 
     env.sunset(&["suppress", "add", &mail(1)]).expect_code(0);
     let first = unique("first");
