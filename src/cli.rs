@@ -52,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// Receive bounces, complaints and unsubscribes (SMTP and HTTP) until SIGTERM/SIGINT.
+    Feedback,
 }
 
 /// `sunset status`.
