@@ -4,7 +4,9 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 pub mod browser;
+pub mod feedback_service;
 pub mod pipelining_smtp;
+pub mod postfix;
 pub mod push_sink;
 pub mod rabbit_node;
 pub mod scrape;

@@ -1,0 +1,336 @@
+//! `sunset feedback` through the binary: its SMTP listener takes DSNs for the bounce domain
+//! only, its HTTP listener serves one-click unsubscribe and the providers' webhooks, each
+//! verified before anything is recorded, into a real ledger.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+
+use common::TestEnv;
+use common::feedback_service::FeedbackService;
+use common::scrape;
+
+/// The token key the tests write to `feedback.secret_file`.
+const SECRET: &str = "a feedback key of the tests, long enough";
+
+/// A folder with the shipped templates, a SQLite ledger, the bounce domain `bounces.test` and
+/// an owner-only secret file; `extra` appended to `[feedback]`.
+fn feedback_env(extra: &str) -> TestEnv {
+    let env = TestEnv::new();
+    let secret = env.write("secret", SECRET);
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    env.write_config(&format!(
+        "[templates]\ndir = \"templates\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n\
+         [feedback]\nbounce_domain = \"bounces.test\"\nsecret_file = \"secret\"\n{extra}"
+    ));
+    env
+}
+
+const AUTO_REPLY: &str = "From: someone@users.test\r\nTo: b-0123456789abcdef01234567@bounces.test\r\n\
+    Subject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nAway until Monday.\r\n";
+
+#[test]
+fn without_a_ledger_feedback_exits_2_naming_the_key() {
+    let env = feedback_env("");
+    let run = env
+        .sunset_with_env(&["feedback"], &[("SUNSET__LEDGER__URL", "")])
+        .expect_code(2);
+    assert!(run.stderr().contains("ledger.url"), "{}", run.stderr());
+}
+
+#[test]
+fn a_taken_port_or_a_bad_address_is_refused_naming_the_key() {
+    let env = feedback_env("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let run = env
+        .sunset_with_env(
+            &["feedback"],
+            &[
+                ("SUNSET__FEEDBACK__SMTP_LISTEN", "127.0.0.1:0"),
+                ("SUNSET__FEEDBACK__HTTP_LISTEN", &address),
+            ],
+        )
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains(&format!("{address} (feedback.http_listen)")),
+        "{}",
+        run.stderr()
+    );
+    let run = env
+        .sunset_with_env(&["feedback"], &[("SUNSET__FEEDBACK__SMTP_LISTEN", "2525")])
+        .expect_code(2);
+    assert!(
+        run.stderr()
+            .contains("feedback.smtp_listen `2525` is not host:port"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_shared_secret_file_or_a_webhook_without_its_password_is_a_usage_error() {
+    let env = feedback_env("");
+    fs::set_permissions(env.path().join("secret"), fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let run = env.sunset(&["feedback"]).expect_code(2);
+    assert!(
+        run.stderr().contains("feedback.secret_file"),
+        "{}",
+        run.stderr()
+    );
+    let env = feedback_env("[feedback.webhooks]\npostmark_user = \"postmark\"\n");
+    let run = env.sunset(&["feedback"]).expect_code(2);
+    assert!(
+        run.stderr().contains("SUNSET_POSTMARK_PASSWORD"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_smtp_listener_takes_mail_for_the_bounce_domain_only_and_ignores_what_reports_nothing()
+{
+    let env = feedback_env("");
+    let service = FeedbackService::start(&env, &[]);
+    let codes = tokio::task::block_in_place(|| {
+        service.smtp(
+            &["someone@elsewhere.example", "postmaster@BOUNCES.test"],
+            AUTO_REPLY,
+        )
+    });
+    // EHLO, MAIL FROM:<>, the refused RCPT, the taken one, the end of DATA.
+    assert_eq!(codes, [250, 250, 550, 250, 250]);
+    let codes = tokio::task::block_in_place(|| service.smtp(&["x@bounces.test.evil"], AUTO_REPLY));
+    assert_eq!(codes, [250, 250, 550]);
+    let (status, metrics) = service.request("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        scrape::sum(
+            &metrics,
+            "sunset_feedback_ignored_total",
+            &[("why", "not-a-report")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        scrape::sum(
+            &metrics,
+            "sunset_feedback_refused_total",
+            &[("why", "not-the-bounce-domain")]
+        ),
+        2.0
+    );
+    assert_eq!(service.request("GET", "/healthz", &[], b"").0, 200);
+    let status = service.process.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_routes_refuse_malformed_and_unknown_tokens_and_are_off_without_a_key() {
+    let env = feedback_env("");
+    let service = FeedbackService::start(&env, &[]);
+    let unknown = "/u/0123456789abcdef01234567";
+    assert_eq!(service.request("GET", "/u/not-a-token", &[], b"").0, 400);
+    assert_eq!(service.request("POST", "/u/not-a-token", &[], b"").0, 400);
+    let (status, page) = service.request("GET", unknown, &[], b"");
+    assert_eq!(status, 404);
+    assert!(page.contains("not valid"), "{page}");
+    assert_eq!(
+        service
+            .request(
+                "POST",
+                unknown,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                b"List-Unsubscribe=One-Click"
+            )
+            .0,
+        404
+    );
+    drop(service);
+    let service = FeedbackService::start(&env, &[("SUNSET__FEEDBACK__SECRET_FILE", "")]);
+    assert_eq!(service.request("GET", unknown, &[], b"").0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_without_credentials_are_not_there_and_refuse_bad_ones() {
+    let env = feedback_env("");
+    let service = FeedbackService::start(&env, &[]);
+    for route in ["/webhooks/ses", "/webhooks/sendgrid", "/webhooks/postmark"] {
+        assert_eq!(service.request("POST", route, &[], b"{}").0, 404, "{route}");
+    }
+    drop(service);
+    let sendgrid = webhook_keys::sendgrid();
+    let env = feedback_env(&format!(
+        "[feedback.webhooks]\nses_cert_dir = \"certs\"\nsendgrid_public_key = \"{}\"\npostmark_user = \"postmark\"\n",
+        sendgrid.public_key
+    ));
+    fs::create_dir(env.path().join("certs")).expect("mkdir");
+    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", "s3cret")]);
+    let ses = webhook_keys::ses(&env.path().join("certs"));
+    let mut notification = ses.notification(webhook_keys::SES_BOUNCE);
+    notification["Message"] = serde_json::Value::String(
+        notification["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("Permanent", "Transient"),
+    );
+    assert_eq!(
+        service
+            .request(
+                "POST",
+                "/webhooks/ses",
+                &[],
+                notification.to_string().as_bytes()
+            )
+            .0,
+        403
+    );
+    let body = br#"[{"email":"u1@users.test","event":"bounce","type":"bounce"}]"#;
+    assert_eq!(
+        service.request("POST", "/webhooks/sendgrid", &[], body).0,
+        403
+    );
+    let (signature, timestamp) = sendgrid.sign(b"[]");
+    let headers = [
+        ("X-Twilio-Email-Event-Webhook-Signature", signature.as_str()),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", timestamp.as_str()),
+    ];
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/sendgrid", &headers, body)
+            .0,
+        403
+    );
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/sendgrid", &headers, b"[]")
+            .0,
+        200
+    );
+    let wrong = [("Authorization", "Basic cG9zdG1hcms6d3Jvbmc=")];
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/postmark", &wrong, b"{}")
+            .0,
+        401
+    );
+    assert_eq!(
+        service.request("POST", "/webhooks/postmark", &[], b"{}").0,
+        401
+    );
+    let (_, metrics) = service.request("GET", "/metrics", &[], b"");
+    for why in [
+        "ses-bad-signature",
+        "sendgrid-unsigned",
+        "sendgrid-bad-signature",
+        "postmark-bad-credentials",
+    ] {
+        assert!(
+            scrape::sum(&metrics, "sunset_feedback_refused_total", &[("why", why)]) >= 1.0,
+            "{why}: {metrics}"
+        );
+    }
+}
+
+/// Keys and certificates standing in for the providers', and requests signed with them.
+mod webhook_keys {
+    use std::path::Path;
+
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    /// An SES bounce notification as AWS documents it (`bounceType` Permanent).
+    pub const SES_BOUNCE: &str = r#"{"notificationType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":"General","bouncedRecipients":[{"emailAddress":"EMAIL","action":"failed","status":"5.1.1","diagnosticCode":"smtp; 550 5.1.1 user unknown"}],"timestamp":"2026-12-05T18:00:00.000Z","feedbackId":"0100017f-aaaa-bbbb-cccc-000000000000-000000","remoteMtaIp":"192.0.2.25","reportingMTA":"dsn; a8-70.smtp-out.amazonses.com"},"mail":{"timestamp":"2026-12-05T17:59:59.000Z","source":"noreply@xiami.example","sourceArn":"arn:aws:ses:us-west-2:123456789012:identity/xiami.example","sourceIp":"192.0.2.10","sendingAccountId":"123456789012","messageId":"0100017f-1234-5678-9abc-def012345678-000000","destination":["EMAIL"],"headersTruncated":false,"commonHeaders":{"from":["Xiami Music <noreply@xiami.example>"],"to":["EMAIL"],"messageId":"MESSAGE_ID","subject":"Xiami Music is closing"}}}"#;
+
+    /// An SES complaint notification as AWS documents it.
+    pub const SES_COMPLAINT: &str = r#"{"notificationType":"Complaint","complaint":{"userAgent":"AnyCompany Feedback Loop (V0.01)","complainedRecipients":[{"emailAddress":"EMAIL"}],"complaintFeedbackType":"abuse","arrivalDate":"2026-12-05T18:05:00.000Z","timestamp":"2026-12-05T18:05:01.000Z","feedbackId":"0100017f-dddd-eeee-ffff-000000000000-000000"},"mail":{"timestamp":"2026-12-05T17:59:59.000Z","source":"noreply@xiami.example","messageId":"0100017f-1234-5678-9abc-def012345679-000000","destination":["EMAIL"],"commonHeaders":{"messageId":"MESSAGE_ID"}}}"#;
+
+    pub struct SendGrid {
+        key: EcdsaKeyPair,
+        /// Base64 DER, as SendGrid shows its verification key.
+        pub public_key: String,
+    }
+
+    pub fn sendgrid() -> SendGrid {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .expect("generate");
+        let key =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+                .expect("key");
+        let public_key = STANDARD.encode(key.public_key().as_der().expect("der").as_ref());
+        SendGrid { key, public_key }
+    }
+
+    impl SendGrid {
+        /// The signature and timestamp headers' values for `body`.
+        pub fn sign(&self, body: &[u8]) -> (String, String) {
+            let timestamp = "1796493600".to_string();
+            let mut signed = timestamp.as_bytes().to_vec();
+            signed.extend_from_slice(body);
+            let signature = self.key.sign(&SystemRandom::new(), &signed).expect("sign");
+            (STANDARD.encode(signature.as_ref()), timestamp)
+        }
+    }
+
+    pub struct Ses {
+        key: RsaKeyPair,
+    }
+
+    /// The SNS certificate's URL and the file it is trusted under.
+    pub const CERT_URL: &str = "https://sns.us-west-2.amazonaws.com/SimpleNotificationService-a86cb10b4e1f29c941702d737128f7b6.pem";
+
+    /// A certificate and key standing in for SNS's, the certificate trusted in `cert_dir`.
+    pub fn ses(cert_dir: &Path) -> Ses {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa key");
+        let cert = rcgen::CertificateParams::new(vec!["sns.amazonaws.com".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let file = CERT_URL.rsplit('/').next().expect("file name");
+        std::fs::write(cert_dir.join(file), cert.pem()).expect("write certificate");
+        Ses {
+            key: RsaKeyPair::from_pkcs8(&key.serialize_der()).expect("aws-lc key"),
+        }
+    }
+
+    impl Ses {
+        /// An SNS `Notification` carrying `message`, signed (SignatureVersion 2).
+        pub fn notification(&self, message: &str) -> serde_json::Value {
+            let mut sns = serde_json::json!({
+                "Type": "Notification",
+                "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+                "TopicArn": "arn:aws:sns:us-west-2:123456789012:ses-feedback",
+                "Message": message,
+                "Timestamp": "2026-12-05T18:00:01.000Z",
+                "SignatureVersion": "2",
+                "SigningCertURL": CERT_URL,
+                "UnsubscribeURL": "https://sns.us-west-2.amazonaws.com/?Action=Unsubscribe"
+            });
+            let canonical = format!(
+                "Message\n{message}\nMessageId\n{}\nTimestamp\n{}\nTopicArn\n{}\nType\nNotification\n",
+                sns["MessageId"].as_str().unwrap_or_default(),
+                sns["Timestamp"].as_str().unwrap_or_default(),
+                sns["TopicArn"].as_str().unwrap_or_default()
+            );
+            let mut signature = vec![0; self.key.public_modulus_len()];
+            self.key
+                .sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    canonical.as_bytes(),
+                    &mut signature,
+                )
+                .expect("sign");
+            sns["Signature"] = serde_json::Value::String(STANDARD.encode(signature));
+            sns
+        }
+    }
+}
