@@ -431,6 +431,7 @@ async fn pairs_another_live_worker_is_sending_wait_at_the_same_attempt_and_are_n
                 user_id: UserId::parse("u1").expect("id"),
                 channel: Channel::Email,
                 locale: "en".into(),
+                address: Some(EmailAddress::parse("u1@example.com").expect("address")),
             }],
         )
         .await

@@ -98,6 +98,8 @@ impl Lease {
 pub(super) struct ClaimJob {
     pub(super) campaign: CampaignId,
     pub(super) pairs: Vec<Pair>,
+    /// The feedback token of each pair (email pairs, with a token key), in `pairs`' order.
+    pub(super) tokens: Vec<Option<String>>,
     pub(super) owner: Arc<str>,
     pub(super) token: i64,
     /// This worker's claims still at work, as they stand when the claim decides.
@@ -219,7 +221,11 @@ pub(super) fn decide(
     match found.mark {
         Mark::Delivered => Decision::Delivered,
         Mark::Cancelled => Decision::Cancelled,
-        Mark::Failed | Mark::Dead | Mark::Unknown | Mark::Held => Decision::Take(None),
+        // A suppressed row is taken again: the batch checks the suppression list anew, so an
+        // address removed from it is sent to.
+        Mark::Failed | Mark::Dead | Mark::Unknown | Mark::Held | Mark::Suppressed => {
+            Decision::Take(None)
+        }
         Mark::Sending => match (&found.owner, found.token) {
             (Some(owner), Some(token)) if owner == me => {
                 if active(token) {
@@ -296,7 +302,13 @@ mod tests {
             decide(&row(Mark::Cancelled), "me", &none, None),
             Decision::Cancelled
         );
-        for mark in [Mark::Failed, Mark::Dead, Mark::Unknown, Mark::Held] {
+        for mark in [
+            Mark::Failed,
+            Mark::Dead,
+            Mark::Unknown,
+            Mark::Held,
+            Mark::Suppressed,
+        ] {
             assert_eq!(decide(&row(mark), "me", &none, None), Decision::Take(None));
         }
     }

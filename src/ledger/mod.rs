@@ -11,8 +11,13 @@
 
 mod claim;
 mod postgres;
+mod postgres_feedback;
+#[cfg(test)]
+mod report_tests;
+mod reports;
 mod rows;
 mod sqlite;
+mod sqlite_feedback;
 mod status;
 mod store;
 #[cfg(test)]
@@ -20,21 +25,26 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::batch::CampaignId;
+use crate::batch::{CampaignId, EmailAddress};
 use crate::broker::redact;
+use crate::channel::Channel;
+use crate::config::FeedbackConfig;
+use crate::suppression::Report;
+use crate::token::{Token, TokenKey};
 use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
 
+pub use reports::{PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
-pub use status::{Counts, Status};
+pub use status::{Counts, Feedback, Status};
 
 /// How long a campaign's state is trusted before it is read again.
 const STATE_TTL: Duration = Duration::from_secs(1);
@@ -152,6 +162,8 @@ pub struct Ledger {
     writes: mpsc::UnboundedSender<Waiting>,
     /// Outcomes wait for a database that refuses them: no send starts meanwhile.
     backlog: Arc<AtomicBool>,
+    /// `feedback.secret_file`'s key: claims store each email pair's feedback token.
+    token_key: OnceLock<TokenKey>,
 }
 
 fn now_ms() -> i64 {
@@ -190,7 +202,15 @@ impl Ledger {
             states: Mutex::default(),
             writes,
             backlog,
+            token_key: OnceLock::new(),
         }))
+    }
+
+    /// Claims store, from now on, each email pair's feedback token made with `key`, so that
+    /// [`Ledger::recipient_of`] finds the recipient of a bounce or unsubscribe. Set once: a
+    /// second key is ignored (a process has one `feedback.secret_file`).
+    pub fn use_token_key(&self, key: TokenKey) {
+        let _ = self.token_key.set(key);
     }
 
     /// The URL, with any password hidden.
@@ -375,10 +395,20 @@ impl Ledger {
             .filter(|p| seen.insert((&p.user_id, p.channel)))
             .cloned()
             .collect();
+        let tokens = pairs
+            .iter()
+            .map(|p| match (self.token_key.get(), p.channel, &p.address) {
+                (Some(key), Channel::Email, Some(_)) => {
+                    Some(key.token(campaign, &p.user_id, Channel::Email).to_string())
+                }
+                _ => None,
+            })
+            .collect();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let job = ClaimJob {
             campaign: campaign.clone(),
             pairs,
+            tokens,
             owner,
             token,
             active: Arc::clone(&self.active),
@@ -439,6 +469,61 @@ impl Ledger {
         }
         self.ready().await?;
         self.store.give_up(entries).await
+    }
+
+    /// Records a bounce, complaint or unsubscribe and suppresses its address as `policy` says:
+    /// hard bounces, complaints and manual entries at once and for every campaign; soft bounces
+    /// once `soft_bounces_to_suppress` fall within `soft_bounce_window_ms`; unsubscribes in
+    /// `unsubscribe_scope`. A repeat changes nothing. A complaint that takes its campaign's
+    /// complaint rate past `pause_complaint_rate` pauses the campaign.
+    pub async fn record_report(
+        &self,
+        report: &Report,
+        policy: &FeedbackConfig,
+    ) -> Result<ReportEffect, LedgerError> {
+        self.ready().await?;
+        let (effect, paused) = self.store.record_report(report, policy).await?;
+        if let Some(paused) = paused {
+            warn!(
+                campaign = %paused.campaign,
+                rate = paused.rate,
+                limit = policy.pause_complaint_rate,
+                reason = %paused.reason,
+                "campaign paused: its complaint rate passed feedback.pause_complaint_rate"
+            );
+            self.states
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&paused.campaign);
+        }
+        Ok(effect)
+    }
+
+    /// The recipient `token` was made for, if an email with it was claimed here.
+    pub async fn recipient_of(&self, token: &Token) -> Result<Option<TokenRecipient>, LedgerError> {
+        self.ready().await?;
+        self.store.recipient_of(token).await
+    }
+
+    /// The addresses among `addresses` that no email of `campaign` may go to: suppressed for
+    /// every campaign or for this one, unsubscribes aside when the notice is a `legal_notice`.
+    /// One query, whatever the number of addresses.
+    pub async fn suppressed(
+        &self,
+        campaign: &CampaignId,
+        addresses: &[&EmailAddress],
+        legal_notice: bool,
+    ) -> Result<HashSet<EmailAddress>, LedgerError> {
+        if addresses.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.ready().await?;
+        self.store
+            .suppressed(campaign, addresses, legal_notice)
+            .await?
+            .iter()
+            .map(|stored| reports::address(stored))
+            .collect()
     }
 
     /// Counts for `status`.

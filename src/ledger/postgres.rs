@@ -15,7 +15,7 @@ use super::rows::{
     Campaign, CampaignState, Claims, Entry, Fenced, Mark, Pair, RATE_BUCKET_MS, Recorded, Tally,
 };
 use super::status::Snapshot;
-use crate::batch::CampaignId;
+use crate::batch::{CampaignId, EmailAddress};
 
 /// How long a query waits for a connection before the ledger counts as unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -23,11 +23,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const WARM_CONNECTIONS: usize = 4;
 
 /// Claims every pair no row has yet; returns those it inserted. $1 campaign, $2 owner, $3
-/// token, $4 now, $5–$7 users, channels, locales.
+/// token, $4 now, $5–$9 users, channels, locales, addresses, feedback tokens.
 const CLAIM_NEW: &str = "WITH new AS (
-        INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
-        SELECT $1, t.u, t.c, t.l, 'sending', 0, $2, $3, $4
-        FROM UNNEST($5::text[], $6::text[], $7::text[]) AS t(u, c, l)
+        INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at, address, feedback_token)
+        SELECT $1, t.u, t.c, t.l, 'sending', 0, $2, $3, $4, t.a, t.f
+        FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS t(u, c, l, a, f)
         ON CONFLICT (campaign_id, user_id, channel) DO NOTHING
         RETURNING user_id, channel, locale),
     counted AS (
@@ -44,10 +44,12 @@ const FIND: &str = "SELECT d.user_id, d.channel, d.status, d.owner, d.token, d.l
 const BEATS: &str = "SELECT id, beat FROM workers WHERE id = ANY($1::text[])";
 const EVICT: &str = "DELETE FROM workers WHERE id = $1 AND beat = $2";
 /// Takes rows still as the claim found them: $1 campaign, $2 owner, $3 token, $4 now, then
-/// users, channels, locales, found statuses, owners, tokens.
-const TAKE: &str = "UPDATE deliveries d SET status = 'sending', owner = $2, token = $3, locale = t.l, updated_at = $4
-    FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])
-      AS t(u, c, l, s, o, k)
+/// users, channels, locales, found statuses, owners, tokens, addresses, feedback tokens.
+const TAKE: &str = "UPDATE deliveries d SET status = 'sending', owner = $2, token = $3, locale = t.l, updated_at = $4,
+        address = t.a, feedback_token = t.f
+    FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
+                $11::text[], $12::text[])
+      AS t(u, c, l, s, o, k, a, f)
     WHERE d.campaign_id = $1 AND d.user_id = t.u AND d.channel = t.c
       AND d.status = t.s AND d.owner IS NOT DISTINCT FROM t.o AND d.token IS NOT DISTINCT FROM t.k
     RETURNING d.user_id, d.channel";
@@ -103,8 +105,15 @@ const CLEAR_TOTALS: &str = "DELETE FROM campaign_totals WHERE campaign_id = $1";
 const TOTALS_IN: &str = "INSERT INTO campaign_totals (campaign_id, channel, locale, total)
     SELECT $1, t.c, t.l, t.n FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS t(c, l, n)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = $1";
-const SET_STATE: &str = "UPDATE campaigns SET state = $2 WHERE id = $1";
-const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = $1";
+/// A change of state by hand clears the ledger's pause reason and sets aside the complaints
+/// counted so far: only later ones can pause the campaign again.
+const SET_STATE: &str = "UPDATE campaigns SET state = $2, paused_reason = NULL,
+        complaints_at_resume = COALESCE((SELECT n FROM campaign_feedback
+                                         WHERE campaign_id = $1 AND reason = 'complaint'), 0)
+    WHERE id = $1";
+const CAMPAIGN: &str =
+    "SELECT template, state, recipients, deadline, paused_reason FROM campaigns WHERE id = $1";
+const FEEDBACK: &str = "SELECT reason, n FROM campaign_feedback WHERE campaign_id = $1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = $1";
 const COUNTS: &str =
     "SELECT channel, locale, status, n FROM campaign_counts WHERE campaign_id = $1";
@@ -113,7 +122,7 @@ const LAST_MINUTE: &str = "SELECT COALESCE(SUM(delivered), 0)::bigint FROM campa
 
 /// The PostgreSQL ledger of one process.
 pub(super) struct Store {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     options: PgConnectOptions,
     /// The heartbeat's own connection, opened on first use and again after a failure.
     beats: Mutex<Option<PgConnection>>,
@@ -285,6 +294,11 @@ impl Store {
         let users: Vec<&str> = job.pairs.iter().map(|p| p.user_id.as_str()).collect();
         let channels: Vec<&str> = job.pairs.iter().map(|p| p.channel.as_str()).collect();
         let locales: Vec<&str> = job.pairs.iter().map(|p| p.locale.as_str()).collect();
+        let addresses: Vec<Option<&str>> = job
+            .pairs
+            .iter()
+            .map(|p| p.address.as_ref().map(EmailAddress::as_str))
+            .collect();
         let inserted = sqlx::query(CLAIM_NEW)
             .bind(campaign)
             .bind(owner)
@@ -293,6 +307,8 @@ impl Store {
             .bind(&users)
             .bind(&channels)
             .bind(&locales)
+            .bind(&addresses)
+            .bind(&job.tokens)
             .fetch_all(&self.pool)
             .await?;
         if inserted.len() == job.pairs.len() {
@@ -305,15 +321,16 @@ impl Store {
         let rest: Vec<_> = job
             .pairs
             .iter()
-            .filter(|p| {
+            .zip(&job.tokens)
+            .filter(|(p, _)| {
                 !new.contains(&(
                     p.user_id.as_str().to_string(),
                     p.channel.as_str().to_string(),
                 ))
             })
             .collect();
-        let users: Vec<&str> = rest.iter().map(|p| p.user_id.as_str()).collect();
-        let channels: Vec<&str> = rest.iter().map(|p| p.channel.as_str()).collect();
+        let users: Vec<&str> = rest.iter().map(|(p, _)| p.user_id.as_str()).collect();
+        let channels: Vec<&str> = rest.iter().map(|(p, _)| p.channel.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         let mut rows = std::collections::HashMap::new();
         for row in sqlx::query(FIND)
@@ -351,8 +368,8 @@ impl Store {
             }
         }
         let mut evicted: HashSet<String> = HashSet::new();
-        let mut take: Vec<(&Pair, &Found)> = Vec::new();
-        for p in &rest {
+        let mut take: Vec<(&Pair, &Found, &Option<String>)> = Vec::new();
+        for &(p, feedback_token) in &rest {
             let key = (p.user_id.clone(), p.channel);
             let Some(found) = rows.get(&(
                 p.user_id.as_str().to_string(),
@@ -387,7 +404,7 @@ impl Store {
                 }
                 evicted.insert(other);
             }
-            take.push((p, found));
+            take.push((p, found, feedback_token));
         }
         if !take.is_empty() {
             let taken = sqlx::query(TAKE)
@@ -397,30 +414,40 @@ impl Store {
                 .bind(now)
                 .bind(
                     take.iter()
-                        .map(|(p, _)| p.user_id.as_str())
+                        .map(|(p, _, _)| p.user_id.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     take.iter()
-                        .map(|(p, _)| p.channel.as_str())
+                        .map(|(p, _, _)| p.channel.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     take.iter()
-                        .map(|(p, _)| p.locale.as_str())
+                        .map(|(p, _, _)| p.locale.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     take.iter()
-                        .map(|(_, f)| f.mark.as_str())
+                        .map(|(_, f, _)| f.mark.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     take.iter()
-                        .map(|(_, f)| f.owner.clone())
+                        .map(|(_, f, _)| f.owner.clone())
                         .collect::<Vec<_>>(),
                 )
-                .bind(take.iter().map(|(_, f)| f.token).collect::<Vec<_>>())
+                .bind(take.iter().map(|(_, f, _)| f.token).collect::<Vec<_>>())
+                .bind(
+                    take.iter()
+                        .map(|(p, _, _)| p.address.as_ref().map(EmailAddress::as_str))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    take.iter()
+                        .map(|(_, _, t)| t.as_deref())
+                        .collect::<Vec<_>>(),
+                )
                 .fetch_all(&mut *tx)
                 .await?;
             let mut got = HashSet::with_capacity(taken.len());
@@ -428,7 +455,7 @@ impl Store {
                 got.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
             }
             let mut tally = Tally::default();
-            for (p, found) in take {
+            for (p, found, _) in take {
                 if got.contains(&(
                     p.user_id.as_str().to_string(),
                     p.channel.as_str().to_string(),
@@ -533,9 +560,22 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .map(|r| -> Result<_, sqlx::Error> {
-                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
             })
             .transpose()?;
+        let feedback = sqlx::query(FEEDBACK)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
         let totals = sqlx::query(TOTALS)
             .bind(id)
             .fetch_all(&self.pool)
@@ -561,6 +601,7 @@ impl Store {
             totals,
             counts,
             last_minute,
+            feedback,
         })
     }
 

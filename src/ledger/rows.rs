@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, FixedOffset};
 
 use super::LedgerError;
-use crate::batch::{CampaignId, UserId};
+use crate::batch::{CampaignId, EmailAddress, UserId};
 use crate::channel::Channel;
 
 /// Whether a campaign's batches are sent, held back or dropped.
@@ -63,6 +63,8 @@ pub enum Mark {
     Held,
     /// Not sent because the campaign was cancelled.
     Cancelled,
+    /// Not sent because the address is on the suppression list; never retried.
+    Suppressed,
 }
 
 impl Mark {
@@ -76,6 +78,7 @@ impl Mark {
             Mark::Unknown => "unknown",
             Mark::Held => "held",
             Mark::Cancelled => "cancelled",
+            Mark::Suppressed => "suppressed",
         }
     }
 }
@@ -92,6 +95,7 @@ impl FromStr for Mark {
             "unknown" => Ok(Mark::Unknown),
             "held" => Ok(Mark::Held),
             "cancelled" => Ok(Mark::Cancelled),
+            "suppressed" => Ok(Mark::Suppressed),
             other => Err(LedgerError::Corrupt(format!("delivery status `{other}`"))),
         }
     }
@@ -106,6 +110,9 @@ pub struct Pair {
     pub channel: Channel,
     /// The negotiated template locale (`-` when the notice could not be rendered).
     pub locale: String,
+    /// The address an email pair goes to, kept on its row by the claim so that bounces and
+    /// unsubscribes find it; `None` on push (and in outcomes, which do not change it).
+    pub address: Option<EmailAddress>,
 }
 
 /// One outcome to record.
@@ -126,7 +133,7 @@ impl Entry {
     pub(super) fn attempts(&self) -> i64 {
         match self.mark {
             Mark::Delivered | Mark::Failed | Mark::Dead | Mark::Unknown => 1,
-            Mark::Sending | Mark::Held | Mark::Cancelled => 0,
+            Mark::Sending | Mark::Held | Mark::Cancelled | Mark::Suppressed => 0,
         }
     }
 }

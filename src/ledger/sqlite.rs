@@ -18,7 +18,7 @@ use super::LedgerError;
 use super::claim::{ClaimJob, Decision, Found, decide};
 use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, Mark, Recorded, Tally};
 use super::status::Snapshot;
-use crate::batch::CampaignId;
+use crate::batch::{CampaignId, EmailAddress};
 
 /// How long a write waits for another process's lock on the file before it counts as refused.
 const BUSY: Duration = Duration::from_secs(2);
@@ -27,8 +27,8 @@ const BEAT_BUSY: Duration = Duration::from_secs(1);
 /// Operations run in one transaction at most.
 const MAX_GROUP: usize = 256;
 
-const CLAIM_NEW: &str = "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at)
-    VALUES (?1, ?2, ?3, ?4, 'sending', 0, ?5, ?6, ?7)
+const CLAIM_NEW: &str = "INSERT INTO deliveries (campaign_id, user_id, channel, locale, status, attempts, owner, token, updated_at, address, feedback_token)
+    VALUES (?1, ?2, ?3, ?4, 'sending', 0, ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (campaign_id, user_id, channel) DO NOTHING";
 const FIND: &str = "SELECT status, owner, token, locale FROM deliveries
     WHERE campaign_id = ?1 AND user_id = ?2 AND channel = ?3";
@@ -36,7 +36,8 @@ const BEAT_OF: &str = "SELECT beat FROM workers WHERE id = ?1";
 const EVICT: &str = "DELETE FROM workers WHERE id = ?1 AND beat = ?2";
 /// Takes a row if it is still as the claim found it.
 const TAKE: &str =
-    "UPDATE deliveries SET status = 'sending', owner = ?4, token = ?5, locale = ?6, updated_at = ?7
+    "UPDATE deliveries SET status = 'sending', owner = ?4, token = ?5, locale = ?6, updated_at = ?7,
+        address = ?11, feedback_token = ?12
     WHERE campaign_id = ?1 AND user_id = ?2 AND channel = ?3
       AND status = ?8 AND owner IS ?9 AND token IS ?10";
 /// Writes an outcome where the row still carries the claim.
@@ -68,8 +69,15 @@ const CLEAR_TOTALS: &str = "DELETE FROM campaign_totals WHERE campaign_id = ?1";
 const TOTAL: &str =
     "INSERT INTO campaign_totals (campaign_id, channel, locale, total) VALUES (?1, ?2, ?3, ?4)";
 const STATE: &str = "SELECT state FROM campaigns WHERE id = ?1";
-const SET_STATE: &str = "UPDATE campaigns SET state = ?2 WHERE id = ?1";
-const CAMPAIGN: &str = "SELECT template, state, recipients, deadline FROM campaigns WHERE id = ?1";
+/// A change of state by hand clears the ledger's pause reason and sets aside the complaints
+/// counted so far: only later ones can pause the campaign again.
+const SET_STATE: &str = "UPDATE campaigns SET state = ?2, paused_reason = NULL,
+        complaints_at_resume = COALESCE((SELECT n FROM campaign_feedback
+                                         WHERE campaign_id = ?1 AND reason = 'complaint'), 0)
+    WHERE id = ?1";
+const CAMPAIGN: &str =
+    "SELECT template, state, recipients, deadline, paused_reason FROM campaigns WHERE id = ?1";
+const FEEDBACK: &str = "SELECT reason, n FROM campaign_feedback WHERE campaign_id = ?1";
 const TOTALS: &str = "SELECT channel, locale, total FROM campaign_totals WHERE campaign_id = ?1";
 const COUNTS: &str =
     "SELECT channel, locale, status, n FROM campaign_counts WHERE campaign_id = ?1";
@@ -82,7 +90,7 @@ type Done = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Done + Send>;
 
 /// A thread with a connection of its own, running jobs in groups.
-struct Thread {
+pub(super) struct Thread {
     jobs: Mutex<Option<Sender<Job>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
 }
@@ -102,7 +110,7 @@ impl Thread {
 
     /// Runs `f` on the thread, inside a savepoint of its group's transaction; answers once the
     /// transaction has committed.
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
@@ -296,7 +304,8 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
     let mut rest = Vec::new();
     {
         let mut insert = c.prepare_cached(CLAIM_NEW)?;
-        for p in &job.pairs {
+        for (p, feedback_token) in job.pairs.iter().zip(&job.tokens) {
+            let address = p.address.as_ref().map(EmailAddress::as_str);
             let inserted = insert.execute(params![
                 campaign,
                 p.user_id.as_str(),
@@ -304,16 +313,18 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
                 p.locale,
                 owner,
                 job.token,
-                now
+                now,
+                address,
+                feedback_token
             ])?;
             if inserted == 1 {
                 tally.add(campaign, p.channel.as_str(), &p.locale, "rows", 1);
             } else {
-                rest.push(p);
+                rest.push((p, address, feedback_token));
             }
         }
     }
-    for p in rest {
+    for (p, address, feedback_token) in rest {
         let key = (p.user_id.clone(), p.channel);
         let Some(row) = found(c, campaign, p.user_id.as_str(), p.channel.as_str())? else {
             claims.held.insert(key);
@@ -345,7 +356,9 @@ fn claim(c: &Connection, job: &ClaimJob, now: i64) -> Result<Claims, LedgerError
             now,
             row.mark.as_str(),
             row.owner,
-            row.token
+            row.token,
+            address,
+            feedback_token
         ])?;
         if taken == 1 {
             tally.taken(campaign, p.channel.as_str(), &row.locale, row.mark);
@@ -427,9 +440,13 @@ fn snapshot(c: &Connection, campaign: &str, since_bucket: i64) -> Result<Snapsho
     let recorded = c
         .prepare_cached(CAMPAIGN)?
         .query_row([campaign], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
+    let feedback = c
+        .prepare_cached(FEEDBACK)?
+        .query_map([campaign], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
     let totals = c
         .prepare_cached(TOTALS)?
         .query_map([campaign], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -448,13 +465,14 @@ fn snapshot(c: &Connection, campaign: &str, since_bucket: i64) -> Result<Snapsho
         totals,
         counts,
         last_minute,
+        feedback,
     })
 }
 
 /// The SQLite ledger of one process.
 pub(super) struct Store {
     url: String,
-    writer: Thread,
+    pub(super) writer: Thread,
     beats: Thread,
 }
 

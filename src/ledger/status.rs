@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::{CampaignState, LedgerError, Mark};
 use crate::batch::CampaignId;
 use crate::channel::Channel;
+use crate::suppression::{Reason, UnknownReason};
 
 /// The window the rate is measured over.
 pub(super) const RATE_WINDOW_MS: i64 = 60_000;
@@ -30,22 +31,30 @@ pub struct Counts {
     pub unknown: u64,
     /// Not sent for now (campaign paused, worker lease or ledger away); its batch comes back.
     pub held: u64,
+    /// Not sent: the address is on the suppression list.
+    pub suppressed: u64,
 }
 
 impl Counts {
     /// Not yet tried, or being sent now.
     pub fn pending(&self) -> u64 {
         self.total.saturating_sub(
-            self.delivered + self.failed + self.dead + self.cancelled + self.unknown + self.held,
+            self.delivered
+                + self.failed
+                + self.dead
+                + self.cancelled
+                + self.unknown
+                + self.held
+                + self.suppressed,
         )
     }
 
-    /// Sends delivered, dead, cancelled or unknown: nothing left to try on their own.
+    /// Sends delivered, dead, cancelled, unknown or suppressed: nothing left to try on their own.
     pub fn done(&self) -> u64 {
-        self.delivered + self.dead + self.cancelled + self.unknown
+        self.delivered + self.dead + self.cancelled + self.unknown + self.suppressed
     }
 
-    /// Every send delivered, dead, cancelled or unknown.
+    /// Every send delivered, dead, cancelled, unknown or suppressed.
     pub fn settled(&self) -> bool {
         self.done() >= self.total
     }
@@ -58,6 +67,7 @@ impl Counts {
         self.cancelled += other.cancelled;
         self.unknown += other.unknown;
         self.held += other.held;
+        self.suppressed += other.suppressed;
     }
 
     fn json(&self) -> Value {
@@ -69,9 +79,33 @@ impl Counts {
             "cancelled": self.cancelled,
             "unknown": self.unknown,
             "held": self.held,
+            "suppressed": self.suppressed,
             "pending": self.pending(),
         })
     }
+}
+
+/// What came back about a campaign's emails: first reports per reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Feedback {
+    /// Permanent failures reported after acceptance.
+    pub hard_bounces: u64,
+    /// Temporary failures reported after acceptance.
+    pub soft_bounces: u64,
+    /// Spam complaints.
+    pub complaints: u64,
+    /// Unsubscribes.
+    pub unsubscribes: u64,
+}
+
+/// `part` per `whole`, none when `whole` is 0.
+fn rate(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// A rate as a percentage with two decimals, `-` when there is none.
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0))
 }
 
 /// A campaign as the ledger knows it.
@@ -89,6 +123,10 @@ pub struct Status {
     pub last_minute: u64,
     /// `--deadline`, if the campaign has one.
     pub deadline: Option<DateTime<FixedOffset>>,
+    /// Why the ledger paused the campaign (its complaint rate), while it stays paused.
+    pub paused_reason: Option<String>,
+    /// Bounces, complaints and unsubscribes reported.
+    pub feedback: Feedback,
 }
 
 impl Status {
@@ -112,6 +150,23 @@ impl Status {
             sums.entry(key(k)).or_default().add(counts);
         }
         sums
+    }
+
+    /// Emails delivered, the base of the bounce and complaint rates.
+    fn emails_delivered(&self) -> u64 {
+        self.channels()
+            .get(&Channel::Email)
+            .map_or(0, |counts| counts.delivered)
+    }
+
+    /// Hard bounces per delivered email; none before the first delivery.
+    pub fn bounce_rate(&self) -> Option<f64> {
+        rate(self.feedback.hard_bounces, self.emails_delivered())
+    }
+
+    /// Complaints per delivered email; none before the first delivery.
+    pub fn complaint_rate(&self) -> Option<f64> {
+        rate(self.feedback.complaints, self.emails_delivered())
     }
 
     /// Deliveries per second over the last minute.
@@ -174,6 +229,16 @@ impl Status {
             "rate_per_second": (self.rate() * 10.0).round() / 10.0,
             "eta_seconds": self.eta_seconds(),
             "deadline": self.deadline.map(|d| d.to_rfc3339()),
+            "paused_reason": self.paused_reason,
+            "feedback": {
+                "hard_bounces": self.feedback.hard_bounces,
+                "soft_bounces": self.feedback.soft_bounces,
+                "complaints": self.feedback.complaints,
+                "unsubscribes": self.feedback.unsubscribes,
+                "suppressed": self.total().suppressed,
+                "bounce_rate": self.bounce_rate(),
+                "complaint_rate": self.complaint_rate(),
+            },
         })
     }
 }
@@ -201,7 +266,7 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:<8} {:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            "{:<8} {:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>10} {:>8}",
             "channel",
             "locale",
             "total",
@@ -211,12 +276,13 @@ impl fmt::Display for Status {
             "unknown",
             "held",
             "cancelled",
+            "suppressed",
             "pending"
         )?;
         let line = |f: &mut fmt::Formatter<'_>, channel: &str, locale: &str, c: &Counts| {
             writeln!(
                 f,
-                "{channel:<8} {locale:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+                "{channel:<8} {locale:<8} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>10} {:>8}",
                 c.total,
                 c.delivered,
                 c.failed,
@@ -224,6 +290,7 @@ impl fmt::Display for Status {
                 c.unknown,
                 c.held,
                 c.cancelled,
+                c.suppressed,
                 c.pending()
             )
         };
@@ -231,6 +298,23 @@ impl fmt::Display for Status {
             line(f, channel.as_str(), locale, counts)?;
         }
         line(f, "all", "", &self.total())?;
+        writeln!(
+            f,
+            "feedback: {} hard bounces ({} of delivered emails), {} complaints ({}), {} soft bounces, {} unsubscribes",
+            self.feedback.hard_bounces,
+            percent(self.bounce_rate()),
+            self.feedback.complaints,
+            percent(self.complaint_rate()),
+            self.feedback.soft_bounces,
+            self.feedback.unsubscribes
+        )?;
+        if let Some(reason) = &self.paused_reason {
+            writeln!(
+                f,
+                "paused by the ledger: {reason}; `sunset campaign resume {}` resumes it",
+                self.campaign
+            )?;
+        }
         let paused = matches!(self.recorded, Some((_, CampaignState::Paused, _)));
         let eta = match self.eta_seconds() {
             _ if paused => "paused, no ETA".to_string(),
@@ -258,14 +342,18 @@ impl fmt::Display for Status {
     }
 }
 
+/// A campaign's row: template, state, recipients, deadline and the ledger's pause reason.
+pub(super) type CampaignRow = (String, String, i64, Option<String>, Option<String>);
+
 /// What the database holds for one campaign's `status`: its row (template, state, recipients —
 /// `-1` for a campaign first seen in a batch — and RFC 3339 deadline), planned totals and counters per channel, locale
-/// and status, and deliveries over the last minute.
+/// and status, deliveries over the last minute, and first reports per reason.
 pub(super) struct Snapshot {
-    pub(super) recorded: Option<(String, String, i64, Option<String>)>,
+    pub(super) recorded: Option<CampaignRow>,
     pub(super) totals: Vec<(String, String, i64)>,
     pub(super) counts: Vec<(String, String, String, i64)>,
     pub(super) last_minute: i64,
+    pub(super) feedback: Vec<(String, i64)>,
 }
 
 fn key(channel: &str, locale: String) -> Result<(Channel, String), LedgerError> {
@@ -279,11 +367,13 @@ fn key(channel: &str, locale: String) -> Result<(Channel, String), LedgerError> 
 pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status, LedgerError> {
     let mut planned = true;
     let mut deadline = None;
+    let mut paused_reason = None;
     let recorded = snapshot
         .recorded
         .map(
-            |(template, state, recipients, until)| -> Result<_, LedgerError> {
+            |(template, state, recipients, until, why)| -> Result<_, LedgerError> {
                 planned = recipients >= 0;
+                paused_reason = why;
                 deadline = until
                     .map(|d| DateTime::parse_from_rfc3339(&d))
                     .transpose()
@@ -312,6 +402,7 @@ pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status,
             Mark::Cancelled => counts.cancelled += n,
             Mark::Unknown => counts.unknown += n,
             Mark::Held => counts.held += n,
+            Mark::Suppressed => counts.suppressed += n,
             Mark::Sending => {}
         }
     }
@@ -319,6 +410,20 @@ pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status,
     for (key, claimed) in claimed {
         let counts = rows.entry(key).or_default();
         counts.total = counts.total.max(claimed);
+    }
+    let mut feedback = Feedback::default();
+    for (reason, n) in snapshot.feedback {
+        let n = n.max(0) as u64;
+        match reason
+            .parse()
+            .map_err(|e: UnknownReason| LedgerError::Corrupt(e.to_string()))?
+        {
+            Reason::HardBounce => feedback.hard_bounces += n,
+            Reason::SoftBounce => feedback.soft_bounces += n,
+            Reason::Complaint => feedback.complaints += n,
+            Reason::Unsubscribe => feedback.unsubscribes += n,
+            Reason::Manual => {}
+        }
     }
     if recorded.is_none() && rows.is_empty() {
         return Err(LedgerError::UnknownCampaign(campaign.clone()));
@@ -330,6 +435,8 @@ pub(super) fn build(campaign: &CampaignId, snapshot: Snapshot) -> Result<Status,
         rows,
         last_minute: snapshot.last_minute.max(0) as u64,
         deadline,
+        paused_reason,
+        feedback,
     };
     if !status.planned
         && let Some((_, _, recipients)) = status.recorded.as_mut()
@@ -362,6 +469,8 @@ mod tests {
             ]),
             last_minute,
             deadline: None,
+            paused_reason: None,
+            feedback: Feedback::default(),
         }
     }
 

@@ -4,9 +4,13 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::claim::ClaimJob;
+use super::reports::{Paused, ReportEffect, TokenRecipient};
 use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, RATE_BUCKET_MS, Recorded};
 use super::{LedgerError, now_ms, postgres, sqlite, status};
-use crate::batch::CampaignId;
+use crate::batch::{CampaignId, EmailAddress};
+use crate::config::FeedbackConfig;
+use crate::suppression::Report;
+use crate::token::Token;
 
 /// The two databases, each behind the same operations.
 pub(super) enum Store {
@@ -59,6 +63,11 @@ pub(super) fn migrator(sqlite: bool) -> Migrator {
                 include_str!("../../migrations/0005_postgres_nothing.sql"),
             )
         },
+        migration(
+            6,
+            "feedback",
+            include_str!("../../migrations/0006_feedback.sql"),
+        ),
     ])
 }
 
@@ -148,6 +157,39 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.give_up(entries, now_ms()).await,
             Store::Postgres(s) => s.give_up(&entries, now_ms()).await,
+        }
+    }
+
+    pub(super) async fn recipient_of(
+        &self,
+        token: &Token,
+    ) -> Result<Option<TokenRecipient>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.recipient_of(token).await,
+            Store::Postgres(s) => s.recipient_of(token).await,
+        }
+    }
+
+    pub(super) async fn suppressed(
+        &self,
+        campaign: &CampaignId,
+        addresses: &[&EmailAddress],
+        legal_notice: bool,
+    ) -> Result<Vec<String>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.suppressed(campaign, addresses, legal_notice).await,
+            Store::Postgres(s) => s.suppressed(campaign, addresses, legal_notice).await,
+        }
+    }
+
+    pub(super) async fn record_report(
+        &self,
+        report: &Report,
+        policy: &FeedbackConfig,
+    ) -> Result<(ReportEffect, Option<Paused>), LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.record_report(report, policy, now_ms()).await,
+            Store::Postgres(s) => s.record_report(report, policy, now_ms()).await,
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) fn pair(user: &str, channel: Channel) -> Pair {
         user_id: UserId::parse(user).expect("user id"),
         channel,
         locale: "en".into(),
+        address: None,
     }
 }
 
@@ -35,18 +36,18 @@ fn key(user: &str, channel: Channel) -> (UserId, Channel) {
     (UserId::parse(user).expect("id"), channel)
 }
 
-fn campaign(name: &str) -> CampaignId {
+pub(super) fn campaign(name: &str) -> CampaignId {
     CampaignId::parse(&format!("{name}-{}", fastrand::u64(..))).expect("id")
 }
 
-async fn sqlite() -> (tempfile::TempDir, String, Arc<Ledger>) {
+pub(super) async fn sqlite() -> (tempfile::TempDir, String, Arc<Ledger>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let ledger = Ledger::open(&url).expect("open");
     (dir, url, ledger)
 }
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub(super) const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Pretends `ledger` has watched `other`'s beat stand still for `CLAIM_EXPIRES`.
 fn watched_long_ago(ledger: &Ledger, other: &Ledger, beat: i64) {

@@ -119,6 +119,10 @@ pub(super) fn plan(
                     user_id: recipient.user_id.clone(),
                     channel,
                     locale: plan.locale(index).to_string(),
+                    address: match channel {
+                        Channel::Email => recipient.email.clone(),
+                        Channel::Push => None,
+                    },
                 });
             }
         }
