@@ -60,7 +60,10 @@ fn a_taken_port_or_a_bad_address_is_refused_naming_the_key() {
         run.stderr()
     );
     let run = env
-        .sunset_with_env(&["feedback"], &[("SUNSET__FEEDBACK__SMTP_LISTEN", "2525")])
+        .sunset_with_env(
+            &["feedback"],
+            &[("SUNSET__FEEDBACK__SMTP_LISTEN", "localhost")],
+        )
         .expect_code(2);
     assert!(
         run.stderr()

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use crate::config::FeedbackConfig;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, ReportEffect, TokenRecipient};
 use crate::suppression::Report;
 use crate::token::Token;
-use pending::{ReportEffect, TokenRecipient};
 
 use super::events;
 
@@ -24,7 +23,7 @@ impl Desk {
 
     /// Records `report`; what it did is logged and counted.
     pub async fn record(&self, report: &Report) -> Result<ReportEffect, LedgerError> {
-        let effect = pending::record_report(&self.ledger, report, &self.policy).await?;
+        let effect = self.ledger.record_report(report, &self.policy).await?;
         let label = match &effect {
             ReportEffect::Suppressed { .. } => "suppressed",
             ReportEffect::Counted { .. } => "counted",
@@ -36,42 +35,7 @@ impl Desk {
 
     /// The recipient `token` was made for, if the ledger knows it.
     pub async fn recipient_of(&self, token: &Token) -> Result<Option<TokenRecipient>, LedgerError> {
-        pending::recipient_of(&self.ledger, token).await
+        self.ledger.recipient_of(token).await
     }
 }
 
-/// PENDING MERGE of i20-suppress: stands in for the ledger API until it is merged.
-pub mod pending {
-    use super::*;
-    use crate::batch::{CampaignId, EmailAddress, UserId};
-    use crate::suppression::Reason;
-    pub enum ReportEffect {
-        Suppressed {
-            address: EmailAddress,
-            reason: Reason,
-        },
-        Counted {
-            address: EmailAddress,
-        },
-        UnknownRecipient,
-    }
-    pub struct TokenRecipient {
-        pub campaign: CampaignId,
-        pub user: UserId,
-        pub address: EmailAddress,
-        pub locale: String,
-    }
-    pub async fn record_report(
-        _: &Ledger,
-        _: &Report,
-        _: &FeedbackConfig,
-    ) -> Result<ReportEffect, LedgerError> {
-        Ok(ReportEffect::UnknownRecipient)
-    }
-    pub async fn recipient_of(
-        _: &Ledger,
-        _: &Token,
-    ) -> Result<Option<TokenRecipient>, LedgerError> {
-        Ok(None)
-    }
-}

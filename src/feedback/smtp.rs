@@ -181,7 +181,7 @@ async fn session(
             writer.write_all(b"500 5.5.2 Line too long\r\n").await?;
             return Ok(());
         }
-        let mut response = session.process(&line);
+        let mut response = session.process(&null_sender_named(&line));
         let complete = {
             let mut transaction = transaction.lock().unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut transaction.complete, false)
@@ -201,6 +201,21 @@ async fn session(
                 writer.write_all(b"454 4.7.0 TLS not available\r\n").await?;
             }
         }
+    }
+}
+
+/// The line with a null reverse path (`MAIL FROM:<>`, which every DSN and report carries,
+/// RFC 5321 §4.5.5) given a placeholder: mailin's parser takes only non-empty paths, and the
+/// listener reads nothing from the reverse path.
+fn null_sender_named(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const NULL: &[u8] = b"MAIL FROM:<>";
+    match line.get(..NULL.len()) {
+        Some(head) if head.eq_ignore_ascii_case(NULL) => {
+            let mut named = b"MAIL FROM:<MAILER-DAEMON>".to_vec();
+            named.extend_from_slice(&line[NULL.len()..]);
+            std::borrow::Cow::Owned(named)
+        }
+        _ => std::borrow::Cow::Borrowed(line),
     }
 }
 
