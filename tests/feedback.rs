@@ -7,9 +7,14 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::TestEnv;
+use std::sync::Arc;
+
 use common::feedback_service::FeedbackService;
-use common::scrape;
+use common::{POSTGRES, TestEnv, scrape, unique};
+use sunset::Channel;
+use sunset::batch::{CampaignId, EmailAddress, UserId};
+use sunset::ledger::{Entry, Ledger, Mark, Pair};
+use sunset::token::{Token, TokenKey};
 
 /// The token key the tests write to `feedback.secret_file`.
 const SECRET: &str = "a feedback key of the tests, long enough";
@@ -67,7 +72,7 @@ fn a_taken_port_or_a_bad_address_is_refused_naming_the_key() {
         .expect_code(2);
     assert!(
         run.stderr()
-            .contains("feedback.smtp_listen `2525` is not host:port"),
+            .contains("feedback.smtp_listen `localhost` is not host:port"),
         "{}",
         run.stderr()
     );
@@ -237,6 +242,270 @@ async fn webhooks_without_credentials_are_not_there_and_refuse_bad_ones() {
             "{why}: {metrics}"
         );
     }
+}
+
+/// Emails of one campaign claimed and delivered through the ledger's public API, so that the
+/// ledger knows each one's token, as a worker with `feedback.secret_file` leaves it.
+struct Delivered {
+    ledger: Arc<Ledger>,
+    campaign: CampaignId,
+}
+
+/// The users the ledger tests deliver to: id, address, locale.
+const USERS: [(&str, &str, &str); 5] = [
+    ("u-1", "u1@users.test", "en"),
+    ("u-2", "u2@users.test", "ar"),
+    ("u-3", "u3@users.test", "zh-Hant"),
+    ("u-4", "u4@users.test", "en"),
+    ("u-5", "u5@users.test", "en"),
+];
+
+impl Delivered {
+    async fn new(url: &str) -> Delivered {
+        let ledger = Ledger::open(url).expect("open the ledger");
+        ledger.use_token_key(TokenKey::from_bytes(SECRET.as_bytes()));
+        let campaign = CampaignId::parse(&unique("feedback")).expect("campaign");
+        let pairs: Vec<Pair> = USERS
+            .iter()
+            .map(|(user, address, locale)| Pair {
+                user_id: UserId::parse(user).expect("user"),
+                channel: Channel::Email,
+                locale: (*locale).into(),
+                address: Some(EmailAddress::parse(address).expect("address")),
+            })
+            .collect();
+        let claims = ledger.claim(&campaign, &pairs).await.expect("claim");
+        let entries = pairs
+            .into_iter()
+            .map(|pair| Entry {
+                campaign: campaign.clone(),
+                pair,
+                mark: Mark::Delivered,
+                error: None,
+            })
+            .collect();
+        ledger.record_all(&claims, entries).await.expect("record");
+        ledger.finished(claims.token);
+        Delivered { ledger, campaign }
+    }
+
+    fn token(&self, user: &str) -> Token {
+        TokenKey::from_bytes(SECRET.as_bytes()).token(
+            &self.campaign,
+            &UserId::parse(user).expect("user"),
+            Channel::Email,
+        )
+    }
+
+    fn message_id(&self, user: &str) -> String {
+        sunset::channel::email::message_id(
+            &self.campaign,
+            &UserId::parse(user).expect("user"),
+            "xiami.example",
+        )
+    }
+
+    /// Whether a later campaign may not send to `address`.
+    async fn suppressed(&self, address: &str) -> bool {
+        let address = EmailAddress::parse(address).expect("address");
+        let next = CampaignId::parse(&unique("next")).expect("campaign");
+        self.ledger
+            .suppressed(&next, &[&address], false)
+            .await
+            .expect("suppressed")
+            .contains(&address)
+    }
+}
+
+fn sample(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/feedback")
+        .join(name);
+    fs::read_to_string(path).expect("sample")
+}
+
+/// The Postfix DSN sample, about `token`'s recipient.
+fn postfix_dsn(token: &Token) -> String {
+    sample("postfix-dsn.eml")
+        .replace("0123456789abcdef01234567", token.as_str())
+        .replace("\r\n", "\n")
+}
+
+async fn a_dsn_to_the_verp_address_suppresses_its_recipient(url: &str) {
+    let env = feedback_env("");
+    let delivered = Delivered::new(url).await;
+    let service = FeedbackService::start(&env, &[("SUNSET__LEDGER__URL", url)]);
+    let token = delivered.token("u-1");
+    let verp = format!("b-{}@bounces.test", token.as_str().to_uppercase());
+    let dsn = postfix_dsn(&token);
+    let codes = tokio::task::block_in_place(|| service.smtp(&[&verp], &dsn));
+    assert_eq!(codes, [250, 250, 250, 250]);
+    assert!(delivered.suppressed("u1@users.test").await);
+    assert!(!delivered.suppressed("u4@users.test").await);
+    // The same DSN again changes nothing and is still taken.
+    let codes = tokio::task::block_in_place(|| service.smtp(&[&verp], &dsn));
+    assert_eq!(codes, [250, 250, 250, 250]);
+    let (_, metrics) = service.request("GET", "/metrics", &[], b"");
+    assert_eq!(
+        scrape::sum(
+            &metrics,
+            "sunset_feedback_reports_total",
+            &[
+                ("source", "dsn"),
+                ("reason", "hard-bounce"),
+                ("effect", "suppressed")
+            ]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("users.test"), "no address in metrics");
+    let status = service.process.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dsn_to_the_verp_address_suppresses_its_recipient_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    a_dsn_to_the_verp_address_suppresses_its_recipient(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dsn_to_the_verp_address_suppresses_its_recipient_on_postgres() {
+    a_dsn_to_the_verp_address_suppresses_its_recipient(POSTGRES).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_click_unsubscribes_once_and_the_page_speaks_the_recipients_language() {
+    let env = feedback_env("");
+    let url = format!("sqlite://{}", env.path().join("ledger.db").display());
+    let delivered = Delivered::new(&url).await;
+    let service = FeedbackService::start(&env, &[]);
+    let path = format!("/u/{}", delivered.token("u-2"));
+    let (status, page) = service.request("GET", &path, &[], b"");
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"<html lang="ar" dir="rtl">"#), "{page}");
+    assert!(page.contains(r#"<form method="post">"#), "{page}");
+    assert!(
+        !delivered.suppressed("u2@users.test").await,
+        "a GET never unsubscribes"
+    );
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    for _ in 0..2 {
+        let (status, page) = service.request("POST", &path, &form, b"List-Unsubscribe=One-Click");
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains(r#"dir="rtl""#), "{page}");
+    }
+    assert!(delivered.suppressed("u2@users.test").await);
+    // An empty body is a one-click too; the Traditional Chinese page for u-3.
+    let path = format!("/u/{}", delivered.token("u-3"));
+    let (status, page) = service.request("POST", &path, &[], b"");
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"lang="zh-Hant""#), "{page}");
+    // A token of the same shape that no email carried records nothing.
+    let forged = TokenKey::from_bytes(b"another key, not the service's").token(
+        &delivered.campaign,
+        &UserId::parse("u-4").expect("user"),
+        Channel::Email,
+    );
+    let (status, _) = service.request(
+        "POST",
+        &format!("/u/{forged}"),
+        &form,
+        b"List-Unsubscribe=One-Click",
+    );
+    assert_eq!(status, 404);
+    assert!(!delivered.suppressed("u4@users.test").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verified_webhooks_record_bounces_and_complaints_and_tampered_ones_nothing() {
+    let sendgrid = webhook_keys::sendgrid();
+    let env = feedback_env(&format!(
+        "[feedback.webhooks]\nses_cert_dir = \"certs\"\nsendgrid_public_key = \"{}\"\npostmark_user = \"postmark\"\n",
+        sendgrid.public_key
+    ));
+    fs::create_dir(env.path().join("certs")).expect("mkdir");
+    let ses = webhook_keys::ses(&env.path().join("certs"));
+    let url = format!("sqlite://{}", env.path().join("ledger.db").display());
+    let delivered = Delivered::new(&url).await;
+    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", "s3cret")]);
+
+    // SES: a permanent bounce, mapped by the original Message-ID; a tampered copy refused.
+    let bounce = webhook_keys::SES_BOUNCE
+        .replace("EMAIL", "u1@users.test")
+        .replace("MESSAGE_ID", &delivered.message_id("u-1"));
+    let mut tampered = ses.notification(&bounce);
+    tampered["Message"] = serde_json::Value::String(bounce.replace("u1@", "u4@"));
+    assert_eq!(
+        service
+            .request(
+                "POST",
+                "/webhooks/ses",
+                &[],
+                tampered.to_string().as_bytes()
+            )
+            .0,
+        403
+    );
+    assert!(!delivered.suppressed("u4@users.test").await);
+    let signed = ses.notification(&bounce).to_string();
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/ses", &[], signed.as_bytes())
+            .0,
+        200
+    );
+    assert!(delivered.suppressed("u1@users.test").await);
+    let complaint = webhook_keys::SES_COMPLAINT
+        .replace("EMAIL", "u5@users.test")
+        .replace("MESSAGE_ID", "<not-ours@elsewhere.example>");
+    let signed = ses.notification(&complaint).to_string();
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/ses", &[], signed.as_bytes())
+            .0,
+        200
+    );
+    assert!(delivered.suppressed("u5@users.test").await);
+
+    // SendGrid: a spam report by smtp-id, signed over timestamp and body.
+    let events = format!(
+        r#"[{{"email":"u2@users.test","timestamp":1796493600,"smtp-id":"{}","event":"spamreport","sg_event_id":"x","sg_message_id":"y"}},{{"email":"u2@users.test","event":"open"}}]"#,
+        delivered.message_id("u-2")
+    );
+    let (signature, timestamp) = sendgrid.sign(events.as_bytes());
+    let headers = [
+        ("X-Twilio-Email-Event-Webhook-Signature", signature.as_str()),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", timestamp.as_str()),
+    ];
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/sendgrid", &headers, events.as_bytes())
+            .0,
+        200
+    );
+    assert!(delivered.suppressed("u2@users.test").await);
+
+    // Postmark: a hard bounce behind basic auth.
+    let bounce = r#"{"RecordType":"Bounce","MessageStream":"outbound","ID":4323372036854775807,"Type":"HardBounce","TypeCode":1,"Name":"Hard bounce","Tag":"","MessageID":"883953f4-6105-42a2-a16a-77a8eac79483","ServerID":23,"Description":"The server was unable to deliver your message (ex: unknown user, mailbox not found).","Details":"smtp;550 5.1.1 The email account that you tried to reach does not exist.","Email":"u3@users.test","From":"noreply@xiami.example","BouncedAt":"2026-12-05T18:00:00Z","DumpAvailable":true,"Inactive":true,"CanActivate":true,"Subject":"Xiami Music is closing"}"#;
+    let wrong = [("Authorization", "Basic cG9zdG1hcms6d3Jvbmc=")];
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/postmark", &wrong, bounce.as_bytes())
+            .0,
+        401
+    );
+    assert!(!delivered.suppressed("u3@users.test").await);
+    let right = [("Authorization", "Basic cG9zdG1hcms6czNjcmV0")];
+    assert_eq!(
+        service
+            .request("POST", "/webhooks/postmark", &right, bounce.as_bytes())
+            .0,
+        200
+    );
+    assert!(delivered.suppressed("u3@users.test").await);
 }
 
 /// Keys and certificates standing in for the providers', and requests signed with them.

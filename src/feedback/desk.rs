@@ -38,4 +38,3 @@ impl Desk {
         self.ledger.recipient_of(token).await
     }
 }
-
