@@ -23,7 +23,24 @@ impl Desk {
 
     /// Records `report`; what it did is logged and counted.
     pub async fn record(&self, report: &Report) -> Result<ReportEffect, LedgerError> {
-        let effect = self.ledger.record_report(report, &self.policy).await?;
+        self.record_first(std::slice::from_ref(report)).await
+    }
+
+    /// Records the first of `alternatives` (one event, its recipient named in different ways,
+    /// best first) whose recipient the ledger knows; what it did is logged and counted once.
+    pub async fn record_first(&self, alternatives: &[Report]) -> Result<ReportEffect, LedgerError> {
+        let mut effect = ReportEffect::UnknownRecipient;
+        let mut recorded = alternatives.first();
+        for report in alternatives {
+            effect = self.ledger.record_report(report, &self.policy).await?;
+            recorded = Some(report);
+            if effect != ReportEffect::UnknownRecipient {
+                break;
+            }
+        }
+        let Some(report) = recorded else {
+            return Ok(effect);
+        };
         let label = match &effect {
             ReportEffect::Suppressed { .. } => "suppressed",
             ReportEffect::Counted { .. } => "counted",

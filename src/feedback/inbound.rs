@@ -35,35 +35,65 @@ impl Ignored {
     }
 }
 
-/// The reports of the message `raw`, sent to the local parts `recipients` of the bounce domain;
-/// `message_domain` is the domain of sunset's `Message-ID`s (`email.from`'s).
-pub fn reports(
+/// One event a message reports, with every way it names its recipient, best trusted first: the
+/// ledger may not know a token (the key changed since the send) and still know the Message-ID
+/// or the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What happened.
+    pub reason: Reason,
+    /// Where it came from.
+    pub source: Source,
+    /// Status and diagnostic, without addresses.
+    pub detail: String,
+    /// Whom it is about, best first; never empty.
+    pub candidates: Vec<About>,
+}
+
+impl Finding {
+    /// The report for each candidate, best first.
+    pub fn reports(&self) -> Vec<Report> {
+        self.candidates
+            .iter()
+            .map(|about| Report {
+                reason: self.reason,
+                about: about.clone(),
+                source: self.source,
+                detail: self.detail.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The findings of the message `raw`, sent to the local parts `recipients` of the bounce
+/// domain; `message_domain` is the domain of sunset's `Message-ID`s (`email.from`'s).
+pub fn findings(
     raw: &[u8],
     recipients: &[String],
     message_domain: &str,
-) -> Result<Vec<Report>, Ignored> {
-    let mut reports: Vec<Report> = recipients
+) -> Result<Vec<Finding>, Ignored> {
+    let mut findings: Vec<Finding> = recipients
         .iter()
         .filter_map(|local| Token::from_local_part(local, UNSUBSCRIBE_PREFIX))
-        .map(|token| Report {
+        .map(|token| Finding {
             reason: Reason::Unsubscribe,
-            about: About::Token(token),
             source: Source::Unsubscribe,
             detail: "mailto".into(),
+            candidates: vec![About::Token(token)],
         })
         .collect();
     let to_others = recipients
         .iter()
         .any(|local| Token::from_local_part(local, UNSUBSCRIBE_PREFIX).is_none());
     if !to_others {
-        return Ok(reports);
+        return Ok(findings);
     }
     match returned(raw, recipients, message_domain) {
-        Ok(returned) => reports.extend(returned),
-        Err(_) if !reports.is_empty() => {}
+        Ok(returned) => findings.extend(returned),
+        Err(_) if !findings.is_empty() => {}
         Err(ignored) => return Err(ignored),
     }
-    Ok(reports)
+    Ok(findings)
 }
 
 /// The bounces or the complaint of a DSN or ARF report.
@@ -71,7 +101,7 @@ fn returned(
     raw: &[u8],
     recipients: &[String],
     message_domain: &str,
-) -> Result<Vec<Report>, Ignored> {
+) -> Result<Vec<Finding>, Ignored> {
     let message = MessageParser::new().parse(raw).ok_or(Ignored::Unparsable)?;
     let envelope_token = recipients
         .iter()
@@ -82,51 +112,59 @@ fn returned(
         .map(|(campaign, user)| About::Message { campaign, user });
     if let Some(failures) = dsn::failures(&message) {
         let first = failures.first().ok_or(Ignored::NoFailure)?;
-        let about = envelope_token
-            .or(original.token)
+        let mut of_the_message: Vec<About> = [envelope_token, original.token]
+            .into_iter()
+            .flatten()
             .map(About::Token)
-            .or(message_id);
-        return match about {
+            .chain(message_id)
+            .collect();
+        of_the_message.dedup();
+        if !of_the_message.is_empty() {
             // One email goes to one recipient: its first (hardest) failure is the one.
-            Some(about) => Ok(vec![Report {
+            return Ok(vec![Finding {
                 reason: first.reason,
-                about,
                 source: Source::Dsn,
                 detail: first.detail.clone(),
-            }]),
-            None => {
-                let reports: Vec<Report> = failures
+                candidates: of_the_message
                     .into_iter()
-                    .filter_map(|failure| {
-                        Some(Report {
-                            reason: failure.reason,
-                            about: About::Address(failure.recipient?),
-                            source: Source::Dsn,
-                            detail: failure.detail,
-                        })
-                    })
-                    .collect();
-                if reports.is_empty() {
-                    Err(Ignored::NoRecipient)
-                } else {
-                    Ok(reports)
-                }
-            }
+                    .chain(first.recipient.clone().map(About::Address))
+                    .collect(),
+            }]);
+        }
+        let findings: Vec<Finding> = failures
+            .into_iter()
+            .filter_map(|failure| {
+                Some(Finding {
+                    reason: failure.reason,
+                    source: Source::Dsn,
+                    detail: failure.detail,
+                    candidates: vec![About::Address(failure.recipient?)],
+                })
+            })
+            .collect();
+        return if findings.is_empty() {
+            Err(Ignored::NoRecipient)
+        } else {
+            Ok(findings)
         };
     }
     if let Some(complaint) = arf::complaint(&message) {
-        let about = envelope_token
-            .or(complaint.token)
-            .or(original.token)
+        let mut candidates: Vec<About> = [envelope_token, complaint.token, original.token]
+            .into_iter()
+            .flatten()
             .map(About::Token)
-            .or(message_id)
-            .or(complaint.recipient.map(About::Address))
-            .ok_or(Ignored::NoRecipient)?;
-        return Ok(vec![Report {
+            .chain(message_id)
+            .chain(complaint.recipient.map(About::Address))
+            .collect();
+        candidates.dedup();
+        if candidates.is_empty() {
+            return Err(Ignored::NoRecipient);
+        }
+        return Ok(vec![Finding {
             reason: Reason::Complaint,
-            about,
             source: Source::Arf,
             detail: complaint.feedback_type,
+            candidates,
         }]);
     }
     if message.parts.iter().any(|part| {

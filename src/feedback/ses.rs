@@ -159,9 +159,13 @@ impl Verifier {
         };
         let file = cert_file_name(&sns.signing_cert_url)
             .ok_or(Refusal::forbidden("ses-untrusted-cert-url"))?;
-        let public_key = self
-            .public_key(&file)
-            .ok_or(Refusal::forbidden("ses-cert-not-trusted"))?;
+        let public_key = self.public_key(&file).ok_or_else(|| {
+            tracing::warn!(
+                signing_cert_url = %sns.signing_cert_url,
+                "the SNS signing certificate is not in feedback.webhooks.ses_cert_dir (or expired)"
+            );
+            Refusal::forbidden("ses-cert-not-trusted")
+        })?;
         let signature = STANDARD
             .decode(sns.signature.trim())
             .map_err(|_| Refusal::forbidden("ses-bad-signature"))?;

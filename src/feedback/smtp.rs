@@ -226,20 +226,20 @@ async fn receive(transaction: Transaction, inbox: &Inbox) -> Response {
         events::refused("smtp", "message-too-big");
         return Response::custom(552, "5.3.4 Message too big".into());
     }
-    let reports = match inbound::reports(
+    let findings = match inbound::findings(
         &transaction.message,
         &transaction.recipients,
         &inbox.message_domain,
     ) {
-        Ok(reports) => reports,
+        Ok(findings) => findings,
         Err(ignored) => {
             events::ignored(ignored.as_str());
             return Response::custom(250, "2.0.0 Accepted".into());
         }
     };
-    for report in &reports {
-        if let Err(error) = inbox.desk.record(report).await {
-            tracing::error!(%error, source = report.source.as_str(), "could not record a report; the relay will retry");
+    for finding in &findings {
+        if let Err(error) = inbox.desk.record_first(&finding.reports()).await {
+            tracing::error!(%error, source = finding.source.as_str(), "could not record a report; the relay will retry");
             return Response::custom(
                 451,
                 "4.3.0 Cannot record the report now, try again later".into(),
