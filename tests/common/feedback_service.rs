@@ -124,7 +124,7 @@ impl FeedbackService {
         for recipient in recipients {
             say(&format!("RCPT TO:<{recipient}>"), &mut codes, &mut reply);
         }
-        if codes[2..].iter().any(|code| *code == 250) {
+        if codes[2..].contains(&250) {
             say("DATA", &mut Vec::new(), &mut reply);
             let mut data = String::new();
             for line in message.lines() {
