@@ -12,6 +12,7 @@ use crate::ledger::LedgerError;
 use crate::lint::CheckFailed;
 use crate::render::{RenderError, TemplateError};
 use crate::results::Unfinished;
+use crate::suppression::Reason;
 
 /// sunset: tell every user of a shutting-down product, in their own language, exactly once.
 #[derive(Debug, Parser)]
@@ -54,6 +55,49 @@ pub enum Command {
     },
     /// Receive bounces, complaints and unsubscribes (SMTP and HTTP) until SIGTERM/SIGINT.
     Feedback,
+    /// Add, import, list or remove addresses no email goes to (needs the delivery ledger).
+    Suppress {
+        /// What to do.
+        #[command(subcommand)]
+        action: SuppressAction,
+    },
+}
+
+/// `sunset suppress …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SuppressAction {
+    /// Suppress addresses for every campaign.
+    Add {
+        /// The addresses.
+        #[arg(required = true, value_name = "ADDRESS")]
+        addresses: Vec<String>,
+        /// Why: manual, hard-bounce, soft-bounce, complaint or unsubscribe (an unsubscribe
+        /// still lets legal notices through).
+        #[arg(long, default_value = "manual")]
+        reason: Reason,
+    },
+    /// Suppress every address of a file: one a line (blank lines and `#` comments skipped), or
+    /// a CSV whose header has an `email` column. Any bad line: nothing is imported.
+    Import {
+        /// The file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Why, as for `add`.
+        #[arg(long, default_value = "manual")]
+        reason: Reason,
+    },
+    /// Show the list: address, reason, scope, since.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take addresses off the list (every reason and scope).
+    Remove {
+        /// The addresses.
+        #[arg(required = true, value_name = "ADDRESS")]
+        addresses: Vec<String>,
+    },
 }
 
 /// `sunset status`.

@@ -22,6 +22,7 @@ use crate::limit::Limits;
 use crate::preview;
 use crate::progress::{self, Meter, Sample};
 use crate::results::{self, Signal, Source, Unfinished, read_status};
+use crate::token::TokenKey;
 use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
 
 /// How often the keyed per-domain limiter forgets idle domains.
@@ -125,7 +126,7 @@ fn open_ledger(config: &Config) -> anyhow::Result<Option<Arc<Ledger>>> {
 }
 
 /// The ledger, required: `status` and `campaign` have nothing to work on without it.
-fn require_ledger(config: &Config) -> anyhow::Result<Arc<Ledger>> {
+pub(crate) fn require_ledger(config: &Config) -> anyhow::Result<Arc<Ledger>> {
     open_ledger(config)?.ok_or_else(|| {
         InvalidInput("ledger.url is empty: this command needs the delivery ledger".into()).into()
     })
@@ -259,7 +260,13 @@ fn deps(
     let breakers = Arc::new(Breakers::new(BreakerPolicy::from_config(&config.worker)?));
     let deps = deps.with_breakers(breakers);
     Ok(Arc::new(match open_ledger(config)? {
-        Some(ledger) => deps.with_ledger(ledger),
+        Some(ledger) => {
+            // Each email row keeps its feedback token, for `sunset feedback` to look up.
+            if !config.feedback.secret_file.as_os_str().is_empty() {
+                ledger.use_token_key(TokenKey::load(&config.feedback.secret_file)?);
+            }
+            deps.with_ledger(ledger)
+        }
         None => deps,
     }))
 }

@@ -12,7 +12,8 @@ use crate::channel::{Channel, Outcome};
 use crate::logging::MaskedText;
 use crate::worker::DeadLetterKind;
 
-/// Counter: sends tried, by `channel`, `locale` (the template locale) and `outcome`.
+/// Counter: sends tried, by `channel`, `locale` (the template locale) and `outcome`
+/// (`suppressed` counts sends not made to a suppressed address).
 pub const SENDS: &str = "sunset_sends_total";
 /// Histogram: time one send took (SMTP transaction or HTTP request), by `channel`.
 pub const SEND_SECONDS: &str = "sunset_send_seconds";
@@ -50,7 +51,7 @@ pub const WAIT_BUCKETS: &[f64] = &[
 pub fn describe() {
     describe_counter!(
         SENDS,
-        "Sends tried, by channel, template locale and outcome (delivered, transient, permanent)."
+        "Sends tried, by channel, template locale and outcome (delivered, transient, permanent; suppressed: not sent to a suppressed address)."
     );
     describe_histogram!(
         SEND_SECONDS,
@@ -137,6 +138,20 @@ pub fn sent(user: &UserId, channel: Channel, locale: &str, outcome: &Outcome) {
             "transport unreachable; the send is held"
         ),
     }
+}
+
+/// A send was not made because the address is on the suppression list: counted under
+/// [`SENDS`] with `outcome="suppressed"`, logged without the address.
+pub fn suppressed(user: &UserId, channel: Channel, locale: &str) {
+    counter!(SENDS, "channel" => channel.as_str(), "locale" => locale.to_string(), "outcome" => "suppressed")
+        .increment(1);
+    tracing::info!(
+        event = "send_suppressed",
+        %user,
+        %channel,
+        outcome = "suppressed",
+        "address on the suppression list; not sent"
+    );
 }
 
 /// A channel's transport stopped answering: its sends are held and probed.

@@ -27,6 +27,7 @@ pub mod results;
 pub mod secret;
 pub mod shaping;
 pub mod stdout;
+pub mod suppress;
 pub mod suppression;
 pub mod syntax;
 pub mod template_options;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use sunset::cli::{self, Cli, Command};
-use sunset::{Config, commands, dlq, preview};
+use sunset::{Config, commands, dlq, preview, suppress};
 
 /// mimalloc: rendering is allocation-heavy (handlebars), and glibc malloc was a quarter of it.
 /// Built with `no_thp`: no transparent huge pages, so freed memory goes back in small pages and
@@ -56,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status(args) => commands::status(&config, args).await,
             Command::Campaign { action } => commands::campaign(&config, action).await,
             Command::Feedback => commands::feedback(&config).await,
+            Command::Suppress { action } => suppress::run(&config, action).await,
         }
     })
 }

@@ -1,5 +1,5 @@
 //! What `sunset send` came to, in recipients per channel (reached now, reached earlier,
-//! dead-lettered, unknown, cancelled, pending), and the typed ends short of done that `main`
+//! dead-lettered, unknown, cancelled, suppressed, pending), and the typed ends short of done that `main`
 //! maps to exit codes: 3 when some recipients were not reached, 128 + the signal when stopped.
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +35,8 @@ pub struct Tally {
     pub unknown: u64,
     /// Not sent: the campaign was cancelled.
     pub cancelled: u64,
+    /// Not sent: the address is on the suppression list (not counted as not reached).
+    pub suppressed: u64,
 }
 
 impl Tally {
@@ -43,14 +45,16 @@ impl Tally {
         self.total.saturating_sub(self.settled())
     }
 
-    /// Delivered, dead-lettered, unknown or cancelled.
+    /// Delivered, dead-lettered, unknown, cancelled or suppressed.
     pub fn settled(&self) -> u64 {
-        self.now + self.earlier + self.dead + self.unknown + self.cancelled
+        self.now + self.earlier + self.dead + self.unknown + self.cancelled + self.suppressed
     }
 
-    /// Not known to have been delivered.
+    /// Not known to have been delivered, suppressed addresses aside: not sending to them is
+    /// what was asked.
     pub fn not_reached(&self) -> u64 {
-        self.total.saturating_sub(self.now + self.earlier)
+        self.total
+            .saturating_sub(self.now + self.earlier + self.suppressed)
     }
 }
 
@@ -82,6 +86,7 @@ impl Results {
                     dead: counts.dead,
                     unknown: counts.unknown,
                     cancelled: counts.cancelled,
+                    suppressed: counts.suppressed,
                 };
                 (channel, tally)
             })
@@ -108,6 +113,7 @@ impl Results {
             tally.now += counts.delivered;
             tally.dead += counts.dead;
             tally.unknown += counts.unknown;
+            tally.suppressed += counts.suppressed;
         }
         Results {
             campaign: campaign.clone(),
@@ -141,12 +147,20 @@ impl Results {
             elapsed.as_secs_f64()
         );
         out.push_str(&format!(
-            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}\n",
-            "channel", "total", "now", "earlier", "dead", "unknown", "cancelled", "pending"
+            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>8}\n",
+            "channel",
+            "total",
+            "now",
+            "earlier",
+            "dead",
+            "unknown",
+            "cancelled",
+            "suppressed",
+            "pending"
         ));
         for (channel, t) in &self.channels {
             out.push_str(&format!(
-                "{:<8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}\n",
+                "{:<8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>8}\n",
                 channel.as_str(),
                 t.total,
                 t.now,
@@ -154,6 +168,7 @@ impl Results {
                 t.dead,
                 t.unknown,
                 t.cancelled,
+                t.suppressed,
                 t.pending()
             ));
         }
@@ -398,6 +413,7 @@ mod tests {
                         delivered: 1,
                         dead: 3,
                         unknown: 1,
+                        suppressed: 0,
                     },
                 ),
                 (

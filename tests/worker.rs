@@ -558,6 +558,15 @@ impl Books for FakeBooks {
         Box::pin(async move { Ok(state) })
     }
 
+    fn suppressed<'a>(
+        &'a self,
+        _: &'a CampaignId,
+        _: &'a [&'a EmailAddress],
+        _: bool,
+    ) -> BoxFuture<'a, Result<HashSet<EmailAddress>, LedgerError>> {
+        Box::pin(async { Ok(HashSet::new()) })
+    }
+
     fn claim<'a>(
         &'a self,
         _: &'a CampaignId,

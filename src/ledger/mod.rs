@@ -20,6 +20,7 @@ mod sqlite;
 mod sqlite_feedback;
 mod status;
 mod store;
+mod suppressions;
 #[cfg(test)]
 mod tests;
 
@@ -32,12 +33,10 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::batch::{CampaignId, EmailAddress};
+use crate::batch::CampaignId;
 use crate::broker::redact;
 use crate::channel::Channel;
-use crate::config::FeedbackConfig;
-use crate::suppression::Report;
-use crate::token::{Token, TokenKey};
+use crate::token::TokenKey;
 use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
@@ -45,6 +44,7 @@ use store::Store;
 pub use reports::{PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
 pub use status::{Counts, Feedback, Status};
+pub use suppressions::Suppression;
 
 /// How long a campaign's state is trusted before it is read again.
 const STATE_TTL: Duration = Duration::from_secs(1);
@@ -469,61 +469,6 @@ impl Ledger {
         }
         self.ready().await?;
         self.store.give_up(entries).await
-    }
-
-    /// Records a bounce, complaint or unsubscribe and suppresses its address as `policy` says:
-    /// hard bounces, complaints and manual entries at once and for every campaign; soft bounces
-    /// once `soft_bounces_to_suppress` fall within `soft_bounce_window_ms`; unsubscribes in
-    /// `unsubscribe_scope`. A repeat changes nothing. A complaint that takes its campaign's
-    /// complaint rate past `pause_complaint_rate` pauses the campaign.
-    pub async fn record_report(
-        &self,
-        report: &Report,
-        policy: &FeedbackConfig,
-    ) -> Result<ReportEffect, LedgerError> {
-        self.ready().await?;
-        let (effect, paused) = self.store.record_report(report, policy).await?;
-        if let Some(paused) = paused {
-            warn!(
-                campaign = %paused.campaign,
-                rate = paused.rate,
-                limit = policy.pause_complaint_rate,
-                reason = %paused.reason,
-                "campaign paused: its complaint rate passed feedback.pause_complaint_rate"
-            );
-            self.states
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&paused.campaign);
-        }
-        Ok(effect)
-    }
-
-    /// The recipient `token` was made for, if an email with it was claimed here.
-    pub async fn recipient_of(&self, token: &Token) -> Result<Option<TokenRecipient>, LedgerError> {
-        self.ready().await?;
-        self.store.recipient_of(token).await
-    }
-
-    /// The addresses among `addresses` that no email of `campaign` may go to: suppressed for
-    /// every campaign or for this one, unsubscribes aside when the notice is a `legal_notice`.
-    /// One query, whatever the number of addresses.
-    pub async fn suppressed(
-        &self,
-        campaign: &CampaignId,
-        addresses: &[&EmailAddress],
-        legal_notice: bool,
-    ) -> Result<HashSet<EmailAddress>, LedgerError> {
-        if addresses.is_empty() {
-            return Ok(HashSet::new());
-        }
-        self.ready().await?;
-        self.store
-            .suppressed(campaign, addresses, legal_notice)
-            .await?
-            .iter()
-            .map(|stored| reports::address(stored))
-            .collect()
     }
 
     /// Counts for `status`.

@@ -8,7 +8,7 @@ use super::postgres::Store;
 use super::reports::{self, Complaints, GLOBAL, Paused, ReportEffect, Target, TokenRecipient};
 use crate::batch::{CampaignId, EmailAddress};
 use crate::config::FeedbackConfig;
-use crate::suppression::{About, Reason, Report};
+use crate::suppression::{About, Reason, Report, Source};
 use crate::token::Token;
 
 const TOKEN_OF: &str = "SELECT campaign_id, user_id, address, locale FROM deliveries
@@ -38,6 +38,15 @@ const COMPLAINTS: &str = "SELECT c.state, c.complaints_at_resume,
 const SUPPRESSED: &str = "SELECT DISTINCT address FROM suppressions
     WHERE address = ANY($1::text[]) AND scope IN ('', $2)
       AND NOT ($3 AND reason = 'unsubscribe')";
+const SUPPRESS_ALL: &str =
+    "INSERT INTO suppressions (address, reason, scope, source, detail, since)
+    SELECT t.a, $2, '', $3, '', $4 FROM UNNEST($1::text[]) AS t(a)
+    ON CONFLICT (address, reason, scope) DO NOTHING";
+const UNSUPPRESS: &str = "DELETE FROM suppressions WHERE address = ANY($1::text[])";
+const SUPPRESSIONS: &str =
+    "SELECT address, reason, scope, since FROM suppressions ORDER BY address, reason, scope";
+/// Addresses one statement of `add_suppressions` carries.
+const CHUNK: usize = 10_000;
 const PAUSE: &str =
     "UPDATE campaigns SET state = 'paused', paused_reason = $2 WHERE id = $1 AND state = 'running'";
 
@@ -207,6 +216,51 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    pub(super) async fn add_suppressions(
+        &self,
+        addresses: &[String],
+        reason: Reason,
+        source: Source,
+        now: i64,
+    ) -> Result<u64, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for chunk in addresses.chunks(CHUNK) {
+            added += sqlx::query(SUPPRESS_ALL)
+                .bind(chunk)
+                .bind(reason.as_str())
+                .bind(source.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    pub(super) async fn remove_suppressions(
+        &self,
+        addresses: &[String],
+    ) -> Result<u64, LedgerError> {
+        Ok(sqlx::query(UNSUPPRESS)
+            .bind(addresses)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub(super) async fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, String, String, i64)>, LedgerError> {
+        sqlx::query(SUPPRESSIONS)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
     }
 
     pub(super) async fn record_report(

@@ -7,7 +7,8 @@ use super::tests::{POSTGRES, campaign, pair, sqlite};
 use super::*;
 use crate::batch::{EmailAddress, UserId};
 use crate::config::{FeedbackConfig, UnsubscribeScope};
-use crate::suppression::{About, Reason, Source};
+use crate::suppression::{About, Reason, Report, Source};
+use crate::token::{Token, TokenKey};
 
 const KEY: &[u8] = b"a feedback key for the ledger tests";
 

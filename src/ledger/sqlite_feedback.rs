@@ -8,7 +8,7 @@ use super::reports::{self, Complaints, GLOBAL, Paused, ReportEffect, Target, Tok
 use super::sqlite::Store;
 use crate::batch::{CampaignId, EmailAddress};
 use crate::config::FeedbackConfig;
-use crate::suppression::{About, Reason, Report};
+use crate::suppression::{About, Reason, Report, Source};
 use crate::token::Token;
 
 const TOKEN_OF: &str = "SELECT campaign_id, user_id, address, locale FROM deliveries
@@ -37,6 +37,9 @@ const COMPLAINTS: &str = "SELECT c.state, c.complaints_at_resume,
 const SUPPRESSED: &str = "SELECT DISTINCT address FROM suppressions
     WHERE address IN (SELECT value FROM json_each(?1)) AND scope IN ('', ?2)
       AND NOT (?3 AND reason = 'unsubscribe')";
+const UNSUPPRESS: &str = "DELETE FROM suppressions WHERE address = ?1";
+const SUPPRESSIONS: &str =
+    "SELECT address, reason, scope, since FROM suppressions ORDER BY address, reason, scope";
 const PAUSE: &str =
     "UPDATE campaigns SET state = 'paused', paused_reason = ?2 WHERE id = ?1 AND state = 'running'";
 
@@ -192,6 +195,60 @@ impl Store {
             .run(move |c| {
                 Ok(c.prepare_cached(SUPPRESSED)?
                     .query_map(params![list, campaign, legal_notice], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    pub(super) async fn add_suppressions(
+        &self,
+        addresses: Vec<String>,
+        reason: Reason,
+        source: Source,
+        now: i64,
+    ) -> Result<u64, LedgerError> {
+        self.writer
+            .run(move |c| {
+                let mut insert = c.prepare_cached(SUPPRESS)?;
+                let mut added = 0;
+                for address in &addresses {
+                    added += insert.execute(params![
+                        address,
+                        reason.as_str(),
+                        GLOBAL,
+                        source.as_str(),
+                        "",
+                        now
+                    ])? as u64;
+                }
+                Ok(added)
+            })
+            .await
+    }
+
+    pub(super) async fn remove_suppressions(
+        &self,
+        addresses: Vec<String>,
+    ) -> Result<u64, LedgerError> {
+        self.writer
+            .run(move |c| {
+                let mut delete = c.prepare_cached(UNSUPPRESS)?;
+                let mut removed = 0;
+                for address in &addresses {
+                    removed += delete.execute([address])? as u64;
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
+    pub(super) async fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, String, String, i64)>, LedgerError> {
+        self.writer
+            .run(|c| {
+                Ok(c.prepare_cached(SUPPRESSIONS)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<Result<_, _>>()?)
             })
             .await

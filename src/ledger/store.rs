@@ -9,7 +9,7 @@ use super::rows::{Campaign, CampaignState, Claims, Entry, Fenced, RATE_BUCKET_MS
 use super::{LedgerError, now_ms, postgres, sqlite, status};
 use crate::batch::{CampaignId, EmailAddress};
 use crate::config::FeedbackConfig;
-use crate::suppression::Report;
+use crate::suppression::{Reason, Report, Source};
 use crate::token::Token;
 
 /// The two databases, each behind the same operations.
@@ -179,6 +179,46 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.suppressed(campaign, addresses, legal_notice).await,
             Store::Postgres(s) => s.suppressed(campaign, addresses, legal_notice).await,
+        }
+    }
+
+    pub(super) async fn add_suppressions(
+        &self,
+        addresses: &[EmailAddress],
+        reason: Reason,
+        source: Source,
+    ) -> Result<u64, LedgerError> {
+        let addresses: Vec<String> = addresses.iter().map(|a| a.as_str().to_string()).collect();
+        match self {
+            Store::Sqlite(s) => {
+                s.add_suppressions(addresses, reason, source, now_ms())
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.add_suppressions(&addresses, reason, source, now_ms())
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn remove_suppressions(
+        &self,
+        addresses: &[EmailAddress],
+    ) -> Result<u64, LedgerError> {
+        let addresses: Vec<String> = addresses.iter().map(|a| a.as_str().to_string()).collect();
+        match self {
+            Store::Sqlite(s) => s.remove_suppressions(addresses).await,
+            Store::Postgres(s) => s.remove_suppressions(&addresses).await,
+        }
+    }
+
+    /// Every entry: address, reason, scope and since (Unix ms).
+    pub(super) async fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, String, String, i64)>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.suppressions().await,
+            Store::Postgres(s) => s.suppressions().await,
         }
     }
 

@@ -1,9 +1,11 @@
 //! What the worker asks of the delivery ledger, as a trait: the ledger implements it, the
 //! worker's tests fake it.
 
+use std::collections::HashSet;
+
 use futures::future::BoxFuture;
 
-use crate::batch::CampaignId;
+use crate::batch::{CampaignId, EmailAddress};
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Pair, Recorded};
 
 /// The ledger as the worker uses it.
@@ -14,6 +16,15 @@ pub trait Books: Send + Sync {
         campaign: &'a CampaignId,
         template: &'a str,
     ) -> BoxFuture<'a, Result<CampaignState, LedgerError>>;
+
+    /// The addresses among `addresses` no email of `campaign` may go to (unsubscribes aside
+    /// for a `legal_notice`).
+    fn suppressed<'a>(
+        &'a self,
+        campaign: &'a CampaignId,
+        addresses: &'a [&'a EmailAddress],
+        legal_notice: bool,
+    ) -> BoxFuture<'a, Result<HashSet<EmailAddress>, LedgerError>>;
 
     /// Claims pairs; returns those it did not get.
     fn claim<'a>(
@@ -46,6 +57,15 @@ impl Books for Ledger {
         template: &'a str,
     ) -> BoxFuture<'a, Result<CampaignState, LedgerError>> {
         Box::pin(Ledger::state(self, campaign, template))
+    }
+
+    fn suppressed<'a>(
+        &'a self,
+        campaign: &'a CampaignId,
+        addresses: &'a [&'a EmailAddress],
+        legal_notice: bool,
+    ) -> BoxFuture<'a, Result<HashSet<EmailAddress>, LedgerError>> {
+        Box::pin(Ledger::suppressed(self, campaign, addresses, legal_notice))
     }
 
     fn claim<'a>(

@@ -13,7 +13,7 @@ use futures::future::join_all;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Recipient, UserId};
+use crate::batch::{Batch, EmailAddress, Recipient, UserId};
 use crate::channel::{Channel, Delivery, Outcome, Sender};
 use crate::events;
 use crate::ledger::{CampaignState, Claims, Entry, Ledger, LedgerError, Mark, Pair, Recorded};
@@ -43,6 +43,8 @@ pub struct Counts {
     pub dead: u64,
     /// Handed over with no answer: may or may not have arrived; dead-lettered as unknown.
     pub unknown: u64,
+    /// Not sent: the address is on the suppression list.
+    pub suppressed: u64,
 }
 
 /// What happened in one or more batches, per channel: recipients, not attempts.
@@ -66,6 +68,7 @@ impl Report {
             entry.delivered += counts.delivered;
             entry.dead += counts.dead;
             entry.unknown += counts.unknown;
+            entry.suppressed += counts.suppressed;
         }
     }
 
@@ -228,10 +231,12 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         Ok(renderer)
     }
 
-    /// Whether a batch may be sent now, and which of its pairs are this worker's to send.
-    async fn admit(&self, batch: &Batch, pairs: &[Pair]) -> Admit {
+    /// Whether a batch may be sent now, which of its pairs are this worker's to send, and
+    /// which of its addresses are suppressed (asked once for the whole batch, before the claim;
+    /// `legal_notice`: unsubscribes do not count).
+    async fn admit(&self, batch: &Batch, pairs: &[Pair], legal_notice: bool) -> Admit {
         let Some(books) = &self.books else {
-            return Admit::Go(None);
+            return Admit::Go(None, HashSet::new());
         };
         let refused = |e: LedgerError| {
             if e.is_unavailable() {
@@ -250,9 +255,25 @@ impl<E: Sender, P: Sender> Deps<E, P> {
         if state == CampaignState::Paused {
             return Admit::Hold("campaign paused".into());
         }
+        let addresses: Vec<&EmailAddress> = pairs
+            .iter()
+            .filter(|p| p.channel == Channel::Email)
+            .filter_map(|p| p.address.as_ref())
+            .collect();
+        let suppressed = if state == CampaignState::Running {
+            match books
+                .suppressed(&batch.campaign_id, &addresses, legal_notice)
+                .await
+            {
+                Ok(suppressed) => suppressed,
+                Err(e) => return refused(e),
+            }
+        } else {
+            HashSet::new()
+        };
         match books.claim(&batch.campaign_id, pairs).await {
             Ok(claims) if state == CampaignState::Cancelled => Admit::Cancelled(claims),
-            Ok(claims) => Admit::Go(Some(claims)),
+            Ok(claims) => Admit::Go(Some(claims), suppressed),
             Err(e) => refused(e),
         }
     }
@@ -439,8 +460,9 @@ impl Drop for Finished<'_> {
 
 /// Whether a batch may go out.
 enum Admit {
-    /// Yes; the claims (with a ledger) say which pairs to skip.
-    Go(Option<Claims>),
+    /// Yes; the claims (with a ledger) say which pairs to skip, and no email goes to the
+    /// suppressed addresses.
+    Go(Option<Claims>, HashSet<EmailAddress>),
     /// Not now (paused, or the ledger is away): the whole batch waits in a delay queue.
     Hold(String),
     /// Never: the campaign is cancelled; the claimed pairs are recorded so.
@@ -514,8 +536,12 @@ pub async fn process_batch<E: Sender, P: Sender>(
     // The pairs as the ledger claims them are needed for the claim only (or to record a
     // cancelled campaign): a batch's sends do not hold them.
     let pairs = std::mem::take(&mut plan.pairs);
-    let claims = match deps.admit(batch, &pairs).await {
-        Admit::Go(claims) => claims,
+    let legal_notice = plan
+        .renderer
+        .as_ref()
+        .is_ok_and(|renderer| renderer.options().legal_notice);
+    let (claims, suppressed) = match deps.admit(batch, &pairs, legal_notice).await {
+        Admit::Go(claims, suppressed) => (claims, suppressed),
         Admit::Hold(reason) => {
             tracing::info!(%reason, "batch held back");
             verdict.report = Report::default();
@@ -564,23 +590,48 @@ pub async fn process_batch<E: Sender, P: Sender>(
         }),
         _ => None,
     };
-    let (sent, held) = send_all(batch, &plan, claims.as_ref(), deps, &mut verdict).await;
+    let sending = Sending {
+        claims: claims.as_ref(),
+        suppressed: &suppressed,
+    };
+    let (sent, held) = send_all(batch, &plan, sending, deps, &mut verdict).await;
     decide(batch, attempt, &plan, sent, held, deps, verdict).await
 }
 
-/// Sends the plan's pairs this worker holds; returns what became of each, and the pairs held
-/// back by the claims.
+/// What the ledger said of a batch's pairs: the claims, and the addresses no email goes to.
+#[derive(Clone, Copy)]
+struct Sending<'a> {
+    claims: Option<&'a Claims>,
+    suppressed: &'a HashSet<EmailAddress>,
+}
+
+impl Sending<'_> {
+    /// Whether `recipient`'s email is not to be sent.
+    fn suppressed(&self, recipient: &Recipient, channel: Channel) -> bool {
+        channel == Channel::Email
+            && !self.suppressed.is_empty()
+            && recipient
+                .email
+                .as_ref()
+                .is_some_and(|email| self.suppressed.contains(email))
+    }
+}
+
+/// Sends the plan's pairs this worker holds, recording suppressed ones as such (never sent,
+/// never retried); returns what became of each sent one, and the pairs held back by the claims.
 async fn send_all<E: Sender, P: Sender>(
     batch: &Batch,
     plan: &Plan,
-    claims: Option<&Claims>,
+    sending: Sending<'_>,
     deps: &Deps<E, P>,
     verdict: &mut Verdict,
 ) -> (Vec<(Item, Sent)>, Vec<crate::batch::Failure>) {
+    let claims = sending.claims;
     // The parts every recipient of a locale shares, rendered once for the batch.
     let alike = Mutex::new(BatchCache::default());
     let mut todo = Vec::with_capacity(plan.todo.len());
     let mut held = Vec::new();
+    let mut suppressed = Vec::new();
     let contested = claims.is_some_and(|c| !c.all_ours());
     for &(index, channel) in &plan.todo {
         let recipient: &Recipient = &batch.recipients[index];
@@ -600,8 +651,26 @@ async fn send_all<E: Sender, P: Sender>(
                 continue;
             }
         }
+        if sending.suppressed(recipient, channel) {
+            let locale = plan.locale(index);
+            events::suppressed(&recipient.user_id, channel, locale);
+            verdict.report.counts.entry(channel).or_default().suppressed += 1;
+            suppressed.push(Entry {
+                campaign: batch.campaign_id.clone(),
+                pair: Pair {
+                    user_id: recipient.user_id.clone(),
+                    channel,
+                    locale: locale.to_string(),
+                    address: None,
+                },
+                mark: Mark::Suppressed,
+                error: None,
+            });
+            continue;
+        }
         todo.push((index, channel));
     }
+    join_all(suppressed.into_iter().map(|entry| deps.note(claims, entry))).await;
     let alike = &alike;
     let lanes = lanes::lanes(batch, todo);
     let sent = lanes::drive(

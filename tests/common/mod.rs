@@ -445,7 +445,8 @@ pub fn notice_html(
         .html
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder tree (a template) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("mkdir");
     for entry in fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("dir entry");
