@@ -13,6 +13,7 @@ pub mod scrape;
 pub mod smtp_auth;
 pub mod smtp_sink;
 pub mod tcp_proxy;
+pub mod webhook_keys;
 pub mod worker_process;
 
 use std::collections::HashMap;
