@@ -55,6 +55,8 @@ pub enum Command {
     },
     /// Print the DNS TXT record(s) that publish the DKIM key(s) of email.dkim.key_file.
     DkimRecord,
+    /// Receive bounces, complaints and unsubscribes (SMTP and HTTP) until SIGTERM/SIGINT.
+    Feedback,
     /// Add, import, list or remove addresses no email goes to (needs the delivery ledger).
     Suppress {
         /// What to do.

@@ -404,6 +404,16 @@ pub async fn preview_serve(config: &Config, args: &PreviewArgs) -> anyhow::Resul
     preview::serve::run(config, args, shutdown).await
 }
 
+/// `sunset feedback`, until SIGTERM or SIGINT.
+pub async fn feedback(config: &Config) -> anyhow::Result<()> {
+    let ledger = require_ledger(config)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let served = crate::feedback::run(config, Arc::clone(&ledger), shutdown).await;
+    ledger.close().await;
+    served
+}
+
 /// `sunset worker`.
 pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     let until = if args.exit_when_idle {

@@ -380,6 +380,23 @@ pub struct FeedbackConfig {
     pub pause_complaint_rate: f64,
     /// Whom an unsubscribe stops mail to.
     pub unsubscribe_scope: UnsubscribeScope,
+    /// Email providers' bounce and complaint webhooks.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[feedback.webhooks]`: each provider's route answers 404 until its credential is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Folder of the Amazon SNS signing certificates (PEM) trusted for `/webhooks/ses`, each
+    /// under the file name its `SigningCertURL` ends in; empty = the route is off.
+    pub ses_cert_dir: PathBuf,
+    /// SendGrid's signed event webhook verification key (base64 DER, as SendGrid shows it);
+    /// empty = the route is off.
+    pub sendgrid_public_key: String,
+    /// The basic-auth user Postmark's webhooks send; the password comes from
+    /// `SUNSET_POSTMARK_PASSWORD` (or `_FILE`); empty = the route is off.
+    pub postmark_user: String,
 }
 
 impl Default for FeedbackConfig {
@@ -394,6 +411,7 @@ impl Default for FeedbackConfig {
             soft_bounce_window_ms: 7 * 24 * 3600 * 1000,
             pause_complaint_rate: 0.003,
             unsubscribe_scope: UnsubscribeScope::Global,
+            webhooks: WebhooksConfig::default(),
         }
     }
 }

@@ -55,7 +55,7 @@ impl Exporter {
         if listen.is_empty() {
             return Ok(None);
         }
-        check_host_port(listen)?;
+        check_host_port("metrics.listen", listen)?;
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             InvalidInput(format!(
                 "Failed to listen on {listen} (metrics.listen): {e}; set metrics.listen to a free \
@@ -117,8 +117,8 @@ impl Exporter {
     }
 }
 
-/// `host:port` with a port number, before any attempt to bind it.
-fn check_host_port(listen: &str) -> Result<(), InvalidInput> {
+/// `host:port` with a port number, before any attempt to bind it; `key` names the setting.
+pub fn check_host_port(key: &str, listen: &str) -> Result<(), InvalidInput> {
     let valid = listen
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -126,7 +126,7 @@ fn check_host_port(listen: &str) -> Result<(), InvalidInput> {
         Ok(())
     } else {
         Err(InvalidInput(format!(
-            "metrics.listen `{listen}` is not host:port (e.g. 127.0.0.1:9185, or 0.0.0.0:9185 for every interface; empty turns metrics off)"
+            "{key} `{listen}` is not host:port (e.g. 127.0.0.1:9185, or 0.0.0.0:9185 for every interface)"
         )))
     }
 }
@@ -177,7 +177,7 @@ mod tests {
             "[::1]:9185",
             "localhost:9185",
         ] {
-            assert!(check_host_port(good).is_ok(), "{good}");
+            assert!(check_host_port("metrics.listen", good).is_ok(), "{good}");
         }
         for bad in [
             "9185",
@@ -186,7 +186,7 @@ mod tests {
             "127.0.0.1:http",
             "127.0.0.1:70000",
         ] {
-            assert!(check_host_port(bad).is_err(), "{bad}");
+            assert!(check_host_port("metrics.listen", bad).is_err(), "{bad}");
         }
     }
 }

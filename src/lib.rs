@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod enqueue;
 pub mod events;
 pub mod exporter;
+pub mod feedback;
 pub mod ledger;
 pub mod limit;
 

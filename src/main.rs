@@ -60,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Dlq { action } => dlq::run(&config, action).await,
             Command::Status(args) => commands::status(&config, args).await,
             Command::Campaign { action } => commands::campaign(&config, action).await,
+            Command::Feedback => commands::feedback(&config).await,
             Command::Suppress { action } => suppress::run(&config, action).await,
             Command::DkimRecord => commands::dkim_record(&config),
         }

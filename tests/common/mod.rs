@@ -4,13 +4,16 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 pub mod browser;
+pub mod feedback_service;
 pub mod pipelining_smtp;
+pub mod postfix;
 pub mod push_sink;
 pub mod rabbit_node;
 pub mod scrape;
 pub mod smtp_auth;
 pub mod smtp_sink;
 pub mod tcp_proxy;
+pub mod webhook_keys;
 pub mod worker_process;
 
 use std::collections::HashMap;

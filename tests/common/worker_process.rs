@@ -12,6 +12,14 @@ impl WorkerProcess {
         WorkerProcess(Some(command.spawn().expect("start sunset")))
     }
 
+    /// The child's piped standard output, for the caller to read.
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.0
+            .as_mut()
+            .and_then(|child| child.stdout.take())
+            .expect("stdout piped")
+    }
+
     /// Sends `signal` (`-STOP`, `-CONT`) and returns at once.
     pub fn signal(&self, signal: &str) {
         let child = self.0.as_ref().expect("still running");
