@@ -185,9 +185,13 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
         return Ok(());
     }
     // Campaign vars that do not render are a permanent failure, not an injection.
-    let Ok(notice) = renderer().render(vars, recipient, &[Channel::Email]) else {
+    let Ok(mut notice) = renderer().render(vars, recipient, &[Channel::Email]) else {
         return Ok(());
     };
+    // Every header sunset can write: as if the template asked for List-Unsubscribe.
+    if let Some(email) = notice.email.as_mut() {
+        email.list_unsubscribe = true;
+    }
     let from: Mailbox = "Xiami <noreply@xiami.example>".parse().expect("mailbox");
     let campaign = CampaignId::parse("fuzz").expect("id");
     let composer = Composer::new(from)

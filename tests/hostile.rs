@@ -66,9 +66,13 @@ fn renderer() -> Renderer {
 
 /// The email a worker would send this recipient: rendered, then written by the MIME writer.
 fn email_for(renderer: &Renderer, vars: &Vars, recipient: &Recipient) -> String {
-    let notice = renderer
+    let mut notice = renderer
         .render(vars, recipient, &[Channel::Email, Channel::Push])
         .expect("renders");
+    // Every header sunset can write: as if the template asked for List-Unsubscribe.
+    if let Some(email) = notice.email.as_mut() {
+        email.list_unsubscribe = true;
+    }
     let from: Mailbox = "Xiami Music <noreply@xiami.example>"
         .parse()
         .expect("mailbox");
