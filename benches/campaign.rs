@@ -16,7 +16,7 @@
 //! 6. **shaping** (`campaign/shaping.rs`): 10 % "451 Try again later" against none, and a relay
 //!    refusing above 100/s, on the tests' scripted SMTP sink.
 //! 7. **dkim** (`campaign/dkim.rs`): the email run of 1. with DKIM signing (RSA-2048) against
-//!    without, interleaved; and one signature's cost in µs.
+//!    without, interleaved; one pair at the default rate limits; and one signature's cost in µs.
 //!
 //! Throughput is measured at the sink, from the first message received to the last, for
 //! sunset and for the reference tool alike: start-up, connecting and the worker's
@@ -967,9 +967,10 @@ impl Bench {
         Workdir::new(self.runtime.handle(), self.options.keep, "", extra)
     }
 
-    fn smtp_config(sink: &SmtpSink) -> String {
+    /// `[email]` sending to `sink`, then `limits` (a `[rate]` table, or empty for the defaults).
+    fn smtp_config(sink: &SmtpSink, limits: &str) -> String {
         format!(
-            "[email]\ntransport = \"smtp\"\nurl = \"{}\"\npool_size = {SMTP_CONNECTIONS}\n{UNLIMITED}",
+            "[email]\ntransport = \"smtp\"\nurl = \"{}\"\npool_size = {SMTP_CONNECTIONS}\n{limits}",
             sink.url()
         )
     }
@@ -1018,9 +1019,9 @@ impl Bench {
         Ok(average)
     }
 
-    /// One sunset email run: enqueue `n`, time the worker; sink rate (first → last message).
-    /// `worker` goes into `[worker]`; `ledger` is a `[ledger]` table, or empty for the default
-    /// (SQLite in the work folder).
+    /// One sunset email run with the rate limits off: enqueue `n`, time the worker; sink rate
+    /// (first → last message). `worker` goes into `[worker]`; `ledger` is a `[ledger]` table, or
+    /// empty for the default (SQLite in the work folder).
     fn sunset_email(
         &mut self,
         sink: &SmtpSink,
@@ -1028,11 +1029,23 @@ impl Bench {
         label: &str,
         (worker, ledger): (&str, &str),
     ) -> anyhow::Result<(f64, Usage)> {
+        self.sunset_email_at(sink, n, label, (worker, ledger), UNLIMITED)
+    }
+
+    /// [`Bench::sunset_email`] with `limits` as the `[rate]` table (empty: the defaults).
+    fn sunset_email_at(
+        &mut self,
+        sink: &SmtpSink,
+        n: usize,
+        label: &str,
+        (worker, ledger): (&str, &str),
+        limits: &str,
+    ) -> anyhow::Result<(f64, Usage)> {
         let work = Workdir::new(
             self.runtime.handle(),
             self.options.keep,
             worker,
-            &format!("{}{ledger}", Self::smtp_config(sink)),
+            &format!("{}{ledger}", Self::smtp_config(sink, limits)),
         )?;
         work.audience("audience.csv", n)?;
         // A campaign id of its own: a shared PostgreSQL ledger remembers earlier runs.
@@ -1573,7 +1586,9 @@ impl Bench {
             .filter(|_| self.options.wants("rss"));
         if self.options.wants("enqueue") {
             eprintln!("== enqueue: {n} recipients, batches of {BATCH_SIZE}");
-            let smtp = sink.map(Self::smtp_config).unwrap_or_default();
+            let smtp = sink
+                .map(|sink| Self::smtp_config(sink, UNLIMITED))
+                .unwrap_or_default();
             let work = self.workdir(&smtp)?;
             work.audience("audience.csv", n)?;
             let (_, dry) = work.enqueue("enqueue", "audience.csv", "email", true)?;

@@ -103,13 +103,17 @@ fn notice(locale: &str, subject: &str, from_name: Option<&str>, list_unsubscribe
     }
 }
 
-/// Sends three emails (Arabic with `List-Unsubscribe` and a sender name, Chinese without,
-/// English) through sunset's SMTP path with the key(s) of `key` (file name in the folder).
-async fn send_signed(env: &TestEnv, key: &str, algorithm: DkimAlgorithm) -> Vec<Received> {
-    let sink = SmtpSink::start();
+/// The `email` and `feedback` sections signing with the key(s) of `key` (file name in the
+/// folder), sending to `url` over SMTP.
+fn signing_config(
+    env: &TestEnv,
+    key: &str,
+    algorithm: DkimAlgorithm,
+    url: String,
+) -> (EmailConfig, FeedbackConfig) {
     let email = EmailConfig {
         transport: EmailTransport::Smtp,
-        url: sink.url(),
+        url,
         from: "Xiami Music <noreply@xiami.example>".into(),
         pool_size: 2,
         dkim: DkimConfig {
@@ -125,6 +129,14 @@ async fn send_signed(env: &TestEnv, key: &str, algorithm: DkimAlgorithm) -> Vec<
         bounce_domain: "bounces.xiami.example".into(),
         ..FeedbackConfig::default()
     };
+    (email, feedback)
+}
+
+/// Sends three emails (Arabic with `List-Unsubscribe` and a sender name, Chinese without,
+/// English) through sunset's SMTP path with the key(s) of `key` (file name in the folder).
+async fn send_signed(env: &TestEnv, key: &str, algorithm: DkimAlgorithm) -> Vec<Received> {
+    let sink = SmtpSink::start();
+    let (email, feedback) = signing_config(env, key, algorithm, sink.url());
     let sender = EmailSender::from_config(&email, &feedback).expect("valid config");
     let campaign = CampaignId::parse("xiami-2026").expect("id");
     let cases = [
@@ -274,6 +286,72 @@ async fn dual_rsa_and_ed25519_signatures_both_verify_with_dkimpy() {
         .filter(|l| l.ends_with(" ed25519-sha256 s1-ed25519 ok"))
         .count();
     assert_eq!((rsa, ed25519), (3, 3), "{lines:#?}");
+}
+
+/// Sends `count` emails at once (one campaign, users `u-0`…) and asserts each is delivered.
+async fn send_at_once(sender: &EmailSender, count: usize) {
+    let campaign = CampaignId::parse("xiami-at-once").expect("id");
+    let recipients: Vec<Recipient> = (0..count)
+        .map(|i| recipient(&format!("u-{i}"), &format!("u{i}@example.com"), "Sam", "en"))
+        .collect();
+    let notice = notice("en", "Xiami Music is closing", None, true);
+    let outcomes = futures::future::join_all(recipients.iter().map(|recipient| {
+        sender.send(Delivery {
+            campaign_id: &campaign,
+            recipient,
+            notice: &notice,
+        })
+    }))
+    .await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn emails_signed_at_once_on_the_blocking_pool_verify_over_smtp_and_in_the_outbox() {
+    // Arrange: the test's runtime is current-thread, as the worker's is.
+    let env = TestEnv::new();
+    let both = format!("{}{}", new_key("rsa:2048"), new_key("ed25519"));
+    key_file(&env, "dkim.pem", &both);
+    dkim_config(&env, "dkim.pem", DkimAlgorithm::RsaSha256AndEd25519);
+    let sink = SmtpSink::start();
+    let (email, feedback) = signing_config(
+        &env,
+        "dkim.pem",
+        DkimAlgorithm::RsaSha256AndEd25519,
+        sink.url(),
+    );
+    let relay = EmailSender::from_config(&email, &feedback).expect("valid config");
+    let outbox = EmailSender::from_config(
+        &EmailConfig {
+            transport: EmailTransport::File,
+            outbox: env.path().join("outbox"),
+            ..email
+        },
+        &feedback,
+    )
+    .expect("valid config");
+
+    // Act
+    send_at_once(&relay, 12).await;
+    relay.close().await;
+    send_at_once(&outbox, 4).await;
+    let mut messages = raws(&sink.wait_for_async(12, Duration::from_secs(10)).await);
+    for file in fs::read_dir(env.path().join("outbox")).expect("outbox") {
+        let bytes = fs::read(file.expect("entry").path()).expect("read .eml");
+        // The outbox writes the VERP sender as `Return-Path` above the signatures, as a
+        // receiving server would.
+        messages.push(bytes);
+    }
+    let (verified, lines) = dkimpy(&env, &messages);
+
+    // Assert
+    assert_eq!(messages.len(), 16);
+    assert!(verified, "{lines:#?}");
+    assert_eq!(lines.len(), 32, "two signatures per email: {lines:#?}");
+    assert!(lines.iter().all(|l| l.ends_with(" ok")), "{lines:#?}");
 }
 
 #[test]

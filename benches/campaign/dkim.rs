@@ -1,6 +1,7 @@
 //! `dkim`: what DKIM signing costs. The email run of `email` with signing off and with an
-//! RSA-2048 key, interleaved (off, on, off, …), into the same `smtp-sink`; and the raw cost of
-//! one signature over one of the shipped notice's emails, in this process.
+//! RSA-2048 key, interleaved (off, on, off, …), into the same `smtp-sink`; one pair at the
+//! default rate limits (200 emails a second), where signing should not show; and the raw cost
+//! of one signature over one of the shipped notice's emails, in this process.
 
 use super::{Bench, NO_LEDGER, SmtpSink, tool};
 
@@ -18,6 +19,9 @@ use sunset::token::TokenKey;
 
 /// Signatures timed for the raw cost.
 const SIGNATURES: usize = 2000;
+
+/// Emails per run at the default rate limits: ten seconds at 200 a second.
+const AT_DEFAULT_LIMITS: usize = 2000;
 
 /// An owner-only RSA-2048 key made with openssl in `dir`.
 fn rsa_key(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -122,6 +126,29 @@ impl Bench {
         self.report.info(
             "DKIM RSA-2048: one signature of a shipped email (body hash + RSA), this process",
             format!("{micros:.0} µs"),
+            "-",
+        );
+        self.dkim_at_default_limits(&sink, &signed)
+    }
+
+    /// One run signing off, then one on, with the default `[rate]` (200 emails a second).
+    fn dkim_at_default_limits(&mut self, sink: &SmtpSink, signed: &str) -> anyhow::Result<()> {
+        let n = AT_DEFAULT_LIMITS.min(self.options.n);
+        eprintln!(" at the default rate limits: {n} notices");
+        let run = |bench: &mut Bench, label: &str, config: &str| {
+            bench.sunset_email_at(sink, n, label, ("", config), "")
+        };
+        let (off, off_usage) = run(self, "dkim-limited-off", NO_LEDGER)?;
+        let (on, on_usage) = run(self, "dkim-limited-on", signed)?;
+        self.report.ratio(
+            &format!("email msgs/s, N={n}, default rate limits, DKIM RSA-2048 on vs off"),
+            (&[on], &[off], true),
+            "/s",
+            0.95,
+        );
+        self.report.info(
+            "same: worker CPU per email, DKIM on / off",
+            format!("{} / {}", on_usage.cpu_per(n), off_usage.cpu_per(n)),
             "-",
         );
         Ok(())

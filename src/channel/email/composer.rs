@@ -6,7 +6,8 @@ use lettre::Address;
 use lettre::message::Mailbox;
 
 use super::dkim::DkimSigner;
-use super::{ComposeError, invalid, parse_from};
+use super::seal::{SealError, Sealer};
+use super::{ComposeError, Email, invalid, parse_from};
 use crate::batch::{CampaignId, UserId};
 use crate::channel::Channel;
 use crate::config::{ConfigError, EmailConfig, FeedbackConfig};
@@ -22,12 +23,12 @@ struct FeedbackAddresses {
     public_url: String,
 }
 
-/// Builds each email's addresses and signature; see [`super::compose`].
+/// Builds each email's addresses ([`super::compose`]) and signs it ([`Composer::seal`]).
 #[derive(Debug)]
 pub struct Composer {
     from: Mailbox,
     feedback: Option<FeedbackAddresses>,
-    dkim: Option<DkimSigner>,
+    dkim: Option<Sealer>,
 }
 
 impl Composer {
@@ -48,7 +49,7 @@ impl Composer {
     ) -> Result<Composer, ConfigError> {
         let from = parse_from(&email.from)?;
         let composer = Composer {
-            dkim: DkimSigner::from_config(&email.dkim, &from)?,
+            dkim: DkimSigner::from_config(&email.dkim, &from)?.map(Sealer::new),
             feedback: None,
             from,
         };
@@ -94,9 +95,13 @@ impl Composer {
         &self.from
     }
 
-    /// The DKIM signer, when `email.dkim.key_file` is set.
-    pub fn dkim(&self) -> Option<&DkimSigner> {
-        self.dkim.as_ref()
+    /// `email` signed when `email.dkim.key_file` is set (on another thread, see
+    /// [`Sealer::seal`]), else as it is.
+    pub async fn seal(&self, email: Email) -> Result<Email, SealError> {
+        match &self.dkim {
+            Some(sealer) => sealer.seal(email).await,
+            None => Ok(email),
+        }
     }
 
     /// The recipient's token, when a feedback key is set.

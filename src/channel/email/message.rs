@@ -32,7 +32,7 @@ const BASE64_LINE_BYTES: usize = 57;
 /// Longest 7bit body line (RFC 5322 allows 998 characters without the CRLF).
 const LINE_MAX: usize = 998;
 
-/// An email ready to go: the SMTP envelope and the message bytes (CRLF line ends).
+/// An email: the SMTP envelope and the message bytes (CRLF line ends).
 #[derive(Debug)]
 pub struct Email {
     /// `MAIL FROM` and `RCPT TO`.
@@ -45,8 +45,9 @@ pub struct Email {
 /// one, else `email.from`'s), `To` with the recipient's name, UTF-8 subject,
 /// multipart/alternative (text, then HTML), a deterministic `Message-ID`, `Content-Language`,
 /// `X-Sunset-Campaign`, `Date`, and `List-Unsubscribe` when the template asks for it; the
-/// envelope sender is the VERP address when a bounce domain is set, and the DKIM signature(s)
-/// come first when a key is set. Header values never contain line breaks of their own.
+/// envelope sender is the VERP address when a bounce domain is set. Unsigned: the senders sign
+/// it with [`Composer::seal`], off the runtime's thread. Header values never contain line
+/// breaks of their own.
 pub fn compose(composer: &Composer, delivery: Delivery<'_>) -> Result<Email, ComposeError> {
     let parts = delivery
         .notice
@@ -111,15 +112,10 @@ pub fn compose(composer: &Composer, delivery: Delivery<'_>) -> Result<Email, Com
     body_part(&mut out, "text/plain", &parts.text);
     body_part(&mut out, "text/html", &parts.html);
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    let bytes = match composer.dkim() {
-        Some(dkim) => {
-            let mut signed = dkim.sign(&out, now.timestamp())?;
-            signed.extend_from_slice(&out);
-            signed
-        }
-        None => out,
-    };
-    Ok(Email { envelope, bytes })
+    Ok(Email {
+        envelope,
+        bytes: out,
+    })
 }
 
 /// The recipient's name as `To:` shows it: one line, and isolated (FSI…PDI) when it is not plain

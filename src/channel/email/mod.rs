@@ -8,6 +8,7 @@ mod held;
 mod message;
 mod outbox;
 mod reply;
+mod seal;
 mod smtp;
 mod tls;
 
@@ -15,6 +16,7 @@ pub use composer::Composer;
 pub use dkim::{DkimSigner, ED25519_SELECTOR_SUFFIX};
 pub use message::{Email, compose};
 pub use outbox::EmlOutbox;
+pub use seal::SealError;
 pub use smtp::SmtpRelay;
 
 use lettre::message::Mailbox;
@@ -118,9 +120,17 @@ pub enum ComposeError {
          is not set (the unsubscribe link is made with its key)"
     )]
     NoUnsubscribeKey,
-    /// The DKIM key refused to sign.
-    #[error(transparent)]
-    Sign(#[from] dkim::SignError),
+}
+
+/// The email of `delivery`, composed and signed, or the outcome of a delivery that cannot be
+/// made into one: permanent when the delivery or the key is at fault, transient when the
+/// signing thread stopped.
+async fn signed_email(composer: &Composer, delivery: Delivery<'_>) -> Result<Email, Outcome> {
+    let email = compose(composer, delivery).map_err(|e| Outcome::permanent(e.to_string()))?;
+    composer.seal(email).await.map_err(|e| match e {
+        SealError::Sign(_) => Outcome::permanent(e.to_string()),
+        SealError::Stopped(_) => Outcome::transient(e.to_string()),
+    })
 }
 
 /// `<{campaign_id}.{user_id}@{domain}>`, valid for any ids: characters a msg-id's dot-atom may

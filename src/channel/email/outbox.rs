@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Composer, compose, escape, is_word_char};
+use super::{Composer, escape, is_word_char, signed_email};
 use crate::batch::{CampaignId, UserId};
 use crate::channel::{Delivery, Outcome, Sender};
 
@@ -38,9 +38,9 @@ impl EmlOutbox {
 
 impl Sender for EmlOutbox {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let email = match compose(&self.composer, delivery) {
+        let email = match signed_email(&self.composer, delivery).await {
             Ok(email) => email,
-            Err(e) => return Outcome::permanent(e.to_string()),
+            Err(outcome) => return outcome,
         };
         let path = self.path_for(delivery.campaign_id, &delivery.recipient.user_id);
         // A mailbox stores the envelope sender as `Return-Path`; with VERP it is the bounce

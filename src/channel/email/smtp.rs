@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use super::held::{Beneath, HeldWrites};
 use super::reply::classify;
 use super::tls::ImplicitTls;
-use super::{Composer, Email, PASSWORD_ENV, compose, invalid};
+use super::{Composer, Email, PASSWORD_ENV, invalid, signed_email};
 use crate::broker::redact;
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
@@ -537,9 +537,9 @@ impl SmtpRelay {
 
 impl Sender for SmtpRelay {
     async fn send(&self, delivery: Delivery<'_>) -> Outcome {
-        let email = match compose(&self.composer, delivery) {
+        let email = match signed_email(&self.composer, delivery).await {
             Ok(email) => email,
-            Err(e) => return Outcome::permanent(e.to_string()),
+            Err(outcome) => return outcome,
         };
         match self.transmit(&email).await {
             Ok(()) => Outcome::Delivered,
