@@ -233,15 +233,10 @@ impl Workdir {
         let delays: Vec<String> = RETRY_DELAYS.iter().map(u64::to_string).collect();
         let config = format!(
             "[broker]\nqueue = \"{queue}\"\n[worker]\nretry_delays_ms = [{}]\n{worker}\
-             [templates]\ndir = \"templates\"\n[metrics]\nlisten = \"\"\n\
-             [feedback]\nsecret_file = \"feedback.key\"\n{extra}",
+             [templates]\ndir = \"templates\"\n[metrics]\nlisten = \"\"\n{extra}",
             delays.join(", ")
         );
         std::fs::write(dir.path().join("sunset.toml"), config)?;
-        // The shipped template asks for List-Unsubscribe, whose link needs a feedback key.
-        let key = dir.path().join("feedback.key");
-        std::fs::write(&key, "a bench key of more than sixteen bytes\n")?;
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(Workdir {
             dir,
             queue,

@@ -65,7 +65,7 @@ fn signing_micros(key: &Path) -> anyhow::Result<f64> {
         },
         ..EmailConfig::default()
     };
-    // The shipped template asks for List-Unsubscribe, which a key makes.
+    // With a key the signed email carries List-Unsubscribe, as a template asking for it does.
     let composer = Composer::new(config.from.parse()?).with_tokens(
         TokenKey::from_bytes(b"a bench key of more than sixteen bytes"),
         "https://notices.xiami.example",
