@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bidi;
-use crate::channel::Channel;
 use crate::locale;
-use crate::render::{TemplateName, Vars};
+use crate::names::{Channel, TemplateName, Vars};
 
 /// The only wire-format version this build reads and writes.
 pub const VERSION: u32 = 1;

@@ -6,12 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::channel::Channel;
-use crate::config::ConfigError;
-use crate::enqueue::Delimiter;
-use crate::ledger::LedgerError;
-use crate::lint::CheckFailed;
-use crate::render::{RenderError, TemplateError};
-use crate::results::Unfinished;
+use crate::enqueue::csv_rows::Delimiter;
+pub use crate::invalid_input::InvalidInput;
 use crate::suppression::Reason;
 
 /// sunset: tell every user of a shutting-down product, in their own language, exactly once.
@@ -282,29 +278,4 @@ pub struct PreviewArgs {
     /// Address for --serve; anything but loopback lets others on the network see the templates.
     #[arg(long, requires = "serve", default_value = "127.0.0.1:8686")]
     pub listen: SocketAddr,
-}
-
-/// Bad input from the command line or a file it names (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
-
-/// 2 for anything the user must fix in their input (clap's convention), 3 for a `send` that
-/// finished with recipients not reached, 128 + the signal for a stopped one, 1 for runtime
-/// failures.
-pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if let Some(unfinished) = error.downcast_ref::<Unfinished>() {
-        return unfinished.exit_code();
-    }
-    let invalid = error.chain().any(|cause| {
-        cause.is::<InvalidInput>()
-            || cause.is::<ConfigError>()
-            || cause.is::<TemplateError>()
-            || cause.is::<RenderError>()
-            || cause.is::<CheckFailed>()
-            || cause
-                .downcast_ref::<LedgerError>()
-                .is_some_and(LedgerError::is_usage)
-    });
-    if invalid { 2 } else { 1 }
 }

@@ -36,7 +36,7 @@ use crate::broker::{
 use crate::channel::Channel;
 use crate::cli::{DlqAction, InvalidInput};
 use crate::config::Config;
-use crate::worker::DeadLetterKind;
+use crate::dead_letter::DeadLetterKind;
 
 /// Acks sent before waiting for the queue to apply them: well under the 32 a channel keeps in
 /// flight before it starts stashing (and, on close, losing) settlements.

@@ -9,8 +9,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 use crate::batch::{Batch, UserId};
 use crate::channel::{Channel, Outcome};
+use crate::dead_letter::DeadLetterKind;
 use crate::logging::MaskedText;
-use crate::worker::DeadLetterKind;
 
 /// Counter: sends tried, by `channel`, `locale` (the template locale) and `outcome`
 /// (`suppressed` counts sends not made to a suppressed address).

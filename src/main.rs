@@ -4,7 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use sunset::cli::{self, Cli, Command};
+use sunset::cli::{Cli, Command, InvalidInput};
+use sunset::config::ConfigError;
+use sunset::ledger::LedgerError;
+use sunset::lint::CheckFailed;
+use sunset::render::{BadTemplateName, RenderError, TemplateError};
+use sunset::results::Unfinished;
 use sunset::{Config, commands, dlq, preview, suppress};
 
 /// mimalloc: rendering is allocation-heavy (handlebars), and under glibc malloc allocation is a
@@ -23,7 +28,7 @@ fn main() -> ExitCode {
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(cli::exit_code(&error))
+            ExitCode::from(exit_code(&error))
         }
     }
 }
@@ -65,4 +70,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::DkimRecord => commands::dkim_record(&config),
         }
     })
+}
+
+/// 2 for anything the user must fix in their input (clap's convention), 3 for a `send` that
+/// finished with recipients not reached, 128 + the signal for a stopped one, 1 for runtime
+/// failures.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(unfinished) = error.downcast_ref::<Unfinished>() {
+        return unfinished.exit_code();
+    }
+    let invalid = error.chain().any(|cause| {
+        cause.is::<InvalidInput>()
+            || cause.is::<ConfigError>()
+            || cause.is::<TemplateError>()
+            || cause.is::<BadTemplateName>()
+            || cause.is::<RenderError>()
+            || cause.is::<CheckFailed>()
+            || cause
+                .downcast_ref::<LedgerError>()
+                .is_some_and(LedgerError::is_usage)
+    });
+    if invalid { 2 } else { 1 }
 }

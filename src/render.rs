@@ -11,20 +11,18 @@ use handlebars::{
     no_escape,
 };
 use icu::locale::LanguageIdentifier;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::batch::{EmailAddress, Recipient};
 use crate::bidi;
-use crate::channel::Channel;
 use crate::dates::Dates;
 use crate::locale::{Direction, LocaleError, Locales, TemplateLocale};
+use crate::names::Channel;
+pub use crate::names::{BadTemplateName, TemplateName, Vars};
 use crate::syntax::{self, Mistake};
 use crate::template_options::{OptionsError, TemplateOptions};
 use crate::variables::usage_of;
-
-/// Campaign variables (`vars` of a batch): names to JSON values.
-pub type Vars = Map<String, Value>;
 
 /// Folder of shared partials inside a template; every other folder is a locale.
 pub const PARTIALS_DIR: &str = "partials";
@@ -36,51 +34,6 @@ pub const SAMPLE_FILE: &str = "sample.json";
 pub const PUSH_TITLE_MAX: usize = 50;
 /// See [`PUSH_TITLE_MAX`].
 pub const PUSH_BODY_MAX: usize = 150;
-
-/// A template's name: one folder under `templates.dir`, never a path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TemplateName(String);
-
-impl TryFrom<String> for TemplateName {
-    type Error = TemplateError;
-    fn try_from(name: String) -> Result<TemplateName, TemplateError> {
-        TemplateName::parse(&name)
-    }
-}
-
-impl From<TemplateName> for String {
-    fn from(name: TemplateName) -> String {
-        name.0
-    }
-}
-
-impl TemplateName {
-    /// Accepts letters, digits, `-`, `_` and `.`, not starting with `.`.
-    pub fn parse(name: &str) -> Result<TemplateName, TemplateError> {
-        let valid = !name.is_empty()
-            && !name.starts_with('.')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if valid {
-            Ok(TemplateName(name.to_string()))
-        } else {
-            Err(TemplateError::BadName(name.to_string()))
-        }
-    }
-
-    /// The name as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TemplateName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// One of the files a locale of a template consists of: five it must have, and
 /// `from_name.hbs` it may have.
@@ -153,8 +106,8 @@ impl Part {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// The name is not a plain folder name.
-    #[error("template name `{0}` is not a folder name (letters, digits, `-`, `_`, `.`)")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] BadTemplateName),
     /// No folder of that name.
     #[error("unknown template `{name}`: no folder {path} (templates found: {available})")]
     Unknown {
@@ -452,12 +405,6 @@ impl HelperDef for IsolateHelper {
         Ok(())
     }
 }
-
-/// Names of the helpers sunset registers; `preview --check` does not take them for variables.
-pub const HELPERS: [&str; 6] = ["align", "date", "datetime", "dir", "isolate", "lang"];
-
-/// The helpers whose output depends on the recipient's `locale` as well as their arguments.
-pub const RECIPIENT_LOCALE_HELPERS: [&str; 2] = ["date", "datetime"];
 
 /// One template, compiled for every locale it is written in. Build once, share with `Arc`.
 pub struct Renderer {

@@ -6,7 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{Path as VarPath, Template};
 
-use crate::render::{HELPERS, RECIPIENT_LOCALE_HELPERS};
+/// Names of the helpers sunset registers; `preview --check` does not take them for variables.
+pub const HELPERS: [&str; 6] = ["align", "date", "datetime", "dir", "isolate", "lang"];
+
+/// The helpers whose output depends on the recipient's `locale` as well as their arguments.
+pub const RECIPIENT_LOCALE_HELPERS: [&str; 2] = ["date", "datetime"];
 
 /// Variables a file uses, and those it tests with `#if`/`#unless`.
 #[derive(Debug, Default)]

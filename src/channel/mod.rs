@@ -5,65 +5,16 @@ pub mod email;
 mod http;
 pub mod push;
 
-use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::batch::{CampaignId, Recipient};
+pub use crate::names::{Channel, UnknownChannel};
 use crate::render::Notice;
 
 /// The longest wait taken from a peer (`Retry-After`, "try again in N s"): anything longer is
 /// a misparse or not worth obeying.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
-
-/// A way of reaching a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    /// SMTP email, text and HTML.
-    Email,
-    /// In-app push through the HTTP gateway.
-    Push,
-}
-
-impl Channel {
-    /// Every channel.
-    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Push];
-
-    /// `email` or `push`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Push => "push",
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// Not `email` or `push`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown channel `{0}` (expected email or push)")]
-pub struct UnknownChannel(String);
-
-impl FromStr for Channel {
-    type Err = UnknownChannel;
-
-    fn from_str(s: &str) -> Result<Channel, UnknownChannel> {
-        match s.trim() {
-            "email" => Ok(Channel::Email),
-            "push" => Ok(Channel::Push),
-            other => Err(UnknownChannel(other.to_string())),
-        }
-    }
-}
 
 /// One notice to one recipient by one channel.
 #[derive(Debug, Clone, Copy)]

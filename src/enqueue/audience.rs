@@ -6,14 +6,11 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use super::csv_rows::{self, Delimiter};
+use super::raw_row::{Parsed, RawRow};
 use super::repeats::{Repeats, Suspects, TooManySuspects};
-use crate::batch::{EmailAddress, Recipient, UserId, json_error};
-use crate::cli::InvalidInput;
-use crate::locale::{self, TAG_MAX};
-use crate::render::Vars;
+use crate::batch::{Recipient, json_error};
+use crate::invalid_input::InvalidInput;
 
 /// Which audience file format, from the extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,58 +59,6 @@ pub struct Row {
     /// The row's locale when it is no language tag even normalised (escaped, cut to a tag's
     /// length): the recipient has none, and gets the default locale.
     pub unreadable_locale: Option<String>,
-}
-
-/// The fields of a row before they are parsed.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRow {
-    #[serde(default)]
-    pub(super) user_id: Option<String>,
-    #[serde(default)]
-    pub(super) email: Option<String>,
-    #[serde(default)]
-    pub(super) locale: Option<String>,
-    #[serde(default)]
-    pub(super) name: Option<String>,
-    #[serde(default)]
-    vars: Vars,
-}
-
-/// A recipient and its unreadable locale tag, if it had one (see [`Row`]).
-type Parsed = (Recipient, Option<String>);
-
-impl RawRow {
-    fn parse(self) -> Result<Parsed, String> {
-        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        let user_id = non_empty(self.user_id).ok_or("user_id is missing")?;
-        let user_id = UserId::parse(&user_id).map_err(|e| e.to_string())?;
-        let email = non_empty(self.email)
-            .map(|e| EmailAddress::parse(&e))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let raw_locale = non_empty(self.locale);
-        let locale = raw_locale.as_deref().and_then(locale::normalise);
-        let unreadable_locale = match (&raw_locale, &locale) {
-            (Some(raw), None) => Some(
-                raw.trim()
-                    .chars()
-                    .take(TAG_MAX)
-                    .flat_map(char::escape_debug)
-                    .collect(),
-            ),
-            _ => None,
-        };
-        let recipient = Recipient {
-            user_id,
-            email,
-            locale: locale.map(|l| l.to_string()),
-            name: non_empty(self.name).map(|n| n.trim().to_string()),
-            vars: self.vars,
-        };
-        recipient.check().map_err(|e| e.to_string())?;
-        Ok((recipient, unreadable_locale))
-    }
 }
 
 /// An audience file's rows as read, each with its line: the recipient, or why it is not one.

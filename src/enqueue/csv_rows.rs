@@ -7,9 +7,9 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::str::FromStr;
 
-use super::audience::RawRow;
+use super::raw_row::RawRow;
 use crate::batch::bounded;
-use crate::cli::InvalidInput;
+use crate::invalid_input::InvalidInput;
 
 /// The columns an audience CSV may have; `user_id` is required.
 const COLUMNS: [&str; 4] = ["user_id", "email", "locale", "name"];

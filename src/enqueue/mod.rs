@@ -1,8 +1,9 @@
 //! `sunset enqueue`: an audience file (CSV or JSONL), validated whole, then published as batches.
 
 mod audience;
-mod csv_rows;
+pub(crate) mod csv_rows;
 mod fallbacks;
+mod raw_row;
 mod repeats;
 
 use std::collections::HashMap;
@@ -18,8 +19,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::batch::{Batch, CampaignId, MAX_RECIPIENTS, Recipient, VERSION, check_campaign_vars};
 use crate::broker::Broker;
 use crate::channel::Channel;
-use crate::cli::InvalidInput;
 use crate::config::Config;
+use crate::invalid_input::InvalidInput;
 use crate::lint;
 use crate::locale::Locales;
 use crate::render::{self, Renderer, Sample, TemplateName, Vars};

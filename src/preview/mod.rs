@@ -15,8 +15,9 @@ use anyhow::Context as _;
 
 use crate::batch::Recipient;
 use crate::channel::Channel;
-use crate::cli::{InvalidInput, PreviewArgs};
+use crate::cli::PreviewArgs;
 use crate::config::{Config, FeedbackConfig};
+use crate::invalid_input::InvalidInput;
 use crate::lint::{self, CheckFailed};
 use crate::locale;
 use crate::render::{self, Notice, Renderer, Sample, TemplateName, Vars};

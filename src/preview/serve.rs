@@ -165,7 +165,7 @@ fn listings(dir: &Path, default_locale: &str) -> std::io::Result<Vec<Listing>> {
 
 async fn grid_page(State(site): State<Arc<Site>>, UrlPath(template): UrlPath<String>) -> Response {
     blocking(move || {
-        let name = TemplateName::parse(&template).map_err(refused)?;
+        let name = TemplateName::parse(&template).map_err(|e| refused(e.into()))?;
         let root = render::template_dir(&site.dir, &name).map_err(refused)?;
         let path = root.join(render::SAMPLE_FILE);
         // Read once: the box shows the text even when it does not parse.
@@ -194,7 +194,7 @@ async fn sample_file(
     UrlPath(template): UrlPath<String>,
 ) -> Response {
     blocking(move || {
-        let name = TemplateName::parse(&template).map_err(refused)?;
+        let name = TemplateName::parse(&template).map_err(|e| refused(e.into()))?;
         let path = render::template_dir(&site.dir, &name)
             .map_err(refused)?
             .join(render::SAMPLE_FILE);
@@ -217,7 +217,7 @@ async fn grid_fragment(
     sample_json: String,
 ) -> Response {
     blocking(move || {
-        let name = TemplateName::parse(&template).map_err(refused)?;
+        let name = TemplateName::parse(&template).map_err(|e| refused(e.into()))?;
         let sample: Sample = serde_json::from_str(&sample_json).map_err(|e| {
             (
                 StatusCode::BAD_REQUEST,

@@ -26,11 +26,12 @@ mod lanes;
 mod owed;
 mod plan;
 
+pub use crate::dead_letter::DeadLetterKind;
 pub use books::Books;
 pub use breaker::{BreakerPolicy, Breakers, OpenBreaker};
 use breaker::{Gate, Probe};
-pub use owed::{DeadLetterKind, Owed, RetryPolicy};
 use owed::{Failed, Fate, failure, held_back, hold, owed, rejected};
+pub use owed::{Owed, RetryPolicy};
 use plan::{Item, Plan, Unsendable, plan};
 
 /// What became of the recipients of one channel: each counts once, by its final fate in this

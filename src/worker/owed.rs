@@ -7,6 +7,7 @@ use chrono::Utc;
 use super::DEADLINE;
 use crate::batch::{Batch, Failure, Recipient};
 use crate::channel::Channel;
+use crate::dead_letter::DeadLetterKind;
 
 /// One thing a processed batch still owes before it may be acked.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,44 +37,6 @@ pub enum Owed {
         /// Why each of `batch.failures` failed, in the same order.
         kinds: Vec<DeadLetterKind>,
     },
-}
-
-/// Why a recipient × channel was dead-lettered, as a small fixed set (the `reason` label of
-/// `sunset_dead_letters_total`; the text itself is in the dead letter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterKind {
-    /// The provider refused it for good (SMTP 5xx, HTTP 4xx).
-    Rejected,
-    /// The notice did not render (template or variable error).
-    Unrenderable,
-    /// Transient failures until `worker.max_attempts`.
-    Exhausted,
-    /// The batch's deadline passed first.
-    Deadline,
-    /// Held back (paused, ledger away) with no delay queue to wait on.
-    HeldBack,
-    /// The message was not a batch at all.
-    Undecodable,
-    /// Handed over with no answer; replayed only when asked (`dlq replay --include-unknown`).
-    Unknown,
-    /// The ledger refused the batch for a reason waiting does not fix (a constraint, bad data).
-    LedgerRefused,
-}
-
-impl DeadLetterKind {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterKind::Rejected => "rejected",
-            DeadLetterKind::Unrenderable => "unrenderable",
-            DeadLetterKind::Exhausted => "exhausted",
-            DeadLetterKind::Deadline => "deadline",
-            DeadLetterKind::HeldBack => "held_back",
-            DeadLetterKind::Undecodable => "undecodable",
-            DeadLetterKind::Unknown => "unknown",
-            DeadLetterKind::LedgerRefused => "ledger_refused",
-        }
-    }
 }
 
 /// How long a held batch (paused campaign, ledger away) waits at least before it is looked at again.

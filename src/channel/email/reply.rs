@@ -1,11 +1,44 @@
-//! The one place a relay's reply becomes an `Outcome`: classification, throttling wording,
-//! the wait a reply asks for, and reasons cut to one short line.
+//! What can go wrong with the relay, and the one place it becomes an `Outcome`: classification,
+//! throttling wording, the wait a reply asks for, and reasons cut to one short line.
 
+use std::io;
 use std::time::Duration;
 
-use super::smtp::SmtpFailure;
 use crate::channel::{Outcome, RETRY_AFTER_MAX};
 use crate::render::one_line;
+
+/// What went wrong on the way to the relay or in its reply.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SmtpFailure {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to the SMTP relay: {0}")]
+    Connect(#[source] io::Error),
+    /// Greeting, `EHLO`, TLS, `STARTTLS` or `AUTH` failed: the relay, not the recipient.
+    #[error("SMTP session failed: {0}")]
+    Session(#[source] lettre::transport::smtp::Error),
+    /// `MAIL`, `RCPT` or `DATA` failed, or the relay refused the message: about this message.
+    #[error("SMTP relay refused the message: {0}")]
+    Transaction(#[source] lettre::transport::smtp::Error),
+    /// The relay does not offer an extension this message needs; nothing was sent.
+    #[error("the SMTP relay does not offer {0}")]
+    Unsupported(&'static str),
+    /// No session in time: connect, greeting, TLS and `AUTH` took longer than the timeout.
+    #[error("no SMTP session with the relay within {} ms", .0.as_millis())]
+    NoSession(Duration),
+    /// No answer in time, before the message was handed over.
+    #[error("no answer from the SMTP relay within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    /// The final `.` was written and no reply came in time: the relay may have the message.
+    #[error(
+        "the message was handed over, and no reply to its final \".\" came within {} ms",
+        .0.as_millis()
+    )]
+    FinalReplyTimedOut(Duration),
+    /// The final `.` was written and the connection broke before a reply: the relay may have
+    /// the message.
+    #[error("the message was handed over, and the connection broke before a reply: {0}")]
+    FinalReplyLost(#[source] lettre::transport::smtp::Error),
+}
 
 /// Longest reason kept from a reply, in characters (reasons end up in dead letters).
 const REASON_MAX: usize = 300;

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::held::{Beneath, HeldWrites};
-use super::reply::classify;
+use super::reply::{SmtpFailure, classify};
 use super::tls::ImplicitTls;
 use super::{Composer, Email, PASSWORD_ENV, invalid, signed_email};
 use crate::broker::redact;
@@ -297,39 +297,6 @@ impl fmt::Debug for SmtpRelay {
             .field("final_reply_timeout", &self.final_reply_timeout)
             .finish_non_exhaustive()
     }
-}
-
-/// What went wrong on the way to the relay or in its reply.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum SmtpFailure {
-    /// The TCP connection could not be made.
-    #[error("cannot connect to the SMTP relay: {0}")]
-    Connect(#[source] io::Error),
-    /// Greeting, `EHLO`, TLS, `STARTTLS` or `AUTH` failed: the relay, not the recipient.
-    #[error("SMTP session failed: {0}")]
-    Session(#[source] lettre::transport::smtp::Error),
-    /// `MAIL`, `RCPT` or `DATA` failed, or the relay refused the message: about this message.
-    #[error("SMTP relay refused the message: {0}")]
-    Transaction(#[source] lettre::transport::smtp::Error),
-    /// The relay does not offer an extension this message needs; nothing was sent.
-    #[error("the SMTP relay does not offer {0}")]
-    Unsupported(&'static str),
-    /// No session in time: connect, greeting, TLS and `AUTH` took longer than the timeout.
-    #[error("no SMTP session with the relay within {} ms", .0.as_millis())]
-    NoSession(Duration),
-    /// No answer in time, before the message was handed over.
-    #[error("no answer from the SMTP relay within {} ms", .0.as_millis())]
-    TimedOut(Duration),
-    /// The final `.` was written and no reply came in time: the relay may have the message.
-    #[error(
-        "the message was handed over, and no reply to its final \".\" came within {} ms",
-        .0.as_millis()
-    )]
-    FinalReplyTimedOut(Duration),
-    /// The final `.` was written and the connection broke before a reply: the relay may have
-    /// the message.
-    #[error("the message was handed over, and the connection broke before a reply: {0}")]
-    FinalReplyLost(#[source] lettre::transport::smtp::Error),
 }
 
 impl SmtpRelay {

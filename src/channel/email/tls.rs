@@ -11,7 +11,7 @@ use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{AsyncTokioStream, TlsParameters};
 
 use super::held::HeldWrites;
-use super::smtp::SmtpFailure;
+use super::reply::SmtpFailure;
 
 /// A socket already wrapped in TLS, handed to lettre as if it were plain TCP: lettre reads the
 /// greeting as soon as it gets a stream, so implicit TLS must come first. lettre's only public
