@@ -8,9 +8,9 @@ use std::fs;
 use std::time::Duration;
 
 use common::smtp_sink::SmtpSink;
-use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args, shipped_notice};
+use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args, recipient, shipped_notice};
 use mail_parser::{Address, HeaderValue};
-use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
+use sunset::batch::{CampaignId, Recipient, UserId};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{EmailConfig, EmailTransport, FeedbackConfig};
@@ -18,16 +18,6 @@ use sunset::render::{Renderer, TemplateName};
 use sunset::token::TokenKey;
 
 const CAMPAIGN: &str = "xiami-2026";
-
-fn recipient(user: &str, email: &str, name: &str, locale: &str) -> Recipient {
-    Recipient {
-        user_id: UserId::parse(user).expect("id"),
-        email: Some(EmailAddress::parse(email).expect("address")),
-        locale: Some(locale.into()),
-        name: Some(name.into()),
-        vars: Default::default(),
-    }
-}
 
 fn feedback(env: &TestEnv) -> FeedbackConfig {
     FeedbackConfig {

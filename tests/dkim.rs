@@ -14,8 +14,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::smtp_sink::{Received, SmtpSink};
-use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args};
-use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
+use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args, recipient};
+use sunset::batch::{CampaignId, Recipient};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Delivery, Outcome, Sender};
 use sunset::config::{DkimAlgorithm, DkimConfig, EmailConfig, EmailTransport, FeedbackConfig};
@@ -72,16 +72,6 @@ fn dkim_config(env: &TestEnv, key: &str, algorithm: DkimAlgorithm) {
          selector = \"s1\"\nkey_file = \"{key}\"\nalgorithm = \"{}\"\n",
         algorithm_name(algorithm)
     ));
-}
-
-fn recipient(user: &str, email: &str, name: &str, locale: &str) -> Recipient {
-    Recipient {
-        user_id: UserId::parse(user).expect("id"),
-        email: Some(EmailAddress::parse(email).expect("address")),
-        locale: Some(locale.into()),
-        name: Some(name.into()),
-        vars: Default::default(),
-    }
 }
 
 fn notice(locale: &str, subject: &str, from_name: Option<&str>, list_unsubscribe: bool) -> Notice {

@@ -502,3 +502,14 @@ pub fn sample_vars(env: &TestEnv) -> serde_json::Value {
     let sample = std::fs::read_to_string(env.template_file("sample.json")).expect("sample.json");
     serde_json::from_str::<serde_json::Value>(&sample).expect("JSON")["vars"].clone()
 }
+
+/// A recipient with every field set, for sending one email by hand.
+pub fn recipient(user: &str, email: &str, name: &str, locale: &str) -> sunset::batch::Recipient {
+    sunset::batch::Recipient {
+        user_id: sunset::batch::UserId::parse(user).expect("id"),
+        email: Some(sunset::batch::EmailAddress::parse(email).expect("address")),
+        locale: Some(locale.into()),
+        name: Some(name.into()),
+        vars: Default::default(),
+    }
+}
