@@ -46,16 +46,7 @@ fn dry_run_peak_rss(env: &TestEnv, audience: &str) -> u64 {
     let stderr = File::create(env.path().join("stderr.txt")).expect("stderr file");
     let child = env
         .command(
-            &[
-                "enqueue",
-                "--campaign-id",
-                "memory",
-                "--template",
-                "xiami-shutdown",
-                "--audience",
-                audience,
-                "--dry-run",
-            ],
+            &common::notice_args("enqueue", "memory", &["--audience", audience, "--dry-run"]),
             &[],
         )
         .stdout(Stdio::null())

@@ -38,17 +38,11 @@ retry_delays_ms = [500, 1000]
         let _ = writeln!(csv, "u{i},u{i}@example.com,zh-CN");
     }
     env.write("audience.csv", &csv);
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         &unique("restart"),
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "40",
-    ])
+        &["--batch-size", "40"],
+    ))
     .await
     .expect_code(0);
     let worker = WorkerProcess::spawn(env.command(&["worker", "--exit-when-idle"], &[]));

@@ -35,17 +35,11 @@ async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_langu
     );
 
     let enqueued = env
-        .sunset_async(&[
+        .sunset_async(&common::campaign_args(
             "enqueue",
-            "--campaign-id",
             "e2e",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-            "--batch-size",
-            "100",
-        ])
+            &["--batch-size", "100"],
+        ))
         .await
         .expect_code(0);
     assert!(
@@ -168,17 +162,9 @@ async fn undecodable_messages_are_dead_lettered_with_a_reason_and_later_batches_
     }
     broker.close().await;
     env.write("audience.csv", &audience(10, |_| "example.com".into()));
-    env.sunset_async(&[
-        "enqueue",
-        "--campaign-id",
-        "after",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ])
-    .await
-    .expect_code(0);
+    env.sunset_async(&common::campaign_args("enqueue", "after", &[]))
+        .await
+        .expect_code(0);
     env.sunset_async(&["worker", "--exit-when-idle"])
         .await
         .expect_code(0);
@@ -208,17 +194,11 @@ async fn smtp_550_dead_letters_only_those_recipients_with_their_reasons() {
     smtp.reject("u7@example.com", 550);
     let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
     env.write("audience.csv", &audience(20, |_| "example.com".into()));
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         "bounce",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "5",
-    ])
+        &["--batch-size", "5"],
+    ))
     .await
     .expect_code(0);
     env.sunset_async(&["worker", "--exit-when-idle"])
@@ -261,15 +241,7 @@ async fn an_audience_with_bad_rows_exits_2_naming_the_lines_and_publishes_nothin
         "user_id,email,locale,name\nu1,a@example.com,en,A\nu2,not-an-email,en,B\n,c@example.com,en,C\nu1,d@example.com,en,D\nu5,e@example.com,!!,E\n",
     );
     let run = env
-        .sunset_async(&[
-            "enqueue",
-            "--campaign-id",
-            "bad",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-        ])
+        .sunset_async(&common::campaign_args("enqueue", "bad", &[]))
         .await
         .expect_code(2);
     let err = run.stderr();
@@ -314,19 +286,11 @@ async fn email_never_arrives_faster_than_the_configured_rate_plus_burst() {
         "audience.csv",
         &audience(70, |i| format!("d{}.example", i % 7)),
     );
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         "rate",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "10",
-        "--channels",
-        "email",
-    ])
+        &["--batch-size", "10", "--channels", "email"],
+    ))
     .await
     .expect_code(0);
     env.sunset_async(&["worker", "--exit-when-idle"])
@@ -359,17 +323,11 @@ async fn a_domain_at_its_limit_does_not_hold_up_other_domains() {
             }
         }),
     );
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         "domains",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--channels",
-        "email",
-    ])
+        &["--channels", "email"],
+    ))
     .await
     .expect_code(0);
     env.sunset_async(&["worker", "--exit-when-idle"])
@@ -401,17 +359,11 @@ async fn sigterm_mid_campaign_hands_unstarted_sends_back_and_a_second_worker_del
         "[rate]\nemail_per_sec = 300\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
     let env = TestEnv::with_broker(&sinks_config(&smtp, &push, rate));
     env.write("audience.csv", &audience(1500, |_| "example.com".into()));
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         "term",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "50",
-    ])
+        &["--batch-size", "50"],
+    ))
     .await
     .expect_code(0);
 
@@ -448,15 +400,11 @@ async fn send_with_the_default_file_outbox_tells_everyone_and_prints_a_summary()
     let env = TestEnv::with_broker(UNLIMITED);
     env.write("audience.jsonl", "{\"user_id\": \"a1\", \"email\": \"a1@example.com\", \"locale\": \"ar-EG\"}\n\n{\"user_id\": \"z1\", \"locale\": \"zh-HK\", \"name\": \"陳\"}\n");
     let run = env
-        .sunset_async(&[
+        .sunset_async(&common::notice_args(
             "send",
-            "--campaign-id",
             "demo",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.jsonl",
-        ])
+            &["--audience", "audience.jsonl"],
+        ))
         .await
         .expect_code(0);
     let out = run.stdout();

@@ -40,19 +40,21 @@ async fn campaigns_are_listed_with_their_state_and_delivered_share(db: Db) {
     ));
     env.write("audience.csv", &audience_csv(8, |_| "example.com".into()));
     let (sent, waiting) = (unique("listed-sent"), unique("listed-waiting"));
-    let common = ["--template", "xiami-shutdown", "--audience", "audience.csv"];
-    let mut send = vec!["send", "--campaign-id", sent.as_str()];
-    send.extend(common);
-    env.sunset_async(&send).await.expect_code(0);
-    let mut enqueue = vec![
-        "enqueue",
-        "--campaign",
-        waiting.as_str(),
-        "--channels",
-        "email",
+    let send = [
+        "send",
+        "--campaign-id",
+        &sent,
+        "--template",
+        "xiami-shutdown",
+        "--audience",
+        "audience.csv",
     ];
-    enqueue.extend(common);
-    enqueue.extend(["--deadline", "2099-01-01T00:00:00Z"]);
+    env.sunset_async(&send).await.expect_code(0);
+    let enqueue = common::campaign_args(
+        "enqueue",
+        &waiting,
+        &["--channels", "email", "--deadline", "2099-01-01T00:00:00Z"],
+    );
     env.sunset_async(&enqueue).await.expect_code(0);
     env.sunset_async(&["campaign", "pause", "--campaign", &waiting])
         .await

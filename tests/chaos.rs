@@ -193,6 +193,7 @@ fn ledger_status(env: &TestEnv, campaign: &str) -> Value {
 /// For a run that does not settle: the test's queues and the end of every worker's log.
 fn diagnosis(env: &TestEnv, node: &RabbitNode) -> String {
     let queues = node
+        .rabbitmqctl()
         .command(&[
             "list_queues",
             "-q",
@@ -304,7 +305,8 @@ async fn under_kills_broker_restarts_and_faulty_relays_everyone_is_told_once_and
                 stalls += 1;
             }
             Fault::CloseConnections => tokio::task::block_in_place(|| {
-                node.close_connections_named(&format!("sunset {queue}"));
+                node.rabbitmqctl()
+                    .close_connections_named(&format!("sunset {queue}"));
             }),
             Fault::RestartBroker => tokio::task::block_in_place(|| {
                 node.stop_app();

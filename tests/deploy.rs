@@ -7,13 +7,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use clap::Parser as _;
 use common::TestEnv;
 use common::rabbit_node::RabbitNode;
+use common::rabbitmqctl::Rabbitmqctl;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use sunset::Config;
@@ -516,19 +516,10 @@ fn kubectl_kustomize_renders_every_kubernetes_object() {
     assert_eq!(kinds, BTreeSet::from(expected.map(String::from)));
 }
 
-/// The broker's definitions now, as `rabbitmqctl export_definitions` writes them;
-/// `rabbitmqctl` is the command that reaches the broker.
-fn live_definitions(mut rabbitmqctl: Command) -> Value {
-    let out = rabbitmqctl
-        .args(["-q", "export_definitions", "-", "--format", "json"])
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("definitions are JSON")
+/// The broker's definitions now, as `rabbitmqctl export_definitions` writes them.
+fn live_definitions(rabbitmqctl: &Rabbitmqctl) -> Value {
+    let out = rabbitmqctl.run(&["-q", "export_definitions", "-", "--format", "json"]);
+    serde_json::from_str(&out).expect("definitions are JSON")
 }
 
 /// The fields of definitions.json that sunset declares, with the test's queue name mapped to
@@ -574,7 +565,7 @@ fn definitions_json_equals_what_sunset_topology_declares() {
 
     let names = env.names();
     let ours: BTreeSet<&str> = names.all().collect();
-    let live = live_definitions(Command::new("rabbitmqctl"));
+    let live = live_definitions(&Rabbitmqctl::shared());
     let list = |value: &Value, keep: &dyn Fn(&Value) -> bool| -> Vec<Value> {
         value
             .as_array()
@@ -661,27 +652,9 @@ fn sunset_topology_accepts_a_broker_provisioned_from_definitions_json() {
     let queue = env.queue.clone().expect("broker test");
     let definitions =
         read(&deploy().join("rabbitmq/definitions.json")).replace(DEFAULT_QUEUE, &queue);
-    let mut import = node
-        .command(&["-q", "import_definitions"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rabbitmqctl");
-    import
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(definitions.as_bytes())
-        .expect("write definitions");
-    let out = import.wait_with_output().expect("rabbitmqctl ends");
-    assert!(
-        out.status.success(),
-        "import_definitions: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let live = live_definitions(node.command(&[]));
+    let rabbitmqctl = node.rabbitmqctl();
+    rabbitmqctl.run_with_input(&["-q", "import_definitions"], definitions.as_bytes());
+    let live = live_definitions(&rabbitmqctl);
     let imported = live["queues"]
         .as_array()
         .expect("queues")

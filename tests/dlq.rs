@@ -394,17 +394,11 @@ async fn replay_after_the_cause_is_fixed_sends_only_the_failed_email_once_and_em
     smtp.reject("u7@example.com", 550);
     let env = TestEnv::with_broker(&sinks_config(&smtp, &push));
     env.write("audience.csv", &audience(20));
-    env.sunset_async(&[
+    env.sunset_async(&common::campaign_args(
         "enqueue",
-        "--campaign-id",
         "bounce",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--batch-size",
-        "5",
-    ])
+        &["--batch-size", "5"],
+    ))
     .await
     .expect_code(0);
     env.sunset_async(&["worker", "--exit-when-idle"])

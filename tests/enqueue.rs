@@ -9,20 +9,9 @@ use lapin::options::BasicGetOptions;
 use sunset::batch::Batch;
 use sunset::broker::attempt_of;
 
-const ENQUEUE: [&str; 5] = [
-    "enqueue",
-    "--campaign-id",
-    "c1",
-    "--template",
-    "xiami-shutdown",
-];
-
+/// `enqueue` of campaign `c1`; `extra` names the audience file.
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    ENQUEUE
-        .iter()
-        .copied()
-        .chain(extra.iter().copied())
-        .collect()
+    common::notice_args("enqueue", "c1", extra)
 }
 
 /// Takes every message off the work queue: (batch, attempt header).
@@ -249,15 +238,7 @@ fn bad_arguments_exit_2_with_the_reason() {
         assert_eq!(run.code(), 2, "{extra:?}: {err}");
     }
     let err = env
-        .sunset(&[
-            "enqueue",
-            "--campaign",
-            "has space",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-        ])
+        .sunset(&common::campaign_args("enqueue", "has space", &[]))
         .expect_code(2)
         .stderr();
     assert!(err.contains("--campaign: "), "{err}");

@@ -40,17 +40,9 @@ fn audience(n: usize) -> String {
 }
 
 async fn enqueue(env: &TestEnv, extra: &[&str]) {
-    let mut args = vec![
-        "enqueue",
-        "--campaign-id",
-        "f",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ];
-    args.extend_from_slice(extra);
-    env.sunset_async(&args).await.expect_code(0);
+    env.sunset_async(&common::campaign_args("enqueue", "f", extra))
+        .await
+        .expect_code(0);
 }
 
 /// Dead letters with their attempt header: (batch, x-sunset-error, x-sunset-attempt).
@@ -279,17 +271,11 @@ async fn a_poison_batch_ends_in_the_dead_letter_queue_and_the_worker_stays_up() 
     env.write("poison.csv", "user_id\npoison\n");
     env.write("audience.csv", "user_id\nok1\nok2\n");
     for (campaign, file) in [("p", "poison.csv"), ("ok", "audience.csv")] {
-        env.sunset_async(&[
+        env.sunset_async(&common::notice_args(
             "enqueue",
-            "--campaign-id",
             campaign,
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            file,
-            "--channels",
-            "push",
-        ])
+            &["--audience", file, "--channels", "push"],
+        ))
         .await
         .expect_code(0);
     }
@@ -371,7 +357,8 @@ async fn a_connection_closed_by_the_broker_mid_campaign_loses_and_duplicates_no_
     until_emails(&smtp, 200).await;
     let queue = env.names().work;
     tokio::task::spawn_blocking(move || {
-        common::close_connections_named(&format!("sunset {queue}"))
+        common::rabbitmqctl::Rabbitmqctl::shared()
+            .close_connections_named(&format!("sunset {queue}"))
     })
     .await
     .expect("join");

@@ -35,6 +35,24 @@ fn feedback_env(extra: &str) -> TestEnv {
 const AUTO_REPLY: &str = "From: someone@users.test\r\nTo: b-0123456789abcdef01234567@bounces.test\r\n\
     Subject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nAway until Monday.\r\n";
 
+/// Postmark's basic-auth password, which the service reads from `SUNSET_POSTMARK_PASSWORD`
+/// (`postmark:s3cret` is `cG9zdG1hcms6czNjcmV0` in the tests' `Authorization` headers).
+const POSTMARK_PASSWORD: &str = "s3cret";
+
+/// A [`feedback_env`] with every webhook configured: SES certificates in `certs/`, the
+/// SendGrid key, and Postmark's user `postmark` (the password is [`POSTMARK_PASSWORD`]).
+fn webhooks_env() -> (TestEnv, webhook_keys::Ses, webhook_keys::SendGrid) {
+    let sendgrid = webhook_keys::sendgrid();
+    let env = feedback_env(&format!(
+        "[feedback.webhooks]\nses_cert_dir = \"certs\"\nsendgrid_public_key = \"{}\"\npostmark_user = \"postmark\"\n",
+        sendgrid.public_key
+    ));
+    let certs = env.path().join("certs");
+    fs::create_dir(&certs).expect("mkdir");
+    let ses = webhook_keys::ses(&certs);
+    (env, ses, sendgrid)
+}
+
 #[test]
 fn without_a_ledger_feedback_exits_2_naming_the_key() {
     let env = feedback_env("");
@@ -171,14 +189,8 @@ async fn webhooks_without_credentials_are_not_there_and_refuse_bad_ones() {
         assert_eq!(service.request("POST", route, &[], b"{}").0, 404, "{route}");
     }
     drop(service);
-    let sendgrid = webhook_keys::sendgrid();
-    let env = feedback_env(&format!(
-        "[feedback.webhooks]\nses_cert_dir = \"certs\"\nsendgrid_public_key = \"{}\"\npostmark_user = \"postmark\"\n",
-        sendgrid.public_key
-    ));
-    fs::create_dir(env.path().join("certs")).expect("mkdir");
-    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", "s3cret")]);
-    let ses = webhook_keys::ses(&env.path().join("certs"));
+    let (env, ses, sendgrid) = webhooks_env();
+    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", POSTMARK_PASSWORD)]);
     let mut notification = ses.notification(webhook_keys::SES_BOUNCE);
     notification["Message"] = serde_json::Value::String(
         notification["Message"]
@@ -421,16 +433,10 @@ async fn one_click_unsubscribes_once_and_the_page_speaks_the_recipients_language
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verified_webhooks_record_bounces_and_complaints_and_tampered_ones_nothing() {
-    let sendgrid = webhook_keys::sendgrid();
-    let env = feedback_env(&format!(
-        "[feedback.webhooks]\nses_cert_dir = \"certs\"\nsendgrid_public_key = \"{}\"\npostmark_user = \"postmark\"\n",
-        sendgrid.public_key
-    ));
-    fs::create_dir(env.path().join("certs")).expect("mkdir");
-    let ses = webhook_keys::ses(&env.path().join("certs"));
+    let (env, ses, sendgrid) = webhooks_env();
     let url = format!("sqlite://{}", env.path().join("ledger.db").display());
     let delivered = Delivered::new(&url).await;
-    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", "s3cret")]);
+    let service = FeedbackService::start(&env, &[("SUNSET_POSTMARK_PASSWORD", POSTMARK_PASSWORD)]);
 
     // SES: a permanent bounce, mapped by the original Message-ID; a tampered copy refused.
     let bounce = webhook_keys::SES_BOUNCE

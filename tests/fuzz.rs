@@ -9,16 +9,12 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 
 use icu::locale::Locale;
-use lettre::message::Mailbox;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sunset::Channel;
-use sunset::batch::{Batch, CampaignId, MAX_RECIPIENTS, Recipient};
-use sunset::channel::Delivery;
-use sunset::channel::email::{Composer, compose};
+use sunset::batch::{Batch, MAX_RECIPIENTS, Recipient};
 use sunset::enqueue::rows;
 use sunset::render::{Renderer, TemplateName, Vars};
-use sunset::token::TokenKey;
 
 /// Strings that have broken parsers and writers before: line breaks, NUL, template and markup
 /// syntax, encoded-word look-alikes, right-to-left text, and lengths at and around the limits.
@@ -192,24 +188,8 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
     if let Some(email) = notice.email.as_mut() {
         email.list_unsubscribe = true;
     }
-    let from: Mailbox = "Xiami <noreply@xiami.example>".parse().expect("mailbox");
-    let campaign = CampaignId::parse("fuzz").expect("id");
-    let composer = Composer::new(from)
-        .with_tokens(
-            TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
-            "https://notices.xiami.example",
-            Some("bounces.xiami.example"),
-        )
-        .expect("valid feedback addresses");
-    let email = compose(
-        &composer,
-        Delivery {
-            campaign_id: &campaign,
-            recipient,
-            notice: &notice,
-        },
-    )
-    .map_err(|e| TestCaseError::fail(format!("compose: {e}")))?;
+    let email = common::compose_with_tokens("fuzz", recipient, &notice)
+        .map_err(|e| TestCaseError::fail(format!("compose: {e}")))?;
     let head = email
         .bytes
         .split(|&b| b == b'\n')
@@ -226,22 +206,7 @@ fn assert_renders_safely(vars: &Vars, recipient: &Recipient) -> Result<(), TestC
                 .to_string()
         })
         .collect();
-    prop_assert_eq!(
-        names,
-        [
-            "From",
-            "To",
-            "Subject",
-            "Message-ID",
-            "Date",
-            "Content-Language",
-            "X-Sunset-Campaign",
-            "List-Unsubscribe",
-            "List-Unsubscribe-Post",
-            "MIME-Version",
-            "Content-Type"
-        ]
-    );
+    prop_assert_eq!(names, common::TOKEN_EMAIL_HEADERS);
     for line in head {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // UTF-8 only in an internationalized address (RFC 6531); never a control character.

@@ -9,18 +9,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use lettre::message::Mailbox;
 use serde_json::{Value, json};
 use sunset::Channel;
-use sunset::batch::{
-    Batch, CampaignId, EMAIL_MAX, MAX_RECIPIENTS, NAME_MAX, RECIPIENT_VARS_MAX, Recipient,
-};
+use sunset::batch::{Batch, EMAIL_MAX, MAX_RECIPIENTS, NAME_MAX, RECIPIENT_VARS_MAX, Recipient};
 use sunset::broker::{Route, attempt_headers};
-use sunset::channel::Delivery;
-use sunset::channel::email::{Composer, compose};
 use sunset::enqueue::{LINE_MAX, Rejected, Row, rows};
 use sunset::render::{Renderer, Sample, TemplateName, Vars};
-use sunset::token::TokenKey;
 
 const MB10: usize = 10 * 1024 * 1024;
 
@@ -73,26 +67,7 @@ fn email_for(renderer: &Renderer, vars: &Vars, recipient: &Recipient) -> String 
     if let Some(email) = notice.email.as_mut() {
         email.list_unsubscribe = true;
     }
-    let from: Mailbox = "Xiami Music <noreply@xiami.example>"
-        .parse()
-        .expect("mailbox");
-    let campaign = CampaignId::parse("hostile").expect("id");
-    let composer = Composer::new(from)
-        .with_tokens(
-            TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
-            "https://notices.xiami.example",
-            Some("bounces.xiami.example"),
-        )
-        .expect("valid feedback addresses");
-    let email = compose(
-        &composer,
-        Delivery {
-            campaign_id: &campaign,
-            recipient,
-            notice: &notice,
-        },
-    )
-    .expect("composes");
+    let email = common::compose_with_tokens("hostile", recipient, &notice).expect("composes");
     String::from_utf8(email.bytes).expect("an email is ASCII")
 }
 
@@ -105,24 +80,10 @@ fn header_names(email: &str) -> Vec<String> {
         .collect()
 }
 
-const HEADERS: [&str; 11] = [
-    "From",
-    "To",
-    "Subject",
-    "Message-ID",
-    "Date",
-    "Content-Language",
-    "X-Sunset-Campaign",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "MIME-Version",
-    "Content-Type",
-];
-
 /// Every line of the head is a known header or a fold, each header once, and no line holds a
 /// bare CR, LF or NUL.
 fn assert_headers_intact(email: &str) {
-    assert_eq!(header_names(email), HEADERS, "{email}");
+    assert_eq!(header_names(email), common::TOKEN_EMAIL_HEADERS, "{email}");
     let head = email.split("\r\n\r\n").next().expect("head");
     for line in head.split("\r\n") {
         assert!(
@@ -540,16 +501,7 @@ fn enqueue_lists_each_hostile_row_briefly_and_publishes_nothing() {
     env.write("audience.csv", &csv);
 
     let run = env
-        .sunset(&[
-            "enqueue",
-            "--campaign-id",
-            "hostile",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-            "--dry-run",
-        ])
+        .sunset(&common::campaign_args("enqueue", "hostile", &["--dry-run"]))
         .expect_code(2);
 
     let stderr = run.stderr();
@@ -574,18 +526,11 @@ fn enqueue_refuses_campaign_vars_over_their_limit() {
         .to_string(),
     );
     let run = env
-        .sunset(&[
+        .sunset(&common::campaign_args(
             "enqueue",
-            "--campaign-id",
             "c",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-            "--vars",
-            "vars.json",
-            "--dry-run",
-        ])
+            &["--vars", "vars.json", "--dry-run"],
+        ))
         .expect_code(2);
     assert!(
         run.stderr().contains("--vars: campaign vars is 70"),
@@ -599,18 +544,11 @@ fn a_batch_size_over_the_decoders_limit_is_refused() {
     let env = TestEnv::new();
     env.write("audience.csv", "user_id\nu-1\n");
     let run = env
-        .sunset(&[
+        .sunset(&common::campaign_args(
             "enqueue",
-            "--campaign-id",
             "c",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-            "--batch-size",
-            "10001",
-            "--dry-run",
-        ])
+            &["--batch-size", "10001", "--dry-run"],
+        ))
         .expect_code(2);
     assert!(run.stderr().contains("at most 10000"), "{}", run.stderr());
 }

@@ -9,13 +9,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
+use common::rabbitmqctl::Rabbitmqctl;
 use common::smtp_sink::SmtpSink;
 use common::tcp_proxy::TcpProxy;
 use common::worker_process::signal;
 use common::{
-    Db, TestEnv, assert_everyone_told_once, audience_csv, campaign_args, close_connections_named,
-    emails_per_address, exit_by, pushes_per_user, sample_vars, sinks_config, status_json, unique,
-    until_emails,
+    Db, TestEnv, assert_everyone_told_once, audience_csv, campaign_args, emails_per_address,
+    exit_by, pushes_per_user, sample_vars, sinks_config, status_json, unique, until_emails,
 };
 use serde_json::Value;
 use sunset::batch::Batch;
@@ -222,7 +222,8 @@ async fn two_workers_on_one_postgres_ledger_never_send_a_redelivered_batch_twice
     until_emails(&smtp, 300).await;
     // Both workers lose their connection while sending: their unacked batches are redelivered,
     // to either, while the batches' first copies are still being sent.
-    close_connections_named(&format!("sunset {}", env.queue.as_deref().expect("queue")));
+    Rabbitmqctl::shared()
+        .close_connections_named(&format!("sunset {}", env.queue.as_deref().expect("queue")));
     for worker in workers {
         let output = worker.await.expect("join");
         assert!(
@@ -491,15 +492,7 @@ async fn the_file_outbox_respects_the_ledger_on_a_second_send() {
     let env = TestEnv::with_broker("");
     let campaign = unique("outbox");
     env.write("audience.csv", &audience_csv(30, |_| "example.com".into()));
-    let send = [
-        "send",
-        "--campaign-id",
-        &campaign,
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ];
+    let send = campaign_args("send", &campaign, &[]);
     env.sunset_async(&send).await.expect_code(0);
     let outbox = env.path().join("outbox");
     let emails = outbox.join("email");
@@ -603,15 +596,7 @@ async fn enqueue_with_the_ledger_unreachable_fails_and_publishes_nothing() {
     let env = TestEnv::with_broker(UNREACHABLE_LEDGER);
     env.write("audience.csv", &audience_csv(10, |_| "example.com".into()));
     let run = env
-        .sunset_async(&[
-            "enqueue",
-            "--campaign-id",
-            "nowhere",
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "audience.csv",
-        ])
+        .sunset_async(&campaign_args("enqueue", "nowhere", &[]))
         .await
         .expect_code(1);
     assert!(

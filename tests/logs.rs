@@ -26,8 +26,9 @@ impl BrokerUser {
             name: unique("sunset-log-test"),
             password: unique("broker-pw"),
         };
-        node.ctl(&["add_user", &user.name, &user.password]);
-        node.ctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
+        let rabbitmqctl = node.rabbitmqctl();
+        rabbitmqctl.run(&["add_user", &user.name, &user.password]);
+        rabbitmqctl.run(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
         user
     }
 }
@@ -78,17 +79,7 @@ async fn a_json_log_of_a_whole_run_masks_addresses_and_holds_no_secret() {
     ];
     let enqueued = env
         .command(
-            &[
-                "enqueue",
-                "--campaign-id",
-                &unique("logs"),
-                "--template",
-                "xiami-shutdown",
-                "--audience",
-                "audience.csv",
-                "--batch-size",
-                "4",
-            ],
+            &common::campaign_args("enqueue", &unique("logs"), &["--batch-size", "4"]),
             &secrets,
         )
         .output()

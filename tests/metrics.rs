@@ -223,15 +223,7 @@ fn a_metrics_address_that_is_taken_or_malformed_stops_the_command_naming_it() {
         "{}",
         run.stderr()
     );
-    let send = [
-        "send",
-        "--campaign",
-        "taken",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "never-read.csv",
-    ];
+    let send = common::notice_args("send", "taken", &["--audience", "never-read.csv"]);
     let run = env
         .sunset_with_env(&send, &[("SUNSET__METRICS__LISTEN", &address)])
         .expect_code(2);

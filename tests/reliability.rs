@@ -47,17 +47,9 @@ retry_delays_ms = [1000, 2000]
 ",
     ));
     env.write("audience.csv", &csv);
-    env.sunset_async(&[
-        "enqueue",
-        "--campaign-id",
-        "rel",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ])
-    .await
-    .expect_code(0);
+    env.sunset_async(&common::campaign_args("enqueue", "rel", &[]))
+        .await
+        .expect_code(0);
 
     let started = Instant::now();
     let mut worker = env
@@ -67,7 +59,8 @@ retry_delays_ms = [1000, 2000]
     until_emails(&smtp, RECIPIENTS / 3).await;
     let queue = env.names().work;
     tokio::task::spawn_blocking(move || {
-        common::close_connections_named(&format!("sunset {queue}"))
+        common::rabbitmqctl::Rabbitmqctl::shared()
+            .close_connections_named(&format!("sunset {queue}"))
     })
     .await
     .expect("join");

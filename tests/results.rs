@@ -281,15 +281,11 @@ fn bad_input_and_configuration_exit_2_naming_what_to_fix() {
     env.write("audience.csv", &audience_csv(2, |_| "example.com".into()));
     let campaign = unique("bad");
     let missing = env
-        .sunset(&[
+        .sunset(&common::notice_args(
             "enqueue",
-            "--campaign-id",
             &campaign,
-            "--template",
-            "xiami-shutdown",
-            "--audience",
-            "nowhere.csv",
-        ])
+            &["--audience", "nowhere.csv"],
+        ))
         .expect_code(2);
     assert!(
         missing.stderr().contains("audience file nowhere.csv"),

@@ -344,17 +344,7 @@ async fn smtps_delivers_once_the_relays_ca_is_trusted() {
         "user_id,email,locale,name\nu-1,layla@example.com,ar-EG,Layla\n",
     );
     let ca = ca.display().to_string();
-    let args = [
-        "send",
-        "--campaign-id",
-        "tls-trusted",
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-        "--channels",
-        "email",
-    ];
+    let args = common::campaign_args("send", "tls-trusted", &["--channels", "email"]);
 
     let mut command = env.command(&args, &[("SSL_CERT_FILE", ca.as_str())]);
     let run = tokio::task::spawn_blocking(move || command.output().expect("run sunset"))
@@ -386,16 +376,10 @@ fn amqps_env(port: u16, ca_file: Option<&str>) -> TestEnv {
     env
 }
 
-const PUSH_CAMPAIGN: [&str; 8] = [
-    "--campaign-id",
-    "amqps-check",
-    "--template",
-    "xiami-shutdown",
-    "--audience",
-    "audience.csv",
-    "--channels",
-    "push",
-];
+/// `VERB` of the push-only campaign the AMQPS tests publish.
+fn push_campaign(verb: &str) -> Vec<&str> {
+    common::campaign_args(verb, "amqps-check", &["--channels", "push"])
+}
 
 #[tokio::test]
 async fn amqps_with_the_ca_file_publishes_and_consumes_through_tls() {
@@ -404,8 +388,7 @@ async fn amqps_with_the_ca_file_publishes_and_consumes_through_tls() {
     let env = amqps_env(port, Some("ca.pem"));
     env.write("ca.pem", &cert.trust_pem);
 
-    let mut args = vec!["send"];
-    args.extend(PUSH_CAMPAIGN);
+    let args = push_campaign("send");
     let run = env.sunset_async(&args).await.expect_code(0);
 
     let outbox = fs::read_to_string(env.path().join("outbox/push.jsonl")).expect("outbox");
@@ -422,8 +405,7 @@ async fn amqps_without_the_ca_file_fails_with_a_certificate_error() {
     let (port, seen) = tls_proxy(&cert, "127.0.0.1:5672".into()).await;
     let env = amqps_env(port, None);
 
-    let mut args = vec!["enqueue"];
-    args.extend(PUSH_CAMPAIGN);
+    let args = push_campaign("enqueue");
     let run = env.sunset_async(&args).await.expect_code(1);
 
     let stderr = run.stderr();
@@ -444,8 +426,7 @@ async fn amqps_without_the_ca_file_fails_with_a_certificate_error() {
 #[test]
 fn a_ca_file_that_is_missing_or_holds_no_certificate_is_a_config_error() {
     let env = amqps_env(1, Some("nowhere.pem"));
-    let mut args = vec!["enqueue"];
-    args.extend(PUSH_CAMPAIGN);
+    let args = push_campaign("enqueue");
     let run = env.sunset(&args).expect_code(2);
     assert!(run.stderr().contains("broker.ca_file"), "{}", run.stderr());
     assert!(run.stderr().contains("nowhere.pem"), "{}", run.stderr());
@@ -536,8 +517,7 @@ async fn an_owner_only_token_file_is_used_as_the_push_bearer_token() {
         "audience.csv",
         "user_id,email,locale,name\nu-1,layla@example.com,ar-EG,Layla\n",
     );
-    let mut args = vec!["send"];
-    args.extend(PUSH_CAMPAIGN);
+    let args = push_campaign("send");
     let mut command = env.command(&args, &[("SUNSET_PUSH_TOKEN_FILE", path.as_str())]);
 
     let run = tokio::task::spawn_blocking(move || command.output().expect("run"))

@@ -9,6 +9,7 @@ pub mod pipelining_smtp;
 pub mod postfix;
 pub mod push_sink;
 pub mod rabbit_node;
+pub mod rabbitmqctl;
 pub mod scrape;
 pub mod smtp_auth;
 pub mod smtp_sink;
@@ -261,48 +262,6 @@ impl Drop for TestEnv {
     }
 }
 
-/// Closes, from the broker side, every connection whose client named it `name` (sunset names
-/// its connections `sunset <queue>`), as an operator's `rabbitmqctl close_connection` would.
-/// Retries the listing for up to 10 s: a worker may be between connections, and a busy
-/// node sometimes answers `list_connections` with nothing.
-pub fn close_connections_named(name: &str) {
-    close_connections(|| Command::new("rabbitmqctl"), name);
-}
-
-/// [`close_connections_named`] with `rabbitmqctl` the command that reaches the node.
-fn close_connections(rabbitmqctl: impl Fn() -> Command, name: &str) {
-    let quoted = format!("\"{name}\"");
-    let mut listing = String::new();
-    for _ in 0..20 {
-        let output = rabbitmqctl()
-            .args([
-                "list_connections",
-                "-q",
-                "--no-table-headers",
-                "pid",
-                "client_properties",
-            ])
-            .output()
-            .expect("rabbitmqctl");
-        listing = String::from_utf8_lossy(&output.stdout).into_owned();
-        if listing.contains(&quoted) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let mut closed = 0;
-    for line in listing.lines().filter(|line| line.contains(&quoted)) {
-        let pid = line.split('\t').next().expect("pid column");
-        let status = rabbitmqctl()
-            .args(["close_connection", pid, "closed by a test"])
-            .status()
-            .expect("rabbitmqctl");
-        assert!(status.success());
-        closed += 1;
-    }
-    assert!(closed > 0, "no connection named {name:?} in:\n{listing}");
-}
-
 /// `[email]` by SMTP and `[push]` by HTTP into the sinks, then `rest` (rates, worker…).
 pub fn sinks_config(smtp: &SmtpSink, push: &PushSink, rest: &str) -> String {
     format!(
@@ -361,15 +320,17 @@ pub async fn until_emails(smtp: &SmtpSink, n: usize) {
 /// `VERB --campaign CAMPAIGN --template xiami-shutdown --audience audience.csv EXTRA…`: the
 /// arguments of `enqueue` or `send` for a test's `audience.csv`.
 pub fn campaign_args<'a>(verb: &'a str, campaign: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
+    notice_args(
         verb,
-        "--campaign",
         campaign,
-        "--template",
-        "xiami-shutdown",
-        "--audience",
-        "audience.csv",
-    ];
+        &[&["--audience", "audience.csv"], extra].concat(),
+    )
+}
+
+/// `VERB --campaign CAMPAIGN --template xiami-shutdown EXTRA…`: the arguments of `enqueue` or
+/// `send` of the shipped notice, for tests that name the audience file themselves (or none).
+pub fn notice_args<'a>(verb: &'a str, campaign: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![verb, "--campaign", campaign, "--template", "xiami-shutdown"];
     args.extend_from_slice(extra);
     args
 }
@@ -512,4 +473,48 @@ pub fn recipient(user: &str, email: &str, name: &str, locale: &str) -> sunset::b
         name: Some(name.into()),
         vars: Default::default(),
     }
+}
+
+/// The head of a [`compose_with_tokens`] email whose notice asks for List-Unsubscribe: every
+/// header sunset writes, in order.
+pub const TOKEN_EMAIL_HEADERS: [&str; 11] = [
+    "From",
+    "To",
+    "Subject",
+    "Message-ID",
+    "Date",
+    "Content-Language",
+    "X-Sunset-Campaign",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "MIME-Version",
+    "Content-Type",
+];
+
+/// The email a worker that carries feedback tokens writes for `notice`: its unsubscribe URL
+/// and VERP bounce address under Xiami's domains, signed with a test key.
+pub fn compose_with_tokens(
+    campaign: &str,
+    recipient: &sunset::batch::Recipient,
+    notice: &sunset::Notice,
+) -> Result<sunset::channel::email::Email, sunset::channel::email::ComposeError> {
+    use sunset::channel::email::{Composer, compose};
+    let from = "Xiami Music <noreply@xiami.example>"
+        .parse()
+        .expect("mailbox");
+    let composer = Composer::new(from)
+        .with_tokens(
+            sunset::token::TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
+            "https://notices.xiami.example",
+            Some("bounces.xiami.example"),
+        )
+        .expect("valid feedback addresses");
+    compose(
+        &composer,
+        sunset::channel::Delivery {
+            campaign_id: &sunset::batch::CampaignId::parse(campaign).expect("id"),
+            recipient,
+            notice,
+        },
+    )
 }

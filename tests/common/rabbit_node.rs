@@ -2,12 +2,15 @@
 //! tests that stop, restart or reconfigure their broker — the shared node on 127.0.0.1:5672
 //! serves every other test and other work on the machine, and stays as it is.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::rabbitmqctl::Rabbitmqctl;
 
 /// The server and CLI scripts themselves: `/usr/sbin/rabbitmq-server` and its siblings change
 /// to /var/lib/rabbitmq and switch to the `rabbitmq` user, whose cookie and home are the shared
@@ -71,9 +74,8 @@ impl RabbitNode {
         )
         .expect("write rabbitmq.conf");
         let output = fs::File::create(dir.path().join("server.out")).expect("create server.out");
-        let mut command = Command::new(SERVER);
-        with_node_env(&mut command, dir.path(), &name, port);
-        let server = command
+        let server = Command::new(SERVER)
+            .envs(node_env(dir.path(), &name, port))
             .env("RABBITMQ_DIST_PORT", dist_port.to_string())
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -122,15 +124,16 @@ impl RabbitNode {
 
     /// `rabbitmqctl await_startup`: false at once if the node is not (yet) known to epmd.
     fn booted_within(&self, limit: Duration) -> bool {
-        self.command(&[
-            "await_startup",
-            "--timeout",
-            &limit.as_secs().max(1).to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+        self.rabbitmqctl()
+            .command(&[
+                "await_startup",
+                "--timeout",
+                &limit.as_secs().max(1).to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     }
 
     /// The URL sunset and lapin connect to, as guest.
@@ -143,43 +146,26 @@ impl RabbitNode {
         self.port
     }
 
-    /// `rabbitmqctl -n NODE ARGS`, with the node's home (its Erlang cookie) and environment.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(CTL);
-        with_node_env(&mut command, self.dir.path(), &self.name, self.port);
-        command.arg("-n").arg(&self.name).args(args);
-        command
-    }
-
-    /// Runs `rabbitmqctl ARGS` against the node, asserts it succeeded and returns its stdout.
-    pub fn ctl(&self, args: &[&str]) -> String {
-        let output = self.command(args).output().expect("run rabbitmqctl");
-        assert!(
-            output.status.success(),
-            "rabbitmqctl -n {} {args:?}: {}{}",
-            self.name,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+    /// `rabbitmqctl -n NODE`, with the node's home (its Erlang cookie) and environment.
+    pub fn rabbitmqctl(&self) -> Rabbitmqctl {
+        Rabbitmqctl::node(
+            CTL,
+            &self.name,
+            node_env(self.dir.path(), &self.name, self.port),
+        )
     }
 
     /// Stops the RabbitMQ application (every client loses its connection); the Erlang node
     /// stays up for `start_app`.
     pub fn stop_app(&self) {
-        self.ctl(&["stop_app"]);
+        self.rabbitmqctl().run(&["stop_app"]);
     }
 
     /// Starts the application again and returns once it has booted and listens.
     pub fn start_app(&self) {
-        self.ctl(&["start_app"]);
-        self.ctl(&["await_startup"]);
-    }
-
-    /// Closes, from the broker side, every connection on this node whose client named it
-    /// `name` (see [`super::close_connections_named`]).
-    pub fn close_connections_named(&self, name: &str) {
-        super::close_connections(|| self.command(&[]), name);
+        let rabbitmqctl = self.rabbitmqctl();
+        rabbitmqctl.run(&["start_app"]);
+        rabbitmqctl.run(&["await_startup"]);
     }
 
     /// The last lines of the node's log and of its server's output.
@@ -230,6 +216,7 @@ impl Drop for RabbitNode {
         if matches!(self.server.try_wait(), Ok(None)) {
             let pid_file = self.pid_file();
             let stop = self
+                .rabbitmqctl()
                 .command(&["stop", &pid_file.to_string_lossy()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -252,18 +239,19 @@ impl Drop for RabbitNode {
     }
 }
 
-/// Points a server or CLI command at the node in `dir`: its own home (Erlang cookie), node
-/// name, port, database, logs, pid file, config and plugins.
-fn with_node_env(command: &mut Command, dir: &Path, name: &str, port: u16) {
-    command
-        .env("HOME", dir)
-        .env("RABBITMQ_NODENAME", name)
-        .env("RABBITMQ_NODE_PORT", port.to_string())
-        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-        .env("RABBITMQ_LOG_BASE", dir.join("log"))
-        .env("RABBITMQ_PID_FILE", dir.join("pid"))
-        .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
-        .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"));
+/// What points a server or CLI command at the node in `dir`: its own home (Erlang cookie),
+/// node name, port, database, logs, pid file, config and plugins.
+fn node_env(dir: &Path, name: &str, port: u16) -> Vec<(&'static str, OsString)> {
+    vec![
+        ("HOME", dir.into()),
+        ("RABBITMQ_NODENAME", name.into()),
+        ("RABBITMQ_NODE_PORT", port.to_string().into()),
+        ("RABBITMQ_MNESIA_BASE", dir.join("mnesia").into()),
+        ("RABBITMQ_LOG_BASE", dir.join("log").into()),
+        ("RABBITMQ_PID_FILE", dir.join("pid").into()),
+        ("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins").into()),
+        ("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq").into()),
+    ]
 }
 
 /// Two distinct ports free now on 127.0.0.1, outside the CLI tools' distribution ports.
