@@ -32,7 +32,7 @@ impl ChromeDriver {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect(
-                    "chromedriver is needed: install Debian's chromium and chromium-driver (.ci/run does)",
+                    "chromedriver is needed: install Debian's chromium and chromium-driver (scripts/test does)",
                 );
             while TcpStream::connect(("127.0.0.1", port)).is_err()
                 && child.try_wait().is_ok_and(|exited| exited.is_none())
@@ -102,7 +102,7 @@ pub fn chromium() -> &'static str {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|path| Path::new(path).exists())
-        .expect("Chromium is needed: install Debian's chromium (.ci/run does)")
+        .expect("Chromium is needed: install Debian's chromium (scripts/test does)")
 }
 
 /// Evaluates `script` (a function body that returns a value) in the current frame.
