@@ -41,7 +41,7 @@ impl Rabbitmqctl {
     /// `rabbitmqctl [-n NODE] ARGS`, for the caller to run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.program);
-        command.envs(self.env.iter().map(|(key, value)| (key, value)));
+        command.envs(self.env.iter().map(|(key, value)| (*key, value)));
         if let Some(node) = &self.node {
             command.arg("-n").arg(node);
         }
