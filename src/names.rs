@@ -105,3 +105,18 @@ impl fmt::Display for TemplateName {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("template name `{0}` is not a folder name (letters, digits, `-`, `_`, `.`)")]
 pub struct BadTemplateName(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names_are_folder_names_only() {
+        for good in ["xiami-shutdown", "a_b.c", "X1"] {
+            assert!(TemplateName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../etc", "a/b", ".hidden", "a b", "名"] {
+            assert!(TemplateName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
