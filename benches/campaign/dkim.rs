@@ -3,8 +3,6 @@
 //! default rate limits (200 emails a second), where signing should not show; and the raw cost
 //! of one signature over one of the shipped notice's emails, in this process.
 
-use super::{Bench, NO_LEDGER, SmtpSink, tool};
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -16,6 +14,10 @@ use sunset::channel::{Channel, Delivery};
 use sunset::config::{DkimConfig, EmailConfig};
 use sunset::render::{Renderer, Sample, TemplateName, template_dir};
 use sunset::token::TokenKey;
+
+use crate::process::tool;
+use crate::sinks::SmtpSink;
+use crate::{Bench, NO_LEDGER};
 
 /// Signatures timed for the raw cost.
 const SIGNATURES: usize = 2000;

@@ -2,12 +2,14 @@
 //! on the scripted sink of the tests: per-recipient deferrals against none, and a relay that
 //! refuses everything above 100 recipients a second.
 
-use super::{Bench, NO_LEDGER, Workdir, median};
-
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+
+use crate::report::median;
+use crate::workdir::Workdir;
+use crate::{Bench, NO_LEDGER};
 
 // The tests' scripted SMTP server; the bench uses part of it.
 #[allow(dead_code)]

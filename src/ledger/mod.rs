@@ -10,19 +10,25 @@
 //! no send starts. `status` reads counters kept beside the rows, never the rows themselves.
 
 mod claim;
+mod error;
 mod postgres;
+mod postgres_campaigns;
+mod postgres_claims;
 mod postgres_feedback;
 #[cfg(test)]
 mod report_tests;
 mod reports;
 mod rows;
 mod sqlite;
+mod sqlite_campaigns;
+mod sqlite_claims;
 mod sqlite_feedback;
 mod status;
 mod store;
 mod suppressions;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -40,7 +46,9 @@ use crate::token::TokenKey;
 use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;
 use store::Store;
+use writer::{Waiting, write_outcomes};
 
+pub use error::LedgerError;
 pub use reports::{Feedback, PAUSE_MIN_DELIVERED, ReportEffect, TokenRecipient};
 pub use rows::{Campaign, CampaignState, Claims, Entry, Mark, Pair, Recorded};
 pub use status::{Counts, Status};
@@ -50,104 +58,6 @@ pub use suppressions::Suppression;
 const STATE_TTL: Duration = Duration::from_secs(1);
 /// How long a worker waits for its ledger before it starts consuming.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(3);
-/// Outcomes written in one statement group at most.
-const MAX_GROUP: usize = 1024;
-/// Groups of outcomes being written at once.
-const GROUPS_IN_FLIGHT: usize = 4;
-/// The longest pause between two tries to write outcomes the database refused.
-const RECORD_BACKOFF: Duration = Duration::from_secs(2);
-
-/// What can go wrong with the ledger.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// PostgreSQL refused or could not be reached.
-    #[error("ledger database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// SQLite refused or could not be opened.
-    #[error("ledger database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The schema could not be created or updated.
-    #[error("ledger schema migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// `ledger.url` is neither `sqlite:` nor `postgres:`.
-    #[error("ledger.url `{0}`: expected sqlite://FILE or postgres://…")]
-    Url(String),
-    /// No such campaign in the ledger.
-    #[error(
-        "campaign `{0}` is not in the ledger (it is recorded by `sunset enqueue`, `sunset send` or a worker's first batch of it)"
-    )]
-    UnknownCampaign(CampaignId),
-    /// A cancelled campaign stays cancelled.
-    #[error("campaign `{0}` is cancelled; it cannot be paused or resumed")]
-    Cancelled(CampaignId),
-    /// This worker's lease is not renewed: it may not claim or send.
-    #[error("this worker's lease on the ledger is not current (heartbeat failing)")]
-    NoLease,
-    /// An outcome the database refused for a reason waiting does not fix.
-    #[error("could not record the outcome: {0}")]
-    Record(Arc<LedgerError>),
-    /// The thread that talks to SQLite has stopped.
-    #[error("the ledger's SQLite thread has stopped")]
-    Stopped,
-    /// A value in the database is not one sunset writes.
-    #[error("unexpected value in the ledger: {0}")]
-    Corrupt(String),
-}
-
-impl LedgerError {
-    /// Whether the user must fix the command or config (exit 2), not wait for the database.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            LedgerError::Url(_) | LedgerError::UnknownCampaign(_) | LedgerError::Cancelled(_)
-        )
-    }
-
-    /// Whether waiting may help: the database is away, busy or locked, or this worker's lease
-    /// lapsed. Anything else (a constraint, bad data, a statement refused) repeats as it is.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            LedgerError::Database(e) => match e {
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    ["08", "53", "57", "40", "55"]
-                        .iter()
-                        .any(|class| code.starts_with(class))
-                }),
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                _ => false,
-            },
-            LedgerError::Sqlite(e) => e.sqlite_error_code().is_some_and(|code| {
-                use rusqlite::ErrorCode::*;
-                matches!(
-                    code,
-                    DatabaseBusy
-                        | DatabaseLocked
-                        | SystemIoFailure
-                        | CannotOpen
-                        | DiskFull
-                        | OutOfMemory
-                        | FileLockingProtocolFailed
-                )
-            }),
-            LedgerError::Migrate(_) | LedgerError::NoLease | LedgerError::Stopped => true,
-            LedgerError::Record(e) => e.is_unavailable(),
-            LedgerError::Url(_)
-            | LedgerError::UnknownCampaign(_)
-            | LedgerError::Cancelled(_)
-            | LedgerError::Corrupt(_) => false,
-        }
-    }
-}
-
-struct Waiting {
-    outcome: Fenced,
-    done: oneshot::Sender<Result<Recorded, Arc<LedgerError>>>,
-}
 
 /// The ledger of one process: its database, this worker's lease and the outcome writer.
 pub struct Ledger {
@@ -498,74 +408,5 @@ impl Ledger {
             warn!(error = %e, "could not remove this process from the ledger's workers");
         }
         self.store.close().await;
-    }
-}
-
-/// The outcome writer: takes every outcome waiting (up to `MAX_GROUP`) as one group and writes
-/// it, with up to `GROUPS_IN_FLIGHT` groups being written at once, so a group's round trip does
-/// not hold the next one up (SQLite's thread takes the groups waiting into one transaction;
-/// PostgreSQL writes them on connections of their own). A group the database refuses for now
-/// is kept and tried again until it is written; meanwhile `backlog` stops new sends.
-async fn write_outcomes(
-    store: Arc<Store>,
-    backlog: Arc<AtomicBool>,
-    mut queue: mpsc::UnboundedReceiver<Waiting>,
-) {
-    let mut writing = futures::stream::FuturesUnordered::new();
-    loop {
-        let next = if writing.len() < GROUPS_IN_FLIGHT {
-            tokio::select! {
-                waiting = queue.recv() => waiting.map(Some),
-                Some(()) = futures::StreamExt::next(&mut writing) => Some(None),
-            }
-        } else {
-            futures::StreamExt::next(&mut writing).await.map(|()| None)
-        };
-        match next {
-            Some(Some(first)) => {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match queue.try_recv() {
-                        Ok(waiting) => group.push(waiting),
-                        Err(_) => break,
-                    }
-                }
-                writing.push(write_group(Arc::clone(&store), Arc::clone(&backlog), group));
-            }
-            Some(None) => {}
-            None if writing.is_empty() => break,
-            None => {}
-        }
-    }
-}
-
-/// Writes one group of outcomes, trying again while the database is away, and answers each.
-async fn write_group(store: Arc<Store>, backlog: Arc<AtomicBool>, group: Vec<Waiting>) {
-    let outcomes: Vec<Fenced> = group.iter().map(|w| w.outcome.clone()).collect();
-    let mut pause = Duration::from_millis(50);
-    let result = loop {
-        match store.record(&outcomes).await {
-            Ok(recorded) => {
-                if backlog.swap(false, Ordering::Relaxed) {
-                    info!(outcomes = outcomes.len(), "the ledger takes outcomes again");
-                }
-                break Ok(recorded);
-            }
-            Err(e) if e.is_unavailable() => {
-                if !backlog.swap(true, Ordering::Relaxed) {
-                    warn!(error = %e, outcomes = outcomes.len(), "the ledger refuses outcomes; keeping them and starting no send until they are written");
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RECORD_BACKOFF);
-            }
-            Err(e) => break Err(Arc::new(e)),
-        }
-    };
-    for (i, waiting) in group.into_iter().enumerate() {
-        let answer = match &result {
-            Ok(recorded) => Ok(recorded.get(i).copied().unwrap_or(Recorded::FencedOut)),
-            Err(e) => Err(Arc::clone(e)),
-        };
-        let _ = waiting.done.send(answer);
     }
 }
