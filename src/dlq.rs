@@ -31,12 +31,13 @@ use tracing::warn;
 use crate::batch::{Batch, CampaignId, Failure};
 use crate::broker::{
     ATTEMPT_HEADER, Broker, BrokerError, ERROR_HEADER, KINDS_HEADER, QueueNames, Route,
-    attempt_headers, attempt_of, redact,
+    attempt_headers, attempt_of,
 };
 use crate::channel::Channel;
 use crate::cli::{DlqAction, InvalidInput};
 use crate::config::Config;
 use crate::dead_letter::DeadLetterKind;
+use crate::secret::redact;
 
 /// Acks sent before waiting for the queue to apply them: well under the 32 a channel keeps in
 /// flight before it starts stashing (and, on close, losing) settlements.
