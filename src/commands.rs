@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::batch::CampaignId;
-use crate::broker::{self, Broker, QueueNames, redact};
+use crate::broker::{self, Broker, QueueNames};
 use crate::campaign_list::CampaignList;
 use crate::channel::email::{self, EmailSender};
 use crate::channel::push::PushSender;
@@ -23,6 +23,7 @@ use crate::limit::Limits;
 use crate::preview;
 use crate::progress::{self, Meter, Sample};
 use crate::results::{self, Signal, Source, Unfinished, read_status};
+use crate::secret::redact;
 use crate::token::TokenKey;
 use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
 

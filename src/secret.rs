@@ -1,6 +1,8 @@
 //! Secrets (the SMTP password, the push token): from an environment variable, or from the file
-//! that `<VAR>_FILE` names if only its owner may read it. Never from `sunset.toml`, never printed.
+//! that `<VAR>_FILE` names if only its owner may read it. Never from `sunset.toml`, never printed;
+//! URLs shown with their password hidden.
 
+use std::fmt;
 use std::fs::File;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -10,6 +12,51 @@ use crate::config::ConfigError;
 
 /// Permission bits a secret file must not have: any access for group or others.
 const SHARED_BITS: u32 = 0o077;
+
+/// A secret value (a password, a token): `Debug` and `Display` show `***`, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret given by other means than the environment (tests, a secrets store).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret from `var` or the file `<var>_FILE` names, as [`read`] gives it.
+    pub fn from_env(var: &str) -> Result<Option<Secret>, ConfigError> {
+        Ok(read(var)?.map(Secret))
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// The secret from `var`, or from the file named by `<var>_FILE`; `None` when neither is set
 /// or the value is empty. A file readable or writable by group or others, both variables set,
@@ -88,6 +135,28 @@ mod tests {
         fs::write(&path, contents).expect("write");
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
         (dir, path)
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let secret = Secret::new("hunter2");
+        let shown = format!("{secret:?} {secret} {:?}", Some(&secret));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn passwords_never_show_in_urls() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test",
+            "no password, nothing to hide"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::config::{BrokerConfig, ConfigError};
+use crate::secret::redact;
 
 /// Something went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
@@ -115,18 +116,6 @@ impl Subscription {
         if self.channel.status().connected() {
             let _ = within("channel.close", self.channel.close(200, "done".into())).await;
         }
-    }
-}
-
-/// The URL with any password replaced, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -308,19 +297,5 @@ mod tests {
             Some(131_072)
         );
         assert_eq!(frame_max("http://127.0.0.1"), None, "not an AMQP URL");
-    }
-
-    #[test]
-    fn passwords_never_show_in_urls() {
-        assert_eq!(
-            redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/test"),
-            "postgres://postgres@127.0.0.1:5432/test",
-            "no password, nothing to hide"
-        );
     }
 }

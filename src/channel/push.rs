@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::channel::http::{Answer, HttpFailure, Origin};
 use crate::channel::{Delivery, Outcome, RETRY_AFTER_MAX, Sender};
 use crate::config::{ConfigError, PushConfig, PushTransport};
+use crate::secret::Secret;
 
 /// The environment variable holding the gateway's bearer token (`_FILE` appended: a file holding it).
 pub const TOKEN_ENV: &str = "SUNSET_PUSH_TOKEN";
@@ -46,7 +47,7 @@ impl PushSender {
                     .into());
                 }
                 let timeout = Duration::from_millis(config.timeout_ms);
-                let gateway = PushGateway::new(&config.url, timeout, PushToken::from_env()?)?;
+                let gateway = PushGateway::new(&config.url, timeout, Secret::from_env(TOKEN_ENV)?)?;
                 Ok(PushSender::Http(Box::new(gateway)))
             }
         }
@@ -62,37 +63,18 @@ impl Sender for PushSender {
     }
 }
 
-/// The push gateway's bearer token. Never printed: `Debug` shows `PushToken(***)`.
-#[derive(Clone)]
-pub struct PushToken(String);
+/// The push gateway's bearer token: read from [`TOKEN_ENV`] (or the owner-only file
+/// `SUNSET_PUSH_TOKEN_FILE` names), never printed.
+pub type PushToken = Secret;
 
-impl PushToken {
-    /// Wraps a token given by other means than the environment (tests, a secrets store).
-    pub fn new(token: impl Into<String>) -> PushToken {
-        PushToken(token.into())
-    }
-
-    /// Reads [`TOKEN_ENV`], or the owner-only file `SUNSET_PUSH_TOKEN_FILE` names; unset or
-    /// empty means no token. A file others may read, or both set, is a configuration error.
-    pub fn from_env() -> anyhow::Result<Option<PushToken>> {
-        Ok(crate::secret::read(TOKEN_ENV)?.map(PushToken))
-    }
-
-    /// The `Authorization` value, marked sensitive so `http` never prints it either.
-    fn authorization(&self) -> anyhow::Result<HeaderValue> {
-        // The error must not quote the value: it is the secret.
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0)).map_err(|_| {
-            anyhow::anyhow!("{TOKEN_ENV} holds characters not allowed in an HTTP header")
-        })?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
-}
-
-impl fmt::Debug for PushToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PushToken(***)")
-    }
+/// The `Authorization` value for `token`, marked sensitive so `http` never prints it either.
+fn authorization(token: &PushToken) -> anyhow::Result<HeaderValue> {
+    // The error must not quote the value: it is the secret.
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+        anyhow::anyhow!("{TOKEN_ENV} holds characters not allowed in an HTTP header")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// `User-Agent` of every push request.
@@ -130,7 +112,7 @@ impl PushGateway {
             .map_err(|e| invalid(format!("`{url}` is not a URL: {e}")))?;
         let origin = Origin::new(&url)
             .map_err(|problem| invalid(format!("`{}`: {problem}", without_userinfo(&url))))?;
-        let authorization = token.as_ref().map(PushToken::authorization).transpose()?;
+        let authorization = token.as_ref().map(authorization).transpose()?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -419,7 +401,6 @@ mod tests {
     #[test]
     fn the_token_never_prints() {
         let token = PushToken::new("s3cret");
-        assert_eq!(format!("{token:?}"), "PushToken(***)");
         let gateway = PushGateway::new(
             "http://user:pw@127.0.0.1:9/push",
             Duration::from_secs(1),

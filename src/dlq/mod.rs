@@ -17,7 +17,8 @@ pub use filter::Filter;
 pub use letter::{Content, DeadLetter};
 pub use table::table;
 
-use crate::broker::{Broker, QueueNames, redact};
+use crate::broker::{Broker, QueueNames};
+use crate::secret::redact;
 use crate::cli::DlqAction;
 use crate::config::Config;
 

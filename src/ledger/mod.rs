@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::batch::CampaignId;
-use crate::broker::redact;
 use crate::channel::Channel;
+use crate::secret::redact;
 use crate::token::TokenKey;
 use claim::{Active, ClaimJob, HEARTBEAT, Lease, Watch};
 use rows::Fenced;

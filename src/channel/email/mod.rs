@@ -7,6 +7,7 @@ mod dkim;
 mod held;
 mod message;
 mod outbox;
+mod relay_url;
 mod reply;
 mod seal;
 mod smtp;
@@ -24,7 +25,7 @@ use lettre::message::Mailbox;
 use super::{Delivery, Outcome, Sender};
 use crate::batch::{CampaignId, UserId};
 use crate::config::{ConfigError, EmailConfig, EmailTransport, FeedbackConfig};
-use smtp::Password;
+use crate::secret::Secret;
 
 /// The environment variable the SMTP password is read from (or, with `_FILE` appended, the
 /// owner-only file holding it); it never comes from the config file.
@@ -56,7 +57,7 @@ impl EmailSender {
                 composer,
             )))),
             EmailTransport::Smtp => {
-                let password = crate::secret::read(PASSWORD_ENV)?.map(Password);
+                let password = Secret::from_env(PASSWORD_ENV)?;
                 SmtpRelay::new(config, composer, password)
                     .map(|relay| EmailSender::Smtp(Box::new(relay)))
             }

@@ -1,5 +1,5 @@
-//! The SMTP transport: `email.url` parsing and a bounded pool of connections we open ourselves,
-//! pipelining `MAIL`/`RCPT`/`DATA` where the relay offers it on plain TCP, and telling a message
+//! The SMTP transport: a bounded pool of connections we open ourselves (to the relay `email.url`
+//! names, parsed in `relay_url`), pipelining `MAIL`/`RCPT`/`DATA` where the relay offers it on plain TCP, and telling a message
 //! not yet handed over from one whose final `.` went out unanswered; a failed send's reply is
 //! classified in `reply`, implicit TLS is adapted in `tls`.
 
@@ -20,13 +20,14 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::held::{Beneath, HeldWrites};
+use super::relay_url::{Security, SmtpUrl};
 use super::reply::{SmtpFailure, classify};
 use super::tls::ImplicitTls;
 use super::{Composer, Email, PASSWORD_ENV, invalid, signed_email};
-use crate::broker::redact;
 use crate::channel::{Delivery, Outcome, Sender};
 use crate::config::{ConfigError, EmailConfig};
 use crate::logging::{MaskedEmail, MaskedText};
+use crate::secret::Secret;
 
 /// An idle connection older than this is checked with `NOOP` before reuse: relays close idle
 /// sessions (Postfix after 300 s), and a dead socket would otherwise fail a recipient.
@@ -36,134 +37,11 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
 /// and would hold a send slot and a connection that long.
 const FINAL_REPLY_TIMEOUT_MAX_MS: u64 = 24 * 3600 * 1000;
 
-/// A password that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub(super) struct Password(pub(super) String);
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
-    }
-}
-
-/// How the session is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Security {
-    /// `smtp://`: plain text; no opportunistic STARTTLS.
-    Plain,
-    /// `smtp://…?tls=required`: STARTTLS, or no session at all.
-    StartTls,
-    /// `smtps://`: TLS from the first byte.
-    Implicit,
-}
-
-/// `email.url`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SmtpUrl {
-    /// Host name or IP address (IPv6 without brackets); also the TLS server name.
-    host: String,
-    /// Port; 25 for `smtp://` and 465 for `smtps://` when not given.
-    port: u16,
-    security: Security,
-    /// The URL's user part, percent-decoded.
-    username: Option<String>,
-}
-
-impl SmtpUrl {
-    /// Accepts `smtp://[user@]host[:port][/][?tls=required]` and `smtps://[user@]host[:port][/]`.
-    /// Errors quote the URL with any password masked: a password put in the URL by mistake
-    /// must not reach a terminal or a log.
-    fn parse(url: &str) -> Result<SmtpUrl, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            "the URL is not like smtp://host:port or smtps://host:port".to_string()
-        })?;
-        let url = redact(url);
-        let (mut security, default_port) = match scheme.to_ascii_lowercase().as_str() {
-            "smtp" => (Security::Plain, 25),
-            "smtps" => (Security::Implicit, 465),
-            other => return Err(format!("unknown scheme `{other}` (expected smtp or smtps)")),
-        };
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair {
-                "tls=required" if security == Security::Plain => security = Security::StartTls,
-                "tls=required" => {}
-                other => return Err(format!("unknown parameter `{other}` (only tls=required)")),
-            }
-        }
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
-            return Err(format!("`{url}` has a path; expected only host and port"));
-        }
-        let (username, host_port) = match rest.rsplit_once('@') {
-            Some((user, _)) if user.contains(':') => {
-                return Err(format!(
-                    "put the password in the environment variable {PASSWORD_ENV}, not in the URL"
-                ));
-            }
-            Some((user, host_port)) => (Some(percent_decode(user)?), host_port),
-            None => (None, rest),
-        };
-        let (host, port) = split_host_port(host_port)?;
-        if host.is_empty() {
-            return Err(format!("`{url}` names no host"));
-        }
-        Ok(SmtpUrl {
-            host: host.to_string(),
-            port: port.unwrap_or(default_port),
-            security,
-            username: username.filter(|u| !u.is_empty()),
-        })
-    }
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(host_port: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| format!("`{host_port}`: unclosed `[`"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        }
-    };
-    let port = port
-        .map(|p| {
-            p.parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a port number"))
-        })
-        .transpose()?;
-    Ok((host, port))
-}
-
-fn percent_decode(raw: &str) -> Result<String, String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in `{raw}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{raw}` does not decode to UTF-8"))
-}
-
 /// An SMTP relay reached through a bounded pool of connections: at most `email.pool_size` are
 /// open at once, each carries many messages, and any error drops the connection.
 pub struct SmtpRelay {
     url: SmtpUrl,
-    credentials: Option<(String, Password)>,
+    credentials: Option<(String, Secret)>,
     /// Built once: loading the native root certificates is not free.
     tls: Option<TlsParameters>,
     /// The `EHLO` name.
@@ -303,7 +181,7 @@ impl SmtpRelay {
     pub(super) fn new(
         config: &EmailConfig,
         composer: Composer,
-        password: Option<Password>,
+        password: Option<Secret>,
     ) -> Result<SmtpRelay, ConfigError> {
         let url = SmtpUrl::parse(&config.url).map_err(|e| invalid("email.url", e))?;
         let credentials = match (&url.username, password) {
@@ -485,7 +363,7 @@ impl SmtpRelay {
                 .map_err(SmtpFailure::Session)?;
         }
         if let Some((user, password)) = &self.credentials {
-            let credentials = Credentials::new(user.clone(), password.0.clone());
+            let credentials = Credentials::new(user.clone(), password.expose().to_string());
             connection
                 .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
                 .await
@@ -535,48 +413,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn smtp_urls_pick_host_port_security_and_user() {
-        let url = SmtpUrl::parse("smtp://127.0.0.1:1025").expect("valid");
-        assert_eq!(
-            (url.host.as_str(), url.port, url.security, url.username),
-            ("127.0.0.1", 1025, Security::Plain, None)
-        );
-        let url = SmtpUrl::parse("smtp://relay.example:587/?tls=required").expect("valid");
-        assert_eq!((url.port, url.security), (587, Security::StartTls));
-        let url = SmtpUrl::parse("smtps://mailer%40xiami@smtp.example").expect("valid");
-        assert_eq!(url.port, 465);
-        assert_eq!(url.security, Security::Implicit);
-        assert_eq!(url.username.as_deref(), Some("mailer@xiami"));
-        let url = SmtpUrl::parse("smtp://[::1]:2525").expect("valid");
-        assert_eq!((url.host.as_str(), url.port), ("::1", 2525));
-        for bad in [
-            "127.0.0.1:25",
-            "http://127.0.0.1",
-            "smtp://user:secret@host",
-            "smtp://host:port",
-            "smtp://host?tls=maybe",
-            "smtp://host/path",
-            "smtp://",
-        ] {
-            assert!(SmtpUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn url_errors_never_quote_a_password() {
-        for bad in [
-            "smtp://user:hunter2@host/path",
-            "smtp://user:hunter2@",
-            "user:hunter2@host",
-            "smtp://user:hunter2@host?x=1",
-            "smtp://user:hunter2@host:99999",
-        ] {
-            let error = SmtpUrl::parse(bad).expect_err(bad);
-            assert!(!error.contains("hunter2"), "{bad}: {error}");
-        }
-    }
-
-    #[test]
     fn pipelining_is_offered_only_by_an_ehlo_keyword_line() {
         let reply = |keywords: &str| format!("220 relay ESMTP\r\n250-relay\r\n{keywords}\r\n");
         assert!(offers_pipelining(
@@ -591,11 +427,5 @@ mod tests {
         ] {
             assert!(!offers_pipelining(reply(not).as_bytes()), "{not}");
         }
-    }
-
-    #[test]
-    fn passwords_never_print() {
-        let password = Password("hunter2".into());
-        assert!(!format!("{password:?}").contains("hunter2"));
     }
 }
