@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::batch::CampaignId;
-use crate::broker::{self, Broker, QueueNames, redact};
+use crate::broker::{self, Broker, Carrier, InProcess, Inbox, QueueNames, redact};
 use crate::campaign_list::CampaignList;
 use crate::channel::email::{self, EmailSender};
 use crate::channel::push::PushSender;
@@ -39,13 +39,14 @@ async fn connect(config: &Config) -> anyhow::Result<Broker> {
         .with_context(|| {
             format!(
                 "Failed to connect to RabbitMQ at {}",
-                redact(&config.broker.url)
+                redact(&broker::url(&config.broker))
             )
         })
 }
 
 /// `sunset topology`.
 pub async fn topology(config: &Config) -> anyhow::Result<()> {
+    broker::refuse_in_process(&config.broker, "topology")?;
     let broker = connect(config).await?;
     for queue in broker.names().all() {
         crate::say!("declared {queue}")?;
@@ -68,10 +69,17 @@ fn options(args: &CampaignArgs) -> Options {
     }
 }
 
-/// Validates, then (unless `--dry-run`) publishes; `None` on a dry run.
-async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Option<Plan>> {
+/// Validates, then (unless `--dry-run`) publishes — to `in_process` when given, else to
+/// RabbitMQ; `None` on a dry run.
+async fn enqueue_plan(
+    config: &Config,
+    args: &CampaignArgs,
+    in_process: Option<&InProcess>,
+) -> anyhow::Result<Option<Plan>> {
     // Before the audience is read or the campaign recorded: a bad broker.url leaves nothing done.
-    broker::check_url(&config.broker.url)?;
+    if let Some(url) = config.broker.url.as_deref().filter(|url| !url.is_empty()) {
+        broker::check_url(url)?;
+    }
     let plan = enqueue::prepare(config, &options(args))?;
     if args.dry_run {
         crate::say!(
@@ -103,16 +111,25 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
         ledger.close().await;
         recorded?;
     }
-    let broker = connect(config).await?;
-    let summary = enqueue::publish(&broker, &plan).await;
-    broker.close().await;
+    let summary = match in_process {
+        Some(queue) => enqueue::publish(queue, &plan).await,
+        None => {
+            let broker = connect(config).await?;
+            let summary = enqueue::publish(&broker, &plan).await;
+            broker.close().await;
+            summary
+        }
+    };
     crate::say!("enqueued campaign {}: {}", plan.campaign, summary?)?;
     Ok(Some(plan))
 }
 
 /// `sunset enqueue`.
 pub async fn enqueue(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
-    enqueue_plan(config, args).await.map(drop)
+    if !args.dry_run {
+        broker::require_rabbitmq(&config.broker, "enqueue").await?;
+    }
+    enqueue_plan(config, args, None).await.map(drop)
 }
 
 /// The ledger of `ledger.url`, or `None` when it is empty (sending without a ledger).
@@ -299,14 +316,14 @@ struct Worked {
     stopped_by: Option<Signal>,
 }
 
-/// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
+/// Runs the daemon (on the in-process queue when given one) with signals wired to shutdown, serving `exporter` (if metrics are on) until
 /// the daemon has settled its batches (on shutdown: sends in flight for at most
 /// `worker.shutdown_timeout_ms`, the rest handed back); `live` shows what it has processed so
 /// far. `shutdown` is the token `deps` was built with. The caller closes the ledger.
 async fn work(
     config: &Config,
     (deps, shutdown): (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
-    until: Until,
+    (until, in_process): (Until, Option<(Arc<InProcess>, Inbox)>),
     exporter: Option<Exporter>,
     live: &Live,
 ) -> anyhow::Result<Worked> {
@@ -329,16 +346,17 @@ async fn work(
         }
     }
     let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
-    let report = daemon::run(
-        &config.broker,
-        queue_names(config),
-        deps,
-        until,
-        shutdown.clone(),
-        &readiness,
-        live,
-    )
-    .await;
+    let report = match in_process {
+        Some(queue) => {
+            let prefetch = config.broker.prefetch;
+            daemon::run_in_process(queue, prefetch, deps, shutdown.clone(), live).await
+        }
+        None => {
+            let names = queue_names(config);
+            let (broker, stop) = (&config.broker, shutdown.clone());
+            daemon::run(broker, names, deps, until, stop, &readiness, live).await
+        }
+    };
     // Only the signal handler cancels `shutdown` before the daemon returns.
     let stopped_by = if shutdown.is_cancelled() {
         signal.await.ok()
@@ -416,6 +434,7 @@ pub async fn feedback(config: &Config) -> anyhow::Result<()> {
 
 /// `sunset worker`.
 pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
+    broker::refuse_in_process(&config.broker, "worker")?;
     let until = if args.exit_when_idle {
         Until::Idle
     } else {
@@ -426,7 +445,14 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let worked = work(config, (deps, shutdown), until, exporter, &Live::default()).await;
+    let worked = work(
+        config,
+        (deps, shutdown),
+        (until, None),
+        exporter,
+        &Live::default(),
+    )
+    .await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -438,10 +464,20 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
 pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.dry_run {
-        return enqueue_plan(config, args).await.map(drop);
+        return enqueue_plan(config, args, None).await.map(drop);
     }
     let campaign =
         CampaignId::parse(&args.campaign).map_err(|e| InvalidInput(format!("--campaign: {e}")))?;
+    let in_process = match broker::carrier(&config.broker).await {
+        Carrier::RabbitMq => None,
+        Carrier::InProcess { why } => {
+            eprintln!(
+                "{why}: running this campaign in-process; dead letters go to {}",
+                config.broker.dead_letter_file.display()
+            );
+            Some(InProcess::new(&config.broker, &queue_names(config)))
+        }
+    };
     // Only when asked for: a one-box run needs no listener, and one beside a worker would take
     // its port. Bound before anything is published: a port in use stops the command with
     // nothing sent.
@@ -453,7 +489,15 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let sent = send_with(config, args, &campaign, (deps, shutdown), exporter, started).await;
+    let sent = send_with(
+        config,
+        (args, &campaign),
+        (deps, shutdown),
+        in_process,
+        exporter,
+        started,
+    )
+    .await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -461,12 +505,13 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
 }
 
 /// `send` once its senders and ledger are set up: the campaign's numbers before, enqueue, work
-/// (with the live lines on a terminal), then the table and how the command ends.
+/// (with the live lines on a terminal), then the table and how the command ends. The batches go
+/// through RabbitMQ, or `in_process`, which holds all of them in memory until they are sent.
 async fn send_with(
     config: &Config,
-    args: &CampaignArgs,
-    campaign: &CampaignId,
+    (args, campaign): (&CampaignArgs, &CampaignId),
     deps: (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
+    in_process: Option<(Arc<InProcess>, Inbox)>,
     exporter: Option<Exporter>,
     started: Instant,
 ) -> anyhow::Result<()> {
@@ -475,7 +520,8 @@ async fn send_with(
         Some(ledger) => results::before(ledger, campaign).await?,
         None => None,
     };
-    let Some(plan) = enqueue_plan(config, args).await? else {
+    let publish_to = in_process.as_ref().map(|(queue, _)| queue.as_ref());
+    let Some(plan) = enqueue_plan(config, args, publish_to).await? else {
         return Ok(());
     };
     let until = Until::CampaignDone {
@@ -484,8 +530,10 @@ async fn send_with(
     };
     let live = Live::default();
     let done = CancellationToken::new();
+    // In-process, the batches are gone with this process: the same command resumes.
+    let resumed_by_send = ledger.is_some() || in_process.is_some();
     let working = async {
-        let worked = work(config, deps, until, exporter, &live).await;
+        let worked = work(config, deps, (until, in_process), exporter, &live).await;
         done.cancel();
         worked
     };
@@ -503,7 +551,7 @@ async fn send_with(
     ))?;
     if let Some(signal) = worked.stopped_by {
         let args: Vec<String> = std::env::args().collect();
-        let resume = results::resume_command(&args, ledger.is_some());
+        let resume = results::resume_command(&args, resumed_by_send);
         let what = format!("{results}; resume with: {resume}");
         return Err(Unfinished::Interrupted { signal, what }.into());
     }

@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::batch::{Batch, CampaignId, Failure};
 use crate::broker::{
-    ATTEMPT_HEADER, Broker, BrokerError, ERROR_HEADER, KINDS_HEADER, QueueNames, Route,
+    self, ATTEMPT_HEADER, Broker, BrokerError, ERROR_HEADER, KINDS_HEADER, QueueNames, Route,
     attempt_headers, attempt_of, redact,
 };
 use crate::channel::Channel;
@@ -91,13 +91,14 @@ pub async fn run(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<Broker> {
+    broker::require_rabbitmq(&config.broker, "dlq").await?;
     let names = QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms);
     Broker::connect(&config.broker, names)
         .await
         .with_context(|| {
             format!(
                 "Failed to connect to RabbitMQ at {}",
-                redact(&config.broker.url)
+                redact(&broker::url(&config.broker))
             )
         })
 }

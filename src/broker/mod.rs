@@ -1,6 +1,10 @@
-//! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms, consume.
+//! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms,
+//! consume; and the in-process queue `send` runs on when there is no RabbitMQ.
 
+mod carrier;
+mod in_process;
 mod park;
+mod queue;
 mod reach;
 mod tls;
 pub mod topology;
@@ -21,12 +25,15 @@ use lapin::{
     DefaultConnectionBuilder,
 };
 
+pub use carrier::{Carrier, carrier, refuse_in_process, require_rabbitmq};
+pub use in_process::{InProcess, InProcessReceipt, Inbox};
 pub use park::{NOT_BEFORE_HEADER, not_before_of};
+pub use queue::{Message, Queue, WorkQueue};
 pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
-use crate::config::{BrokerConfig, ConfigError};
+use crate::config::{BrokerConfig, ConfigError, DEFAULT_BROKER_URL};
 
 /// Header counting deliveries of a recipient set, 1-based; absent means 1.
 pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
@@ -64,6 +71,14 @@ pub enum BrokerError {
     /// lapin has been recovering the connection for longer than its grace; start anew.
     #[error("RabbitMQ connection still not recovered after {0:?}")]
     RecoveryStalled(Duration),
+    /// The in-process queue could not write a dead letter to `broker.dead_letter_file`.
+    #[error("cannot write dead letter to {path} (broker.dead_letter_file): {source}")]
+    DeadLetterFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
 }
 
 /// The longest any single broker operation (a publish and its confirm, a cancel, a close, an
@@ -148,6 +163,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Names the address probed and used when `broker.url` is unset, instead of
+/// [`DEFAULT_BROKER_URL`] (tests point it where nothing listens).
+pub const FALLBACK_URL_ENV: &str = "SUNSET_BROKER_FALLBACK_URL";
+
+/// The URL of RabbitMQ: `broker.url`, or the default address when it is unset.
+pub fn url(config: &BrokerConfig) -> String {
+    config.url.clone().unwrap_or_else(|| {
+        std::env::var(FALLBACK_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.to_string())
+    })
+}
+
 /// Whether `url` is an AMQP URL (`amqp://` or `amqps://`); the error names `broker.url`.
 pub fn check_url(url: &str) -> Result<(), ConfigError> {
     url.parse::<lapin::uri::AMQPUri>()
@@ -169,17 +195,18 @@ impl Broker {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
-        check_url(&config.url).map_err(BrokerError::Config)?;
+        let url = url(config);
+        check_url(&url).map_err(BrokerError::Config)?;
         let tls = tls::config(config).map_err(BrokerError::Config)?;
         // A URL that does not parse is left for lapin to report.
-        let uri = parse_url(&config.url);
+        let uri = parse_url(&url);
         if let Some(uri) = &uri {
             reach::reach(uri, &tls).await?;
         }
         let connector = DefaultConnectionBuilder::new()?;
         let connector = match &uri {
             Some(uri) => connector.with_uri(uri.clone()),
-            None => connector.with_uri_str(config.url.clone()),
+            None => connector.with_uri_str(url.clone()),
         }
         .with_properties(properties)
         .with_tls_config(tls);
@@ -194,9 +221,7 @@ impl Broker {
                 }
                 Err(_) => {
                     return Err(ConnectError::Handshake {
-                        address: uri
-                            .as_ref()
-                            .map_or_else(|| redact(&config.url), reach::address),
+                        address: uri.as_ref().map_or_else(|| redact(&url), reach::address),
                         seconds: reach::CONNECT_TIMEOUT.as_secs(),
                     }
                     .into());

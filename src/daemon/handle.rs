@@ -1,17 +1,16 @@
 //! One delivery, handled: decoded, run through `worker::process_batch`, what it owes
-//! published (confirmed), then acked — or requeued when that fails.
+//! published (confirmed), then acked — or requeued when that fails. The same for RabbitMQ and
+//! the in-process queue.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::settled::{Settled, Settlement};
 use crate::batch::{Batch, CampaignId};
-use crate::broker::{Broker, BrokerError, attempt_of, not_before_of, within};
+use crate::broker::{BrokerError, Message, Queue};
 use crate::channel::Sender;
 use crate::events::{self, BatchVerdict};
 use crate::worker::{Deps, Owed, Report, Verdict, process_batch};
@@ -26,23 +25,25 @@ pub(super) struct Handled {
 
 /// Decodes, processes and settles one delivery. Acks only after everything the batch still owes
 /// is published with a confirm; if that fails the delivery is requeued (nack), never dropped.
-/// A panic while processing requeues it too: after `x-delivery-limit` deliveries the broker
+/// A panic while processing requeues it too: after `x-delivery-limit` deliveries the queue
 /// dead-letters it, and the worker stays up.
-pub(super) async fn handle<E: Sender, P: Sender>(
-    broker: Arc<Broker>,
+pub(super) async fn handle<Q: Queue, E: Sender, P: Sender>(
+    queue: Arc<Q>,
     deps: Arc<Deps<E, P>>,
     settled: Arc<Settled>,
-    delivery: Delivery,
+    message: Message<Q::Receipt>,
 ) -> Handled {
-    let attempt = attempt_of(&delivery.properties);
+    let attempt = message.attempt;
+    let receipt = &message.receipt;
     // The peer asked for a longer wait than the delay queue gave: back to wait, unsent (with
     // no delay queue configured any more, it is sent now).
-    if let Some(not_before) = not_before_of(&delivery.properties)
-        && !broker.names().retry.is_empty()
+    if let Some(not_before) = message.not_before
+        && queue.delays()
     {
-        let parked = broker.repark(&delivery.data, attempt, not_before).await;
+        let parked = queue.repark(&message.body, attempt, not_before).await;
         return settle(
-            &delivery,
+            &*queue,
+            receipt,
             parked,
             BatchVerdict::Held,
             None,
@@ -50,33 +51,31 @@ pub(super) async fn handle<E: Sender, P: Sender>(
         )
         .await;
     }
-    let decoded = match broker.oversized(&delivery.data) {
+    let decoded = match queue.oversized(&message.body) {
         Some(reason) => Err(reason),
-        None => Batch::decode(&delivery.data).map_err(|e| e.to_string()),
+        None => Batch::decode(&message.body).map_err(|e| e.to_string()),
     };
     let batch = match decoded {
         Ok(batch) => batch,
         Err(error) => {
-            let owed = broker.dead_letter_raw(&delivery.data, &error).await;
+            let owed = queue.dead_letter_raw(&message.body, &error).await;
             if owed.is_ok() {
                 events::undecodable(&error);
             }
-            return settle(
-                &delivery,
-                owed,
-                BatchVerdict::Undecodable,
-                None,
-                Report::default(),
-            )
-            .await;
+            let verdict = BatchVerdict::Undecodable;
+            return settle(&*queue, receipt, owed, verdict, None, Report::default()).await;
         }
     };
-    let key = Settled::key(&delivery, attempt);
+    let key = Settled::key(&message);
     // The batch is decoded: its body is not needed while the batch is processed.
-    let mut delivery = delivery;
-    delivery.data = Vec::new();
+    let Message {
+        redelivered,
+        receipt,
+        ..
+    } = message;
+    let receipt = &receipt;
     // Only a redelivery can be a message processed before.
-    let earlier = if delivery.redelivered {
+    let earlier = if redelivered {
         settled.get(key)
     } else {
         Settlement::default()
@@ -85,15 +84,10 @@ pub(super) async fn handle<E: Sender, P: Sender>(
     let first = (attempt == 1).then(|| (batch.campaign_id.clone(), batch.batch_id.clone()));
     if earlier.owed_published {
         info!(parent: &span, "already processed before the connection dropped; acking");
-        return settle(
-            &delivery,
-            Ok(()),
-            BatchVerdict::Duplicate,
-            first,
-            Report::default(),
-        )
-        .instrument(span)
-        .await;
+        let verdict = BatchVerdict::Duplicate;
+        return settle(&*queue, receipt, Ok(()), verdict, first, Report::default())
+            .instrument(span)
+            .await;
     }
     let processed = AssertUnwindSafe(
         process_batch(&batch, attempt, &earlier.delivered, &deps).instrument(span.clone()),
@@ -107,11 +101,7 @@ pub(super) async fn handle<E: Sender, P: Sender>(
                 Some(&"processing panicked (the delivery limit dead-letters a batch that keeps failing)"),
             );
         });
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
+        if let Err(e) = queue.requeue(receipt).await {
             warn!(parent: &span, error = %e, "nack failed; the batch will be redelivered");
         }
         return Handled {
@@ -121,14 +111,14 @@ pub(super) async fn handle<E: Sender, P: Sender>(
         };
     };
     settled.record(key, &verdict.delivered, false);
-    let owed = publish_owed(&broker, &verdict.owed)
+    let owed = publish_owed(&*queue, &verdict.owed)
         .instrument(span.clone())
         .await;
     if owed.is_ok() {
         settled.record(key, &[], true);
     }
     let label = verdict_of(&verdict, attempt);
-    settle(&delivery, owed, label, first, verdict.report)
+    settle(&*queue, receipt, owed, label, first, verdict.report)
         .instrument(span)
         .await
 }
@@ -149,20 +139,22 @@ fn verdict_of(verdict: &Verdict, attempt: u32) -> BatchVerdict {
 }
 
 /// Publishes every retry and dead letter a batch owes, each with its own confirm.
-async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError> {
+async fn publish_owed<Q: Queue>(queue: &Q, owed: &[Owed]) -> Result<(), BrokerError> {
     for item in owed {
         match item {
             Owed::Retry {
                 batch,
-                queue,
+                queue: delay,
                 attempt,
                 not_before,
             } => {
                 info!(
                     recipients = batch.recipients.len(),
-                    queue, attempt, "scheduling a retry"
+                    queue = delay,
+                    attempt,
+                    "scheduling a retry"
                 );
-                broker.retry(batch, *queue, *attempt, *not_before).await?;
+                queue.retry(batch, *delay, *attempt, *not_before).await?;
             }
             Owed::DeadLetter {
                 batch,
@@ -171,7 +163,7 @@ async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError>
                 kinds,
             } => {
                 let labels: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
-                broker.dead_letter(batch, *attempt, reason, &labels).await?;
+                queue.dead_letter(batch, *attempt, reason, &labels).await?;
                 events::dead_lettered(batch, reason, kinds);
             }
         }
@@ -181,15 +173,16 @@ async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError>
 
 /// Acks the delivery once what it owes is published (`verdict` says how it went), or requeues
 /// it; one `batch_settled` event either way.
-async fn settle(
-    delivery: &Delivery,
+async fn settle<Q: Queue>(
+    queue: &Q,
+    receipt: &Q::Receipt,
     owed: Result<(), BrokerError>,
     verdict: BatchVerdict,
     first: Option<(CampaignId, String)>,
     report: Report,
 ) -> Handled {
     let acked = match owed {
-        Ok(()) => match within("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await {
+        Ok(()) => match queue.ack(receipt).await {
             Ok(true) => {
                 events::batch_settled(verdict, None);
                 true
@@ -209,11 +202,7 @@ async fn settle(
         },
         Err(e) => {
             events::batch_settled(BatchVerdict::Requeued, Some(&e));
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
+            if let Err(e) = queue.requeue(receipt).await {
                 warn!(error = %e, "nack failed; the batch will be redelivered");
             }
             false

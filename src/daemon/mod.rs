@@ -11,15 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::batch::CampaignId;
-use crate::broker::{Broker, BrokerError, QueueNames};
+use crate::broker::{Broker, BrokerError, Message, QueueNames};
 use crate::channel::Sender;
 use crate::config::BrokerConfig;
 use crate::worker::{Deps, Report};
 
 mod handle;
+mod in_process;
 mod settled;
 
 use handle::{Handled, handle};
+pub use in_process::run_in_process;
 use settled::Settled;
 
 /// When the loop ends (besides shutdown, which always ends it).
@@ -206,7 +208,7 @@ where
                 Some(Ok(delivery)) => {
                     idle_rounds = 0;
                     let (broker, deps, settled) = (Arc::clone(broker), Arc::clone(deps), Arc::clone(settled));
-                    tasks.spawn(handle(broker, deps, settled, delivery));
+                    tasks.spawn(handle(broker, deps, settled, Message::from_delivery(delivery)));
                 }
                 Some(Err(e)) => break Err(BrokerError::Amqp(e)),
                 None => break Err(BrokerError::ConsumerEnded),
@@ -254,6 +256,20 @@ where
     if outcome.is_ok() {
         let _ = subscription.cancel().await;
     }
+    finish(&mut tasks, deps, shutdown, progress, until).await;
+    subscription.close().await;
+    outcome
+}
+
+/// Waits for the batches in flight and records what they came to; on shutdown for at most
+/// the drain bound, then lets the rest go (unacked, they come again).
+async fn finish<E: Sender, P: Sender>(
+    tasks: &mut JoinSet<Handled>,
+    deps: &Deps<E, P>,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+    until: &Until,
+) {
     let drain = async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(done) = done {
@@ -275,8 +291,6 @@ where
         }
         None => drain.await,
     }
-    subscription.close().await;
-    outcome
 }
 
 /// What the loop has done so far, across reconnections.

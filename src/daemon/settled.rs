@@ -7,9 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lapin::message::Delivery;
-
 use crate::batch::UserId;
+use crate::broker::Message;
 use crate::channel::Channel;
 
 /// Messages this process has processed, by message id: the pairs already delivered, and
@@ -36,13 +35,13 @@ const SETTLED_SWEEP_AT: usize = 50_000;
 
 impl Settled {
     /// The message id every sunset publish sets; body and attempt for a message without one.
-    pub(super) fn key(delivery: &Delivery, attempt: u32) -> u64 {
+    pub(super) fn key<R>(message: &Message<R>) -> u64 {
         let mut hasher = DefaultHasher::new();
-        match delivery.properties.message_id() {
-            Some(id) => id.as_str().hash(&mut hasher),
+        match &message.id {
+            Some(id) => id.hash(&mut hasher),
             None => {
-                delivery.data.hash(&mut hasher);
-                attempt.hash(&mut hasher);
+                message.body.hash(&mut hasher);
+                message.attempt.hash(&mut hasher);
             }
         }
         hasher.finish()
