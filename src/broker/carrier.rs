@@ -2,8 +2,9 @@
 //! unset and nothing answering at the default address, or with `broker.url = ""` — an
 //! in-process queue that lives as long as the command.
 
+use super::address::{parse_url, url};
 use super::reach::{self, ConnectError};
-use super::{parse_url, tls, url};
+use super::tls;
 use crate::config::BrokerConfig;
 use crate::invalid_input::InvalidInput;
 

@@ -91,7 +91,7 @@ impl InProcess {
             self.published.fetch_add(1, Ordering::Relaxed)
         );
         let receipt = InProcessReceipt {
-            body: body.clone(),
+            body,
             attempt,
             id,
             deliveries: 1,

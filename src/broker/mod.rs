@@ -1,6 +1,7 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms,
 //! consume; and the in-process queue `send` runs on when there is no RabbitMQ.
 
+mod address;
 mod carrier;
 mod in_process;
 mod park;
@@ -19,12 +20,13 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     DefaultConnectionBuilder,
 };
 
+use address::parse_url;
+pub use address::{FALLBACK_URL_ENV, check_url, redact, url};
 pub use carrier::{Carrier, carrier, refuse_in_process, require_rabbitmq};
 pub use in_process::{InProcess, InProcessReceipt, Inbox};
 pub use park::{NOT_BEFORE_HEADER, not_before_of};
@@ -33,7 +35,7 @@ pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
 use crate::batch::Batch;
-use crate::config::{BrokerConfig, ConfigError, DEFAULT_BROKER_URL};
+use crate::config::{BrokerConfig, ConfigError};
 
 /// Header counting deliveries of a recipient set, 1-based; absent means 1.
 pub const ATTEMPT_HEADER: &str = "x-sunset-attempt";
@@ -149,42 +151,6 @@ impl Subscription {
             let _ = within("channel.close", self.channel.close(200, "done".into())).await;
         }
     }
-}
-
-/// The URL with any password replaced, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Names the address probed and used when `broker.url` is unset, instead of
-/// [`DEFAULT_BROKER_URL`] (tests point it where nothing listens).
-pub const FALLBACK_URL_ENV: &str = "SUNSET_BROKER_FALLBACK_URL";
-
-/// The URL of RabbitMQ: `broker.url`, or the default address when it is unset.
-pub fn url(config: &BrokerConfig) -> String {
-    config.url.clone().unwrap_or_else(|| {
-        std::env::var(FALLBACK_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.to_string())
-    })
-}
-
-/// Whether `url` is an AMQP URL (`amqp://` or `amqps://`); the error names `broker.url`.
-pub fn check_url(url: &str) -> Result<(), ConfigError> {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(drop)
-        .map_err(|problem| {
-            ConfigError::Invalid(format!(
-                "  key `broker.url`: `{}` is not an AMQP URL ({problem}); \
-                 expected amqp://user:password@host:5672/vhost or amqps://…",
-                redact(url)
-            ))
-        })
 }
 
 impl Broker {
@@ -443,18 +409,6 @@ impl Broker {
     }
 }
 
-/// The largest AMQP frame a connection asks for unless `broker.url` sets `frame_max`. lapin
-/// keeps 32 frames of buffer each way per connection: at RabbitMQ's default of 128 KiB a frame
-/// that is 8 MiB a worker touches once batches flow, at 16 KiB it is 1 MiB.
-const FRAME_MAX: u32 = 16 * 1024;
-
-/// `url` parsed, with [`FRAME_MAX`] unless it sets `frame_max`.
-fn parse_url(url: &str) -> Option<AMQPUri> {
-    let mut uri = url.parse::<AMQPUri>().ok()?;
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Some(uri)
-}
-
 /// How much of a body over `broker.max_message_bytes` its dead letter keeps: enough to see
 /// what it was, not another copy of what was too large.
 pub const KEPT_OF_OVERSIZED: usize = 64 * 1024;
@@ -497,34 +451,4 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
             _ => None,
         })
         .unwrap_or(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_16_kib_unless_the_url_says() {
-        let frame_max = |url: &str| parse_url(url).and_then(|uri| uri.query.frame_max);
-        assert_eq!(frame_max("amqp://127.0.0.1:5672/%2f"), Some(16 * 1024));
-        assert_eq!(
-            frame_max("amqp://127.0.0.1:5672/%2f?frame_max=131072"),
-            Some(131_072)
-        );
-        assert_eq!(frame_max("http://127.0.0.1"), None, "not an AMQP URL");
-    }
-
-    #[test]
-    fn passwords_never_show_in_urls() {
-        assert_eq!(
-            redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/test"),
-            "postgres://postgres@127.0.0.1:5432/test",
-            "no password, nothing to hide"
-        );
-    }
 }

@@ -9,29 +9,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::batch::CampaignId;
-use crate::broker::{self, Broker, Carrier, InProcess, Inbox, QueueNames, redact};
+use crate::broker::{self, Broker, Carrier, InProcess, Inbox, redact};
 use crate::campaign_list::CampaignList;
 use crate::channel::email::{self, EmailSender};
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
-use crate::daemon::{self, Live, Readiness, Until};
+use crate::daemon::{Live, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::exporter::Exporter;
 use crate::ledger::{Campaign, CampaignState, Ledger};
-use crate::limit::Limits;
 use crate::preview;
 use crate::progress::{self, Meter, Sample};
 use crate::results::{self, Signal, Source, Unfinished, read_status};
-use crate::token::TokenKey;
-use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
+use crate::worker::Deps;
 
-/// How often the keyed per-domain limiter forgets idle domains.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+mod work;
 
-fn queue_names(config: &Config) -> QueueNames {
-    QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms)
-}
+use work::{Consume, cancel_on_signal, deps, open_ledger, queue_names, work};
 
 async fn connect(config: &Config) -> anyhow::Result<Broker> {
     Broker::connect(&config.broker, queue_names(config))
@@ -130,17 +125,6 @@ pub async fn enqueue(config: &Config, args: &CampaignArgs) -> anyhow::Result<()>
         broker::require_rabbitmq(&config.broker, "enqueue").await?;
     }
     enqueue_plan(config, args, None).await.map(drop)
-}
-
-/// The ledger of `ledger.url`, or `None` when it is empty (sending without a ledger).
-fn open_ledger(config: &Config) -> anyhow::Result<Option<Arc<Ledger>>> {
-    let url = config.ledger.url.trim();
-    if url.is_empty() {
-        return Ok(None);
-    }
-    Ledger::open(url)
-        .map(Some)
-        .context("Failed to open the delivery ledger (ledger.url)")
 }
 
 /// The ledger, required: `status` and `campaign` have nothing to work on without it.
@@ -265,145 +249,6 @@ async fn list_campaigns(config: &Config, json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn deps(
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
-    let email = EmailSender::from_config(&config.email, &config.feedback)
-        .context("Failed to set up the email channel")?;
-    let push =
-        PushSender::from_config(&config.push).context("Failed to set up the push channel")?;
-    let deps = Deps::new(
-        config.templates.dir.clone(),
-        config.templates.default_locale.clone(),
-        email,
-        push,
-        Arc::new(Limits::from_config(&config.rate)?),
-        config.worker.concurrency,
-        RetryPolicy {
-            max_attempts: config.worker.max_attempts,
-            delays: config
-                .worker
-                .retry_delays_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        },
-    )
-    .with_shutdown(
-        shutdown.clone(),
-        Duration::from_millis(config.worker.shutdown_timeout_ms),
-    );
-    let breakers = Arc::new(Breakers::new(BreakerPolicy::from_config(&config.worker)?));
-    let deps = deps.with_breakers(breakers);
-    Ok(Arc::new(match open_ledger(config)? {
-        Some(ledger) => {
-            // Each email row keeps its feedback token, for `sunset feedback` to look up.
-            if !config.feedback.secret_file.as_os_str().is_empty() {
-                ledger.use_token_key(TokenKey::load(&config.feedback.secret_file)?);
-            }
-            deps.with_ledger(ledger)
-        }
-        None => deps,
-    }))
-}
-
-/// What a run of the daemon came to.
-struct Worked {
-    /// What this process processed.
-    report: Report,
-    /// The signal that stopped it, if one did.
-    stopped_by: Option<Signal>,
-}
-
-/// Runs the daemon (on the in-process queue when given one) with signals wired to shutdown, serving `exporter` (if metrics are on) until
-/// the daemon has settled its batches (on shutdown: sends in flight for at most
-/// `worker.shutdown_timeout_ms`, the rest handed back); `live` shows what it has processed so
-/// far. `shutdown` is the token `deps` was built with. The caller closes the ledger.
-async fn work(
-    config: &Config,
-    (deps, shutdown): (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
-    (until, in_process): (Until, Option<(Arc<InProcess>, Inbox)>),
-    exporter: Option<Exporter>,
-    live: &Live,
-) -> anyhow::Result<Worked> {
-    let signal = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let readiness = Readiness::default();
-    let stop_exporter = CancellationToken::new();
-    let exporter = exporter.map(|exporter| {
-        exporter.spawn(
-            readiness.clone(),
-            Arc::clone(deps.breakers()),
-            stop_exporter.clone(),
-        )
-    });
-    let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
-    let ledger = deps.ledger().cloned();
-    if let Some(ledger) = &ledger {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = ledger.warm_up() => {}
-        }
-    }
-    let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
-    let report = match in_process {
-        Some(queue) => {
-            let prefetch = config.broker.prefetch;
-            daemon::run_in_process(queue, prefetch, deps, shutdown.clone(), live).await
-        }
-        None => {
-            let names = queue_names(config);
-            let (broker, stop) = (&config.broker, shutdown.clone());
-            daemon::run(broker, names, deps, until, stop, &readiness, live).await
-        }
-    };
-    // Only the signal handler cancels `shutdown` before the daemon returns.
-    let stopped_by = if shutdown.is_cancelled() {
-        signal.await.ok()
-    } else {
-        signal.abort();
-        None
-    };
-    shutdown.cancel();
-    stop_exporter.cancel();
-    if let Some(exporter) = exporter {
-        let _ = exporter.await;
-    }
-    let _ = pruner.await;
-    if let Some(heartbeat) = heartbeat {
-        let _ = heartbeat.await;
-    }
-    Ok(Worked {
-        report: report?,
-        stopped_by,
-    })
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT and returns which. Listens from the call on, not
-/// from the first poll: a signal that comes just after the future is spawned is not missed.
-fn cancel_on_signal(shutdown: CancellationToken) -> impl Future<Output = Signal> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let interrupt = signal(SignalKind::interrupt());
-    let terminate = signal(SignalKind::terminate());
-    let received = |listener: std::io::Result<tokio::signal::unix::Signal>| async move {
-        match listener {
-            Ok(mut listener) => {
-                listener.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    async move {
-        let signal = tokio::select! {
-            _ = received(interrupt) => Signal::Interrupt,
-            _ = received(terminate) => Signal::Terminate,
-        };
-        info!(%signal, "shutdown requested: handing back sends not started, finishing those in flight");
-        shutdown.cancel();
-        signal
-    }
-}
-
 /// `sunset dkim-record`: one zone-file line per key of `email.dkim.key_file`.
 pub fn dkim_record(config: &Config) -> anyhow::Result<()> {
     let signer = email::dkim_signer(&config.email)?.ok_or_else(|| {
@@ -448,7 +293,7 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     let worked = work(
         config,
         (deps, shutdown),
-        (until, None),
+        Consume::RabbitMq(until),
         exporter,
         &Live::default(),
     )
@@ -524,16 +369,19 @@ async fn send_with(
     let Some(plan) = enqueue_plan(config, args, publish_to).await? else {
         return Ok(());
     };
-    let until = Until::CampaignDone {
-        campaign: plan.campaign.clone(),
-        batches: plan.batches(),
+    // In-process, the batches are gone with this process: the same command resumes.
+    let resumed_by_send = ledger.is_some() || in_process.is_some();
+    let consume = match in_process {
+        Some((queue, inbox)) => Consume::InProcess(queue, inbox),
+        None => Consume::RabbitMq(Until::CampaignDone {
+            campaign: plan.campaign.clone(),
+            batches: plan.batches(),
+        }),
     };
     let live = Live::default();
     let done = CancellationToken::new();
-    // In-process, the batches are gone with this process: the same command resumes.
-    let resumed_by_send = ledger.is_some() || in_process.is_some();
     let working = async {
-        let worked = work(config, deps, (until, in_process), exporter, &live).await;
+        let worked = work(config, deps, consume, exporter, &live).await;
         done.cancel();
         worked
     };
