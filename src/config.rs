@@ -53,8 +53,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// AMQP URL of the RabbitMQ node or cluster.
-    pub url: String,
+    /// AMQP URL of the RabbitMQ node or cluster; `""` = `sunset send` runs its campaign on an
+    /// in-process queue. Unset: [`DEFAULT_BROKER_URL`], and `send` falls back to the in-process
+    /// queue when nothing answers there.
+    pub url: Option<String>,
     /// Work queue name; retry and dead-letter queue names derive from it.
     pub queue: String,
     /// Unacked batches a worker holds at once.
@@ -67,17 +69,23 @@ pub struct BrokerConfig {
     /// A delivery larger than this is dead-lettered before it is parsed; RabbitMQ's
     /// `max_message_size` should match (deploy/rabbitmq). 0 = no limit.
     pub max_message_bytes: u64,
+    /// Where `send` on the in-process queue writes its dead letters, one JSON line each.
+    pub dead_letter_file: PathBuf,
 }
+
+/// The RabbitMQ `broker.url` stands for when it is unset.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            url: None,
             queue: "sunset.batches".into(),
             prefetch: 4,
             give_up_after_ms: 0,
             ca_file: PathBuf::new(),
             max_message_bytes: 8 * 1024 * 1024,
+            dead_letter_file: "dead-letters.jsonl".into(),
         }
     }
 }

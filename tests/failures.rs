@@ -14,7 +14,7 @@ use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use sunset::batch::Batch;
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
-use sunset::config::{BrokerConfig, RateConfig};
+use sunset::config::{BrokerConfig, DEFAULT_BROKER_URL, RateConfig};
 use sunset::daemon::{self, Live, Readiness, Until};
 use sunset::limit::Limits;
 use sunset::shaping::Rules;
@@ -47,7 +47,7 @@ async fn enqueue(env: &TestEnv, extra: &[&str]) {
 
 /// Dead letters with their attempt header: (batch, x-sunset-error, x-sunset-attempt).
 async fn dead_letters(env: &TestEnv) -> Vec<(Batch, String, u32)> {
-    let connection = lapin::Connection::connect(&BrokerConfig::default().url, Default::default())
+    let connection = lapin::Connection::connect(DEFAULT_BROKER_URL, Default::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
@@ -321,7 +321,7 @@ async fn a_poison_batch_ends_in_the_dead_letter_queue_and_the_worker_stays_up() 
         2,
         "the good batch went out"
     );
-    let connection = lapin::Connection::connect(&config.url, Default::default())
+    let connection = lapin::Connection::connect(DEFAULT_BROKER_URL, Default::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");

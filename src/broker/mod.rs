@@ -1,10 +1,15 @@
 //! RabbitMQ: connect (timeout, auto-recovery), declare the topology, publish with confirms,
-//! consume, and hold a queue's messages.
+//! consume, and hold a queue's messages; and the in-process queue `send` runs on when there
+//! is no RabbitMQ.
 
+mod address;
+mod carrier;
 mod headers;
 mod hold;
+mod in_process;
 mod park;
 mod publish;
+mod queue;
 mod reach;
 mod tls;
 pub mod topology;
@@ -16,13 +21,17 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, DefaultConnectionBuilder};
 
+use address::parse_url;
+pub use address::{FALLBACK_URL_ENV, check_url, url};
+pub use carrier::{Carrier, carrier, refuse_in_process, require_rabbitmq};
 pub use headers::{ATTEMPT_HEADER, ERROR_HEADER, KINDS_HEADER, attempt_headers, attempt_of};
 pub use hold::{Hold, MAX_HELD};
+pub use in_process::{InProcess, InProcessReceipt, Inbox};
 pub use park::{NOT_BEFORE_HEADER, not_before_of};
 pub use publish::{KEPT_OF_OVERSIZED, Route};
+pub use queue::{Message, Queue, WorkQueue};
 pub use reach::ConnectError;
 pub use topology::{EXCHANGE, QueueNames};
 
@@ -56,6 +65,14 @@ pub enum BrokerError {
     /// lapin has been recovering the connection for longer than its grace; start anew.
     #[error("RabbitMQ connection still not recovered after {0:?}")]
     RecoveryStalled(Duration),
+    /// The in-process queue could not write a dead letter to `broker.dead_letter_file`.
+    #[error("cannot write dead letter to {path} (broker.dead_letter_file): {source}")]
+    DeadLetterFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
 }
 
 /// The longest any single broker operation (a publish and its confirm, a cancel, a close, an
@@ -119,19 +136,6 @@ impl Subscription {
     }
 }
 
-/// Whether `url` is an AMQP URL (`amqp://` or `amqps://`); the error names `broker.url`.
-pub fn check_url(url: &str) -> Result<(), ConfigError> {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(drop)
-        .map_err(|problem| {
-            ConfigError::Invalid(format!(
-                "  key `broker.url`: `{}` is not an AMQP URL ({problem}); \
-                 expected amqp://user:password@host:5672/vhost or amqps://…",
-                redact(url)
-            ))
-        })
-}
-
 impl Broker {
     /// Connects (giving up after a timeout, and at once when the broker refuses, a certificate
     /// is not trusted or the credentials are wrong), enables lapin's auto-recovery, opens a
@@ -140,17 +144,18 @@ impl Broker {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sunset {}", names.work).into())
             .enable_auto_recover();
-        check_url(&config.url).map_err(BrokerError::Config)?;
+        let url = url(config);
+        check_url(&url).map_err(BrokerError::Config)?;
         let tls = tls::config(config).map_err(BrokerError::Config)?;
         // A URL that does not parse is left for lapin to report.
-        let uri = parse_url(&config.url);
+        let uri = parse_url(&url);
         if let Some(uri) = &uri {
             reach::reach(uri, &tls).await?;
         }
         let connector = DefaultConnectionBuilder::new()?;
         let connector = match &uri {
             Some(uri) => connector.with_uri(uri.clone()),
-            None => connector.with_uri_str(config.url.clone()),
+            None => connector.with_uri_str(url.clone()),
         }
         .with_properties(properties)
         .with_tls_config(tls);
@@ -165,9 +170,7 @@ impl Broker {
                 }
                 Err(_) => {
                     return Err(ConnectError::Handshake {
-                        address: uri
-                            .as_ref()
-                            .map_or_else(|| redact(&config.url), reach::address),
+                        address: uri.as_ref().map_or_else(|| redact(&url), reach::address),
                         seconds: reach::CONNECT_TIMEOUT.as_secs(),
                     }
                     .into());
@@ -269,33 +272,5 @@ impl Broker {
     }
 }
 
-/// The largest AMQP frame a connection asks for unless `broker.url` sets `frame_max`. lapin
-/// keeps 32 frames of buffer each way per connection: at RabbitMQ's default of 128 KiB a frame
-/// that is 8 MiB a worker touches once batches flow, at 16 KiB it is 1 MiB.
-const FRAME_MAX: u32 = 16 * 1024;
-
-/// `url` parsed, with [`FRAME_MAX`] unless it sets `frame_max`.
-fn parse_url(url: &str) -> Option<AMQPUri> {
-    let mut uri = url.parse::<AMQPUri>().ok()?;
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Some(uri)
-}
-
 /// How long `close` waits for a recovering connection to come back (so it can be closed).
 const CLOSE_WAIT: Duration = Duration::from_secs(20);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_16_kib_unless_the_url_says() {
-        let frame_max = |url: &str| parse_url(url).and_then(|uri| uri.query.frame_max);
-        assert_eq!(frame_max("amqp://127.0.0.1:5672/%2f"), Some(16 * 1024));
-        assert_eq!(
-            frame_max("amqp://127.0.0.1:5672/%2f?frame_max=131072"),
-            Some(131_072)
-        );
-        assert_eq!(frame_max("http://127.0.0.1"), None, "not an AMQP URL");
-    }
-}

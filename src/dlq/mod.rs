@@ -17,10 +17,10 @@ pub use filter::Filter;
 pub use letter::{Content, DeadLetter};
 pub use table::table;
 
-use crate::broker::{Broker, QueueNames};
-use crate::secret::redact;
+use crate::broker::{self, Broker, QueueNames};
 use crate::cli::DlqAction;
 use crate::config::Config;
+use crate::secret::redact;
 
 /// Runs `sunset dlq <action>`.
 pub async fn run(config: &Config, action: &DlqAction) -> anyhow::Result<()> {
@@ -66,13 +66,14 @@ async fn with_broker<T>(
     config: &Config,
     command: impl AsyncFnOnce(&Broker) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    broker::require_rabbitmq(&config.broker, "dlq").await?;
     let names = QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms);
     let broker = Broker::connect(&config.broker, names)
         .await
         .with_context(|| {
             format!(
                 "Failed to connect to RabbitMQ at {}",
-                redact(&config.broker.url)
+                redact(&broker::url(&config.broker))
             )
         })?;
     let result = command(&broker).await;

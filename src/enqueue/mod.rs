@@ -17,7 +17,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::batch::{Batch, CampaignId, MAX_RECIPIENTS, Recipient, VERSION, check_campaign_vars};
-use crate::broker::Broker;
+use crate::broker::WorkQueue;
 use crate::channel::Channel;
 use crate::config::Config;
 use crate::invalid_input::InvalidInput;
@@ -353,7 +353,7 @@ impl std::fmt::Display for Summary {
 
 /// Second pass: reads the audience again and publishes its batches, each confirmed, a window
 /// of them in flight. Batch ids are `<campaign>:<6-digit sequence>`, the same for the same file.
-pub async fn publish(broker: &Broker, plan: &Plan) -> anyhow::Result<Summary> {
+pub async fn publish(queue: &impl WorkQueue, plan: &Plan) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let progress =
         ProgressBar::with_draw_target(Some(plan.recipients), ProgressDrawTarget::stderr());
@@ -384,7 +384,7 @@ pub async fn publish(broker: &Broker, plan: &Plan) -> anyhow::Result<Summary> {
         };
         let size = batch.recipients.len() as u64;
         in_flight.push_back(async move {
-            broker
+            queue
                 .enqueue(&batch)
                 .await
                 .with_context(|| format!("Failed to publish batch {}", batch.batch_id))

@@ -28,7 +28,7 @@ use rabbit_node::RabbitNode;
 use smtp_sink::SmtpSink;
 use sunset::Config;
 use sunset::broker::{Broker, QueueNames};
-use sunset::config::BrokerConfig;
+use sunset::config::DEFAULT_BROKER_URL;
 
 /// The owner-only feedback token key every test folder has (see [`TestEnv::write_config`]).
 pub const FEEDBACK_KEY_FILE: &str = "feedback.key";
@@ -50,7 +50,7 @@ impl TestEnv {
         let env = TestEnv {
             dir: tempfile::tempdir().expect("create temp dir"),
             queue: None,
-            broker_url: BrokerConfig::default().url,
+            broker_url: DEFAULT_BROKER_URL.to_string(),
         };
         copy_dir(&shipped_templates(), &env.templates());
         env.write_config("[templates]\ndir = \"templates\"\n");
@@ -60,7 +60,7 @@ impl TestEnv {
     /// A test environment with its own queues (`sunset.test.<random>` and derived names) and
     /// `extra` config appended (e.g. `[email]` with a sink URL, `[worker]` retry delays).
     pub fn with_broker(extra: &str) -> TestEnv {
-        TestEnv::with_queues(BrokerConfig::default().url, extra)
+        TestEnv::with_queues(DEFAULT_BROKER_URL.to_string(), extra)
     }
 
     /// As [`TestEnv::with_broker`], on a RabbitMQ node of the test's own.

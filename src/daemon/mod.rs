@@ -1,26 +1,28 @@
 //! The worker loop: consume batches, run `worker::process_batch`, publish what is owed, ack;
 //! reconnect when the broker goes away; stop on shutdown, when idle, or when a campaign is done.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::panic::AssertUnwindSafe;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
-use crate::batch::{Batch, CampaignId, UserId};
-use crate::broker::{Broker, BrokerError, QueueNames, attempt_of, not_before_of, within};
-use crate::channel::{Channel, Sender};
+use crate::batch::CampaignId;
+use crate::broker::{Broker, BrokerError, Message, QueueNames};
+use crate::channel::Sender;
 use crate::config::BrokerConfig;
-use crate::events::{self, BatchVerdict};
-use crate::worker::{Deps, Owed, Report, Verdict, process_batch};
+use crate::worker::{Deps, Report};
+
+mod handle;
+mod in_process;
+mod settled;
+
+use handle::{Handled, handle};
+pub use in_process::run_in_process;
+use settled::Settled;
 
 /// When the loop ends (besides shutdown, which always ends it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +47,6 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const IDLE_ROUNDS: u32 = 3;
 /// First and longest wait between reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
-
-/// What one handled delivery came to.
-struct Handled {
-    /// Campaign and batch id of a first attempt (retries are not counted as batches).
-    first: Option<(CampaignId, String)>,
-    report: Report,
-    acked: bool,
-}
 
 /// Whether the worker is consuming, for `/readyz`: ready while a session consumes from a
 /// connected broker; not ready before, while lapin recovers the connection, while the worker
@@ -182,64 +176,6 @@ where
     }
 }
 
-/// Messages this process has processed, by message id: the pairs already delivered, and
-/// whether what they owed was published. After a connection loss lapin may report an ack as
-/// done that the broker never got, and the broker redelivers the message: a redelivery of a
-/// settled message is only acked, and a half-done one skips its delivered pairs, so this
-/// process never sends twice. (Across processes the delivery ledger does this.) The key is the
-/// message, not the batch: a batch held back or retried is published anew with the same body
-/// and attempt, and that copy is new work even when it, too, comes redelivered.
-#[derive(Default)]
-struct Settled(Mutex<HashMap<u64, Settlement>>);
-
-#[derive(Default, Clone)]
-struct Settlement {
-    delivered: HashSet<(UserId, Channel)>,
-    owed_published: bool,
-    since: Option<Instant>,
-}
-
-/// How long a processed batch is remembered.
-const SETTLED_TTL: Duration = Duration::from_secs(3600);
-/// Entries kept before expired ones are swept (about 100 bytes each when settled).
-const SETTLED_SWEEP_AT: usize = 50_000;
-
-impl Settled {
-    /// The message id every sunset publish sets; body and attempt for a message without one.
-    fn key(delivery: &Delivery, attempt: u32) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        match delivery.properties.message_id() {
-            Some(id) => id.as_str().hash(&mut hasher),
-            None => {
-                delivery.data.hash(&mut hasher);
-                attempt.hash(&mut hasher);
-            }
-        }
-        hasher.finish()
-    }
-
-    fn get(&self, key: u64) -> Settlement {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&key).cloned().unwrap_or_default()
-    }
-
-    /// Records delivered pairs; once `owed_published`, the pairs are no longer needed.
-    fn record(&self, key: u64, delivered: &[(UserId, Channel)], owed_published: bool) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= SETTLED_SWEEP_AT {
-            map.retain(|_, s| s.since.is_some_and(|since| since.elapsed() < SETTLED_TTL));
-        }
-        let entry = map.entry(key).or_default();
-        entry.since.get_or_insert_with(Instant::now);
-        if owed_published {
-            entry.owed_published = true;
-            entry.delivered = HashSet::new();
-        } else {
-            entry.delivered.extend(delivered.iter().cloned());
-        }
-    }
-}
-
 /// One connection's worth of consuming. `Ok` means the loop is finished; `Err` means reconnect.
 #[allow(clippy::too_many_arguments)] // the loop's state, passed down once per connection
 async fn session<E, P>(
@@ -272,7 +208,7 @@ where
                 Some(Ok(delivery)) => {
                     idle_rounds = 0;
                     let (broker, deps, settled) = (Arc::clone(broker), Arc::clone(deps), Arc::clone(settled));
-                    tasks.spawn(handle(broker, deps, settled, delivery));
+                    tasks.spawn(handle(broker, deps, settled, Message::from_delivery(delivery)));
                 }
                 Some(Err(e)) => break Err(BrokerError::Amqp(e)),
                 None => break Err(BrokerError::ConsumerEnded),
@@ -320,6 +256,20 @@ where
     if outcome.is_ok() {
         let _ = subscription.cancel().await;
     }
+    finish(&mut tasks, deps, shutdown, progress, until).await;
+    subscription.close().await;
+    outcome
+}
+
+/// Waits for the batches in flight and records what they came to; on shutdown for at most
+/// the drain bound, then lets the rest go (unacked, they come again).
+async fn finish<E: Sender, P: Sender>(
+    tasks: &mut JoinSet<Handled>,
+    deps: &Deps<E, P>,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+    until: &Until,
+) {
     let drain = async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(done) = done {
@@ -341,8 +291,6 @@ where
         }
         None => drain.await,
     }
-    subscription.close().await;
-    outcome
 }
 
 /// What the loop has done so far, across reconnections.
@@ -419,206 +367,4 @@ async fn queues_empty(broker: &Broker) -> Result<bool, BrokerError> {
         }
     }
     Ok(true)
-}
-
-/// Decodes, processes and settles one delivery. Acks only after everything the batch still owes
-/// is published with a confirm; if that fails the delivery is requeued (nack), never dropped.
-/// A panic while processing requeues it too: after `x-delivery-limit` deliveries the broker
-/// dead-letters it, and the worker stays up.
-async fn handle<E: Sender, P: Sender>(
-    broker: Arc<Broker>,
-    deps: Arc<Deps<E, P>>,
-    settled: Arc<Settled>,
-    delivery: Delivery,
-) -> Handled {
-    let attempt = attempt_of(&delivery.properties);
-    // The peer asked for a longer wait than the delay queue gave: back to wait, unsent (with
-    // no delay queue configured any more, it is sent now).
-    if let Some(not_before) = not_before_of(&delivery.properties)
-        && !broker.names().retry.is_empty()
-    {
-        let parked = broker.repark(&delivery.data, attempt, not_before).await;
-        return settle(
-            &delivery,
-            parked,
-            BatchVerdict::Held,
-            None,
-            Report::default(),
-        )
-        .await;
-    }
-    let decoded = match broker.oversized(&delivery.data) {
-        Some(reason) => Err(reason),
-        None => Batch::decode(&delivery.data).map_err(|e| e.to_string()),
-    };
-    let batch = match decoded {
-        Ok(batch) => batch,
-        Err(error) => {
-            let owed = broker.dead_letter_raw(&delivery.data, &error).await;
-            if owed.is_ok() {
-                events::undecodable(&error);
-            }
-            return settle(
-                &delivery,
-                owed,
-                BatchVerdict::Undecodable,
-                None,
-                Report::default(),
-            )
-            .await;
-        }
-    };
-    let key = Settled::key(&delivery, attempt);
-    // The batch is decoded: its body is not needed while the batch is processed.
-    let mut delivery = delivery;
-    delivery.data = Vec::new();
-    // Only a redelivery can be a message processed before.
-    let earlier = if delivery.redelivered {
-        settled.get(key)
-    } else {
-        Settlement::default()
-    };
-    let span = info_span!("batch", campaign = %batch.campaign_id, batch = %batch.batch_id, attempt);
-    let first = (attempt == 1).then(|| (batch.campaign_id.clone(), batch.batch_id.clone()));
-    if earlier.owed_published {
-        info!(parent: &span, "already processed before the connection dropped; acking");
-        return settle(
-            &delivery,
-            Ok(()),
-            BatchVerdict::Duplicate,
-            first,
-            Report::default(),
-        )
-        .instrument(span)
-        .await;
-    }
-    let processed = AssertUnwindSafe(
-        process_batch(&batch, attempt, &earlier.delivered, &deps).instrument(span.clone()),
-    )
-    .catch_unwind()
-    .await;
-    let Ok(verdict) = processed else {
-        span.in_scope(|| {
-            events::batch_settled(
-                BatchVerdict::Requeued,
-                Some(&"processing panicked (the delivery limit dead-letters a batch that keeps failing)"),
-            );
-        });
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
-            warn!(parent: &span, error = %e, "nack failed; the batch will be redelivered");
-        }
-        return Handled {
-            first: None,
-            report: Report::default(),
-            acked: false,
-        };
-    };
-    settled.record(key, &verdict.delivered, false);
-    let owed = publish_owed(&broker, &verdict.owed)
-        .instrument(span.clone())
-        .await;
-    if owed.is_ok() {
-        settled.record(key, &[], true);
-    }
-    let label = verdict_of(&verdict, attempt);
-    settle(&delivery, owed, label, first, verdict.report)
-        .instrument(span)
-        .await
-}
-
-/// The `verdict` label of a processed batch, from what it owes: a dead letter outweighs a
-/// retry (next attempt), which outweighs a hold (same attempt).
-fn verdict_of(verdict: &Verdict, attempt: u32) -> BatchVerdict {
-    let mut label = BatchVerdict::Completed;
-    for owed in &verdict.owed {
-        match owed {
-            Owed::DeadLetter { .. } => return BatchVerdict::DeadLettered,
-            Owed::Retry { attempt: next, .. } if *next > attempt => label = BatchVerdict::Retried,
-            Owed::Retry { .. } if label == BatchVerdict::Completed => label = BatchVerdict::Held,
-            Owed::Retry { .. } => {}
-        }
-    }
-    label
-}
-
-/// Publishes every retry and dead letter a batch owes, each with its own confirm.
-async fn publish_owed(broker: &Broker, owed: &[Owed]) -> Result<(), BrokerError> {
-    for item in owed {
-        match item {
-            Owed::Retry {
-                batch,
-                queue,
-                attempt,
-                not_before,
-            } => {
-                info!(
-                    recipients = batch.recipients.len(),
-                    queue, attempt, "scheduling a retry"
-                );
-                broker.retry(batch, *queue, *attempt, *not_before).await?;
-            }
-            Owed::DeadLetter {
-                batch,
-                reason,
-                attempt,
-                kinds,
-            } => {
-                let labels: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
-                broker.dead_letter(batch, *attempt, reason, &labels).await?;
-                events::dead_lettered(batch, reason, kinds);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Acks the delivery once what it owes is published (`verdict` says how it went), or requeues
-/// it; one `batch_settled` event either way.
-async fn settle(
-    delivery: &Delivery,
-    owed: Result<(), BrokerError>,
-    verdict: BatchVerdict,
-    first: Option<(CampaignId, String)>,
-    report: Report,
-) -> Handled {
-    let acked = match owed {
-        Ok(()) => match within("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await {
-            Ok(true) => {
-                events::batch_settled(verdict, None);
-                true
-            }
-            // lapin refuses acks for deliveries from before a reconnect: the broker redelivers.
-            Ok(false) => {
-                events::batch_settled(
-                    BatchVerdict::Unacked,
-                    Some(&"delivery from before a reconnect cannot be acked"),
-                );
-                false
-            }
-            Err(e) => {
-                events::batch_settled(BatchVerdict::Unacked, Some(&e));
-                false
-            }
-        },
-        Err(e) => {
-            events::batch_settled(BatchVerdict::Requeued, Some(&e));
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = within("basic.nack", delivery.acker.nack(requeue)).await {
-                warn!(error = %e, "nack failed; the batch will be redelivered");
-            }
-            false
-        }
-    };
-    Handled {
-        first,
-        report: if acked { report } else { Report::default() },
-        acked,
-    }
 }

@@ -9,30 +9,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::batch::CampaignId;
-use crate::broker::{self, Broker, QueueNames};
+use crate::broker::{self, Broker, Carrier, InProcess, Inbox};
 use crate::campaign_list::CampaignList;
 use crate::channel::email::{self, EmailSender};
 use crate::channel::push::PushSender;
 use crate::cli::{CampaignAction, CampaignArgs, InvalidInput, PreviewArgs, StatusArgs, WorkerArgs};
 use crate::config::Config;
-use crate::daemon::{self, Live, Readiness, Until};
+use crate::daemon::{Live, Until};
 use crate::enqueue::{self, Options, Plan};
 use crate::exporter::Exporter;
 use crate::ledger::{Campaign, CampaignState, Ledger};
-use crate::limit::Limits;
 use crate::preview;
 use crate::progress::{self, Meter, Sample};
 use crate::results::{self, Signal, Source, Unfinished, read_status};
 use crate::secret::redact;
-use crate::token::TokenKey;
-use crate::worker::{BreakerPolicy, Breakers, Deps, Report, RetryPolicy};
+use crate::worker::Deps;
 
-/// How often the keyed per-domain limiter forgets idle domains.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+mod work;
 
-fn queue_names(config: &Config) -> QueueNames {
-    QueueNames::new(&config.broker.queue, &config.worker.retry_delays_ms)
-}
+use work::{Consume, cancel_on_signal, deps, open_ledger, queue_names, work};
 
 async fn connect(config: &Config) -> anyhow::Result<Broker> {
     Broker::connect(&config.broker, queue_names(config))
@@ -40,13 +35,14 @@ async fn connect(config: &Config) -> anyhow::Result<Broker> {
         .with_context(|| {
             format!(
                 "Failed to connect to RabbitMQ at {}",
-                redact(&config.broker.url)
+                redact(&broker::url(&config.broker))
             )
         })
 }
 
 /// `sunset topology`.
 pub async fn topology(config: &Config) -> anyhow::Result<()> {
+    broker::refuse_in_process(&config.broker, "topology")?;
     let broker = connect(config).await?;
     for queue in broker.names().all() {
         crate::say!("declared {queue}")?;
@@ -69,10 +65,17 @@ fn options(args: &CampaignArgs) -> Options {
     }
 }
 
-/// Validates, then (unless `--dry-run`) publishes; `None` on a dry run.
-async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Option<Plan>> {
+/// Validates, then (unless `--dry-run`) publishes — to `in_process` when given, else to
+/// RabbitMQ; `None` on a dry run.
+async fn enqueue_plan(
+    config: &Config,
+    args: &CampaignArgs,
+    in_process: Option<&InProcess>,
+) -> anyhow::Result<Option<Plan>> {
     // Before the audience is read or the campaign recorded: a bad broker.url leaves nothing done.
-    broker::check_url(&config.broker.url)?;
+    if let Some(url) = config.broker.url.as_deref().filter(|url| !url.is_empty()) {
+        broker::check_url(url)?;
+    }
     let plan = enqueue::prepare(config, &options(args))?;
     if args.dry_run {
         crate::say!(
@@ -104,27 +107,25 @@ async fn enqueue_plan(config: &Config, args: &CampaignArgs) -> anyhow::Result<Op
         ledger.close().await;
         recorded?;
     }
-    let broker = connect(config).await?;
-    let summary = enqueue::publish(&broker, &plan).await;
-    broker.close().await;
+    let summary = match in_process {
+        Some(queue) => enqueue::publish(queue, &plan).await,
+        None => {
+            let broker = connect(config).await?;
+            let summary = enqueue::publish(&broker, &plan).await;
+            broker.close().await;
+            summary
+        }
+    };
     crate::say!("enqueued campaign {}: {}", plan.campaign, summary?)?;
     Ok(Some(plan))
 }
 
 /// `sunset enqueue`.
 pub async fn enqueue(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
-    enqueue_plan(config, args).await.map(drop)
-}
-
-/// The ledger of `ledger.url`, or `None` when it is empty (sending without a ledger).
-fn open_ledger(config: &Config) -> anyhow::Result<Option<Arc<Ledger>>> {
-    let url = config.ledger.url.trim();
-    if url.is_empty() {
-        return Ok(None);
+    if !args.dry_run {
+        broker::require_rabbitmq(&config.broker, "enqueue").await?;
     }
-    Ledger::open(url)
-        .map(Some)
-        .context("Failed to open the delivery ledger (ledger.url)")
+    enqueue_plan(config, args, None).await.map(drop)
 }
 
 /// The ledger, required: `status` and `campaign` have nothing to work on without it.
@@ -249,144 +250,6 @@ async fn list_campaigns(config: &Config, json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn deps(
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<Deps<EmailSender, PushSender>>> {
-    let email = EmailSender::from_config(&config.email, &config.feedback)
-        .context("Failed to set up the email channel")?;
-    let push =
-        PushSender::from_config(&config.push).context("Failed to set up the push channel")?;
-    let deps = Deps::new(
-        config.templates.dir.clone(),
-        config.templates.default_locale.clone(),
-        email,
-        push,
-        Arc::new(Limits::from_config(&config.rate)?),
-        config.worker.concurrency,
-        RetryPolicy {
-            max_attempts: config.worker.max_attempts,
-            delays: config
-                .worker
-                .retry_delays_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        },
-    )
-    .with_shutdown(
-        shutdown.clone(),
-        Duration::from_millis(config.worker.shutdown_timeout_ms),
-    );
-    let breakers = Arc::new(Breakers::new(BreakerPolicy::from_config(&config.worker)?));
-    let deps = deps.with_breakers(breakers);
-    Ok(Arc::new(match open_ledger(config)? {
-        Some(ledger) => {
-            // Each email row keeps its feedback token, for `sunset feedback` to look up.
-            if !config.feedback.secret_file.as_os_str().is_empty() {
-                ledger.use_token_key(TokenKey::load(&config.feedback.secret_file)?);
-            }
-            deps.with_ledger(ledger)
-        }
-        None => deps,
-    }))
-}
-
-/// What a run of the daemon came to.
-struct Worked {
-    /// What this process processed.
-    report: Report,
-    /// The signal that stopped it, if one did.
-    stopped_by: Option<Signal>,
-}
-
-/// Runs the daemon with signals wired to shutdown, serving `exporter` (if metrics are on) until
-/// the daemon has settled its batches (on shutdown: sends in flight for at most
-/// `worker.shutdown_timeout_ms`, the rest handed back); `live` shows what it has processed so
-/// far. `shutdown` is the token `deps` was built with. The caller closes the ledger.
-async fn work(
-    config: &Config,
-    (deps, shutdown): (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
-    until: Until,
-    exporter: Option<Exporter>,
-    live: &Live,
-) -> anyhow::Result<Worked> {
-    let signal = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let readiness = Readiness::default();
-    let stop_exporter = CancellationToken::new();
-    let exporter = exporter.map(|exporter| {
-        exporter.spawn(
-            readiness.clone(),
-            Arc::clone(deps.breakers()),
-            stop_exporter.clone(),
-        )
-    });
-    let pruner = deps.limits.spawn_pruner(PRUNE_EVERY, shutdown.clone());
-    let ledger = deps.ledger().cloned();
-    if let Some(ledger) = &ledger {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = ledger.warm_up() => {}
-        }
-    }
-    let heartbeat = ledger.as_ref().map(|l| l.spawn_heartbeat(shutdown.clone()));
-    let report = daemon::run(
-        &config.broker,
-        queue_names(config),
-        deps,
-        until,
-        shutdown.clone(),
-        &readiness,
-        live,
-    )
-    .await;
-    // Only the signal handler cancels `shutdown` before the daemon returns.
-    let stopped_by = if shutdown.is_cancelled() {
-        signal.await.ok()
-    } else {
-        signal.abort();
-        None
-    };
-    shutdown.cancel();
-    stop_exporter.cancel();
-    if let Some(exporter) = exporter {
-        let _ = exporter.await;
-    }
-    let _ = pruner.await;
-    if let Some(heartbeat) = heartbeat {
-        let _ = heartbeat.await;
-    }
-    Ok(Worked {
-        report: report?,
-        stopped_by,
-    })
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT and returns which. Listens from the call on, not
-/// from the first poll: a signal that comes just after the future is spawned is not missed.
-fn cancel_on_signal(shutdown: CancellationToken) -> impl Future<Output = Signal> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let interrupt = signal(SignalKind::interrupt());
-    let terminate = signal(SignalKind::terminate());
-    let received = |listener: std::io::Result<tokio::signal::unix::Signal>| async move {
-        match listener {
-            Ok(mut listener) => {
-                listener.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    async move {
-        let signal = tokio::select! {
-            _ = received(interrupt) => Signal::Interrupt,
-            _ = received(terminate) => Signal::Terminate,
-        };
-        info!(%signal, "shutdown requested: handing back sends not started, finishing those in flight");
-        shutdown.cancel();
-        signal
-    }
-}
-
 /// `sunset dkim-record`: one zone-file line per key of `email.dkim.key_file`.
 pub fn dkim_record(config: &Config) -> anyhow::Result<()> {
     let signer = email::dkim_signer(&config.email)?.ok_or_else(|| {
@@ -417,6 +280,7 @@ pub async fn feedback(config: &Config) -> anyhow::Result<()> {
 
 /// `sunset worker`.
 pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
+    broker::refuse_in_process(&config.broker, "worker")?;
     let until = if args.exit_when_idle {
         Until::Idle
     } else {
@@ -427,7 +291,14 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let worked = work(config, (deps, shutdown), until, exporter, &Live::default()).await;
+    let worked = work(
+        config,
+        (deps, shutdown),
+        Consume::RabbitMq(until),
+        exporter,
+        &Live::default(),
+    )
+    .await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -439,10 +310,20 @@ pub async fn worker(config: &Config, args: &WorkerArgs) -> anyhow::Result<()> {
 pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.dry_run {
-        return enqueue_plan(config, args).await.map(drop);
+        return enqueue_plan(config, args, None).await.map(drop);
     }
     let campaign =
         CampaignId::parse(&args.campaign).map_err(|e| InvalidInput(format!("--campaign: {e}")))?;
+    let in_process = match broker::carrier(&config.broker).await {
+        Carrier::RabbitMq => None,
+        Carrier::InProcess { why } => {
+            eprintln!(
+                "{why}: running this campaign in-process; dead letters go to {}",
+                config.broker.dead_letter_file.display()
+            );
+            Some(InProcess::new(&config.broker, &queue_names(config)))
+        }
+    };
     // Only when asked for: a one-box run needs no listener, and one beside a worker would take
     // its port. Bound before anything is published: a port in use stops the command with
     // nothing sent.
@@ -454,7 +335,15 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let deps = deps(config, &shutdown)?;
     let ledger = deps.ledger().cloned();
-    let sent = send_with(config, args, &campaign, (deps, shutdown), exporter, started).await;
+    let sent = send_with(
+        config,
+        (args, &campaign),
+        (deps, shutdown),
+        in_process,
+        exporter,
+        started,
+    )
+    .await;
     if let Some(ledger) = ledger {
         ledger.close().await;
     }
@@ -462,12 +351,13 @@ pub async fn send(config: &Config, args: &CampaignArgs) -> anyhow::Result<()> {
 }
 
 /// `send` once its senders and ledger are set up: the campaign's numbers before, enqueue, work
-/// (with the live lines on a terminal), then the table and how the command ends.
+/// (with the live lines on a terminal), then the table and how the command ends. The batches go
+/// through RabbitMQ, or `in_process`, which holds all of them in memory until they are sent.
 async fn send_with(
     config: &Config,
-    args: &CampaignArgs,
-    campaign: &CampaignId,
+    (args, campaign): (&CampaignArgs, &CampaignId),
     deps: (Arc<Deps<EmailSender, PushSender>>, CancellationToken),
+    in_process: Option<(Arc<InProcess>, Inbox)>,
     exporter: Option<Exporter>,
     started: Instant,
 ) -> anyhow::Result<()> {
@@ -476,17 +366,23 @@ async fn send_with(
         Some(ledger) => results::before(ledger, campaign).await?,
         None => None,
     };
-    let Some(plan) = enqueue_plan(config, args).await? else {
+    let publish_to = in_process.as_ref().map(|(queue, _)| queue.as_ref());
+    let Some(plan) = enqueue_plan(config, args, publish_to).await? else {
         return Ok(());
     };
-    let until = Until::CampaignDone {
-        campaign: plan.campaign.clone(),
-        batches: plan.batches(),
+    // In-process, the batches are gone with this process: the same command resumes.
+    let resumed_by_send = ledger.is_some() || in_process.is_some();
+    let consume = match in_process {
+        Some((queue, inbox)) => Consume::InProcess(queue, inbox),
+        None => Consume::RabbitMq(Until::CampaignDone {
+            campaign: plan.campaign.clone(),
+            batches: plan.batches(),
+        }),
     };
     let live = Live::default();
     let done = CancellationToken::new();
     let working = async {
-        let worked = work(config, deps, until, exporter, &live).await;
+        let worked = work(config, deps, consume, exporter, &live).await;
         done.cancel();
         worked
     };
@@ -504,7 +400,7 @@ async fn send_with(
     ))?;
     if let Some(signal) = worked.stopped_by {
         let args: Vec<String> = std::env::args().collect();
-        let resume = results::resume_command(&args, ledger.is_some());
+        let resume = results::resume_command(&args, resumed_by_send);
         let what = format!("{results}; resume with: {resume}");
         return Err(Unfinished::Interrupted { signal, what }.into());
     }
