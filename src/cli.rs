@@ -7,7 +7,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::channel::Channel;
 use crate::enqueue::csv_rows::Delimiter;
-pub use crate::invalid_input::InvalidInput;
 use crate::suppression::Reason;
 
 /// sunset: tell every user of a shutting-down product, in their own language, exactly once.

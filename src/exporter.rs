@@ -19,10 +19,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::InvalidInput;
 use crate::config::{MetricsConfig, WORKER_METRICS_LISTEN};
 use crate::daemon::Readiness;
 use crate::events;
+use crate::invalid_input::InvalidInput;
 use crate::logging::MaskedText;
 use crate::worker::Breakers;
 

@@ -1,45 +1,56 @@
 //! sunset: tell every user of a shutting-down product, in their own language, exactly once.
+//!
+//! The face is the nouns a program that embeds sunset (or publishes batches for it) builds
+//! on, and the areas it assembles a worker from: the wire format (`batch`), the queue
+//! (`broker`), the senders (`channel`), the configuration, the consume loop (`daemon`), the
+//! ledger, the rate limits (`limit`, `shaping`), rendering and the worker step. Everything
+//! else serves the `sunset` binary, which runs through [`run`].
 
 pub mod batch;
-pub mod bidi;
 pub mod broker;
-pub mod campaign_list;
 pub mod channel;
-pub mod cli;
-pub mod commands;
+pub mod config;
 pub mod daemon;
-pub mod dates;
-mod dead_letter;
-pub mod dlq;
 pub mod enqueue;
-pub mod events;
-pub mod exporter;
-pub mod feedback;
-mod invalid_input;
 pub mod ledger;
 pub mod limit;
-
-pub mod config;
-pub mod lint;
-pub mod locale;
-pub mod logging;
-mod names;
-pub mod preview;
-pub mod progress;
 pub mod render;
-pub mod results;
-pub mod secret;
 pub mod shaping;
-pub mod stdout;
-pub mod suppress;
 pub mod suppression;
-pub mod syntax;
-pub mod template_options;
-pub mod token;
-pub mod variables;
 pub mod worker;
 
+mod app;
+mod bidi;
+mod campaign_list;
+mod cli;
+mod commands;
+mod dates;
+mod dead_letter;
+mod dlq;
+mod events;
+mod exporter;
+mod feedback;
+mod invalid_input;
+mod lint;
+mod locale;
+mod logging;
+mod names;
+mod preview;
+mod progress;
+mod results;
+mod secret;
+mod stdout;
+mod suppress;
+mod syntax;
+mod template_options;
+mod token;
+mod variables;
+
+pub use app::{exit_code, run};
 pub use channel::Channel;
+pub use cli::{Cli, Command};
 pub use config::Config;
 pub use locale::{Direction, Locales, TemplateLocale};
-pub use render::{Notice, Renderer, TemplateName};
+pub use preview::webmail;
+pub use render::{Notice, Renderer, TemplateName, Vars};
+pub use token::{Token, TokenKey};

@@ -12,9 +12,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::batch::EmailAddress;
-use crate::cli::{InvalidInput, SuppressAction};
+use crate::cli::SuppressAction;
 use crate::commands::require_ledger;
 use crate::config::Config;
+use crate::invalid_input::InvalidInput;
 use crate::ledger::{Ledger, Suppression};
 use crate::progress;
 use crate::say;

@@ -298,7 +298,7 @@ async fn email_never_arrives_faster_than_the_configured_rate_plus_burst() {
         .expect_code(0);
     let times: Vec<Instant> = smtp.messages().iter().map(|m| m.at).collect();
     assert_eq!(times.len(), 70);
-    let burst = 2; // max(1, 20 / 10), see limit.rs
+    let burst = 2; // max(1, 20 / 10), see src/limit/
     let busiest = busiest_window(times, Duration::from_secs(1));
     assert!(
         busiest <= 20 + burst,

@@ -10,12 +10,12 @@ use std::time::Duration;
 use common::smtp_sink::SmtpSink;
 use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args, recipient, shipped_notice};
 use mail_parser::{Address, HeaderValue};
+use sunset::TokenKey;
 use sunset::batch::{CampaignId, Recipient, UserId};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Channel, Delivery, Outcome, Sender};
 use sunset::config::{EmailConfig, EmailTransport, FeedbackConfig};
 use sunset::render::{Renderer, TemplateName};
-use sunset::token::TokenKey;
 
 const CAMPAIGN: &str = "xiami-2026";
 

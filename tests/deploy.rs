@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sunset::Config;
 use sunset::channel::email::PASSWORD_ENV;
 use sunset::channel::push::TOKEN_ENV;
-use sunset::cli::{Cli, Command as SunsetCommand};
+use sunset::{Cli, Command as SunsetCommand};
 
 /// The work queue name definitions.json is written for: the default `broker.queue`.
 const DEFAULT_QUEUE: &str = "sunset.batches";

@@ -15,11 +15,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::smtp_sink::{Received, SmtpSink};
 use common::{FEEDBACK_KEY_FILE, TestEnv, campaign_args, recipient};
+use sunset::Direction;
 use sunset::batch::{CampaignId, Recipient};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Delivery, Outcome, Sender};
 use sunset::config::{DkimAlgorithm, DkimConfig, EmailConfig, EmailTransport, FeedbackConfig};
-use sunset::locale::Direction;
 use sunset::render::{EmailNotice, Notice};
 
 /// Runs openssl with `args`; panics when it fails.

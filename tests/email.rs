@@ -9,11 +9,11 @@ use common::pipelining_smtp::{FinalReply, PipeliningSmtp};
 use common::smtp_sink::SmtpSink;
 use common::{TestEnv, campaign_args, unique};
 use mail_parser::MimeHeaders;
+use sunset::Direction;
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
 use sunset::channel::email::EmailSender;
 use sunset::channel::{Delivery, Outcome, Sender};
 use sunset::config::{EmailConfig, EmailTransport, FeedbackConfig};
-use sunset::locale::Direction;
 use sunset::render::{EmailNotice, Notice};
 
 const CAMPAIGN: &str = "xiami-shutdown-2021";

@@ -14,7 +14,7 @@ use common::{POSTGRES, TestEnv, scrape, unique, webhook_keys};
 use sunset::Channel;
 use sunset::batch::{CampaignId, EmailAddress, UserId};
 use sunset::ledger::{Entry, Ledger, Mark, Pair};
-use sunset::token::{Token, TokenKey};
+use sunset::{Token, TokenKey};
 
 /// The token key the tests write to `feedback.secret_file`.
 const SECRET: &str = "a feedback key of the tests, long enough";

@@ -11,7 +11,7 @@ use common::browser::{ChromeDriver, js};
 use common::{notice_html, shipped_notice};
 use fantoccini::{Client, Locator};
 use serde_json::json;
-use sunset::preview::webmail;
+use sunset::webmail;
 
 /// Writes `html` to `dir/file` and opens it.
 async fn open(browser: &Client, dir: &Path, file: &str, html: &str) {

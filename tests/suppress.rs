@@ -9,12 +9,12 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt as _;
 
 use common::{Db, TestEnv, campaign_args, status_json, unique};
+use sunset::TokenKey;
 use sunset::batch::{CampaignId, EmailAddress, UserId};
 use sunset::channel::Channel;
 use sunset::config::{FeedbackConfig, UnsubscribeScope};
 use sunset::ledger::{Ledger, ReportEffect};
 use sunset::suppression::{About, Reason, Report, Source};
-use sunset::token::TokenKey;
 
 fn list(env: &TestEnv) -> Vec<serde_json::Value> {
     env.sunset(&["suppress", "list", "--json"])

@@ -8,12 +8,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
+use sunset::TokenKey;
 use sunset::batch::{CampaignId, EmailAddress, Recipient, UserId};
 use sunset::channel::email::{Composer, compose, dkim_signer};
 use sunset::channel::{Channel, Delivery};
 use sunset::config::{DkimConfig, EmailConfig};
 use sunset::render::{Renderer, Sample, TemplateName, template_dir};
-use sunset::token::TokenKey;
 
 use crate::process::tool;
 use crate::sinks::SmtpSink;

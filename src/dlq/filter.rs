@@ -2,7 +2,7 @@
 
 use super::letter::DeadLetter;
 use crate::batch::CampaignId;
-use crate::cli::InvalidInput;
+use crate::invalid_input::InvalidInput;
 
 /// `--campaign ID` as a campaign id; an invalid one is a usage error.
 pub(super) fn parse_campaign(id: &str) -> Result<CampaignId, InvalidInput> {

@@ -14,8 +14,6 @@ mod table;
 use anyhow::Context as _;
 
 pub use filter::Filter;
-pub use letter::{Content, DeadLetter};
-pub use table::table;
 
 use crate::broker::{self, Broker, QueueNames};
 use crate::cli::DlqAction;

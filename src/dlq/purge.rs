@@ -9,7 +9,7 @@ use super::letter::DeadLetter;
 use super::table::plural;
 use crate::batch::CampaignId;
 use crate::broker::{Broker, BrokerError, Hold};
-use crate::cli::InvalidInput;
+use crate::invalid_input::InvalidInput;
 
 /// `sunset dlq purge --yes`: acks (deletes) the campaign's dead letters, keeps the rest in order.
 pub(super) async fn purge(broker: &Broker, campaign: &CampaignId) -> anyhow::Result<()> {

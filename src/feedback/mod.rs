@@ -26,17 +26,11 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::InvalidInput;
 use crate::config::Config;
 use crate::exporter::check_host_port;
+use crate::invalid_input::InvalidInput;
 use crate::ledger::Ledger;
 use crate::token::TokenKey;
-
-pub use postmark::PASSWORD_VAR as POSTMARK_PASSWORD_VAR;
-pub use sendgrid::{
-    SIGNATURE_HEADER as SENDGRID_SIGNATURE_HEADER, TIMESTAMP_HEADER as SENDGRID_TIMESTAMP_HEADER,
-};
-pub use smtp::MAX_MESSAGE_BYTES;
 
 /// Serves both listeners, recording into `ledger`, until `shutdown` is cancelled. Prints the
 /// addresses listened on once both are bound.

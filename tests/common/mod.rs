@@ -504,7 +504,7 @@ pub fn compose_with_tokens(
         .expect("mailbox");
     let composer = Composer::new(from)
         .with_tokens(
-            sunset::token::TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
+            sunset::TokenKey::from_bytes(b"a test key of more than sixteen bytes"),
             "https://notices.xiami.example",
             Some("bounces.xiami.example"),
         )
