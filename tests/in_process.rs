@@ -121,7 +121,8 @@ async fn a_transient_refusal_in_process_comes_back_after_its_delay_and_is_delive
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_with_its_fields() {
+async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_and_the_same_send_redrives_it()
+ {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
     let env = env_with(
         &smtp,
@@ -130,7 +131,7 @@ async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_with_its_f
         UNLIMITED,
     );
     env.write("audience.csv", &audience_csv(3, |_| "example.com".into()));
-    smtp.reject_with("u3@example.com", 550, "5.1.1 no such user");
+    smtp.reject_times("u3@example.com", 550, "5.1.1 no such user", 1);
     let campaign = unique("dead");
     let run = run_with(&env, &campaign_args("send", &campaign, &[]), &[])
         .await
@@ -166,6 +167,14 @@ async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_with_its_f
         "{letter}"
     );
     assert_eq!(letter["batch"]["recipients"][0]["user_id"], "u-0003");
+
+    // The same command again: the ledger skips everyone reached and sends the dead letter's
+    // pair, which the relay now takes.
+    let again = run_with(&env, &campaign_args("send", &campaign, &[]), &[])
+        .await
+        .expect_code(0);
+    assert_eq!(row(&again.stdout(), "email"), [3, 1, 2, 0, 0, 0, 0, 0]);
+    assert_everyone_told_once(&smtp, &push, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
