@@ -9,20 +9,18 @@ use std::time::{Duration, Instant};
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::{
-    TestEnv, assert_everyone_told_once, audience_csv as audience, sinks_config, until_emails,
+    TestEnv, UNLIMITED_RATES, assert_everyone_told_once, audience_csv as audience, sinks_config,
+    until_emails,
 };
 use mail_parser::MimeHeaders;
 use sunset::batch::Batch;
 use sunset::broker::Route;
 
-const UNLIMITED: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_language() {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED_RATES));
     env.write(
         "audience.csv",
         &audience(1000, |i| {
@@ -147,7 +145,7 @@ async fn a_thousand_recipients_get_exactly_one_email_and_one_push_in_their_langu
 async fn undecodable_messages_are_dead_lettered_with_a_reason_and_later_batches_still_go_out() {
     let smtp = SmtpSink::start();
     let push = PushSink::start().await;
-    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED_RATES));
     let broker = env.broker().await;
     let bad: [&[u8]; 3] = [
         b"{not json",
@@ -192,7 +190,7 @@ async fn smtp_550_dead_letters_only_those_recipients_with_their_reasons() {
     let push = PushSink::start().await;
     smtp.reject("u3@example.com", 550);
     smtp.reject("u7@example.com", 550);
-    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED_RATES));
     env.write("audience.csv", &audience(20, |_| "example.com".into()));
     env.sunset_async(&common::campaign_args(
         "enqueue",
@@ -397,7 +395,7 @@ async fn sigterm_mid_campaign_hands_unstarted_sends_back_and_a_second_worker_del
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_with_the_default_file_outbox_tells_everyone_and_prints_a_summary() {
-    let env = TestEnv::with_broker(UNLIMITED);
+    let env = TestEnv::with_broker(UNLIMITED_RATES);
     env.write("audience.jsonl", "{\"user_id\": \"a1\", \"email\": \"a1@example.com\", \"locale\": \"ar-EG\"}\n\n{\"user_id\": \"z1\", \"locale\": \"zh-HK\", \"name\": \"陳\"}\n");
     let run = env
         .sunset_async(&common::notice_args(

@@ -6,11 +6,8 @@ mod common;
 
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
-use common::{Db, TestEnv, audience_csv, sinks_config, unique};
+use common::{Db, TestEnv, UNLIMITED_RATES, audience_csv, sinks_config, unique};
 use serde_json::Value;
-
-const UNLIMITED: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
 
 /// The campaign `id` in `campaign list --json`.
 fn listed<'a>(list: &'a Value, id: &str) -> &'a Value {
@@ -36,7 +33,7 @@ async fn campaigns_are_listed_with_their_state_and_delivered_share(db: Db) {
     let env = TestEnv::with_broker(&sinks_config(
         &smtp,
         &push,
-        &format!("{UNLIMITED}{}", db.section()),
+        &format!("{UNLIMITED_RATES}{}", db.section()),
     ));
     env.write("audience.csv", &audience_csv(8, |_| "example.com".into()));
     let (sent, waiting) = (unique("listed-sent"), unique("listed-waiting"));

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::UNLIMITED_RATES;
+
 use std::fmt::Write as _;
 
 use common::TestEnv;
@@ -14,13 +16,10 @@ use sunset::batch::{Batch, CampaignId, EmailAddress, Failure, Recipient, UserId,
 use sunset::broker::{Route, attempt_headers, attempt_of};
 use sunset::render::{TemplateName, Vars};
 
-const UNLIMITED: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
-
 /// Config for SMTP and HTTP push into the sinks, no rate limits.
 fn sinks_config(smtp: &SmtpSink, push: &PushSink) -> String {
     format!(
-        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n{UNLIMITED}",
+        "[email]\ntransport = \"smtp\"\nurl = \"{}\"\n[push]\ntransport = \"http\"\nurl = \"{}\"\n{UNLIMITED_RATES}",
         smtp.url(),
         push.url()
     )

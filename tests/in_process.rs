@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::process::{Child, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::{
-    Run, TestEnv, assert_everyone_told_once, audience_csv, campaign_args, sinks_config, unique,
-    until_emails,
+    Run, TestEnv, UNLIMITED_RATES, assert_everyone_told_once, audience_csv, campaign_args,
+    output_within, sinks_config, table_row, unique, until_emails,
 };
-
-const UNLIMITED: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
 
 /// An AMQP URL where nothing listens: a port bound, then let go.
 fn silent_url() -> String {
@@ -43,23 +40,10 @@ async fn run_with(env: &TestEnv, args: &[&str], env_vars: &[(&str, &str)]) -> Ru
         .expect("join")
 }
 
-/// The numbers of `channel`'s row in `send`'s table: total, now, earlier, dead, unknown,
-/// cancelled, suppressed, pending.
-fn row(stdout: &str, channel: &str) -> Vec<u64> {
-    let line = stdout
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(channel))
-        .unwrap_or_else(|| panic!("no {channel} row in:\n{stdout}"));
-    line.split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().expect("a count"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn send_with_broker_url_unset_and_no_rabbitmq_runs_in_process_and_reaches_everyone() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = env_with(&smtp, &push, "", UNLIMITED);
+    let env = env_with(&smtp, &push, "", UNLIMITED_RATES);
     env.write("audience.csv", &audience_csv(12, |_| "example.com".into()));
     let url = silent_url();
     let campaign = unique("bare");
@@ -78,8 +62,11 @@ async fn send_with_broker_url_unset_and_no_rabbitmq_runs_in_process_and_reaches_
     );
     let stderr = run.stderr();
     assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
-    assert_eq!(row(&run.stdout(), "email"), [12, 12, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(row(&run.stdout(), "push"), [12, 12, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        table_row(&run.stdout(), "email"),
+        [12, 12, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(table_row(&run.stdout(), "push"), [12, 12, 0, 0, 0, 0, 0, 0]);
     assert_everyone_told_once(&smtp, &push, 12);
     assert!(!env.path().join("dead-letters.jsonl").exists());
 
@@ -94,7 +81,7 @@ async fn send_with_broker_url_unset_and_no_rabbitmq_runs_in_process_and_reaches_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_refusal_in_process_comes_back_after_its_delay_and_is_delivered() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let rest = format!("{UNLIMITED}[worker]\nretry_delays_ms = [400]\n");
+    let rest = format!("{UNLIMITED_RATES}[worker]\nretry_delays_ms = [400]\n");
     let env = env_with(&smtp, &push, "url = \"\"", &rest);
     env.write("audience.csv", &audience_csv(4, |_| "example.com".into()));
     smtp.reject_times("u2@example.com", 451, "4.7.1 try again later", 1);
@@ -116,7 +103,7 @@ async fn a_transient_refusal_in_process_comes_back_after_its_delay_and_is_delive
         started.elapsed() >= Duration::from_millis(400),
         "the retry waited for its delay"
     );
-    assert_eq!(row(&run.stdout(), "email"), [4, 4, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(table_row(&run.stdout(), "email"), [4, 4, 0, 0, 0, 0, 0, 0]);
     assert_everyone_told_once(&smtp, &push, 4);
 }
 
@@ -128,7 +115,7 @@ async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_and_the_sa
         &smtp,
         &push,
         "url = \"\"\ndead_letter_file = \"failed.jsonl\"",
-        UNLIMITED,
+        UNLIMITED_RATES,
     );
     env.write("audience.csv", &audience_csv(3, |_| "example.com".into()));
     smtp.reject_times("u3@example.com", 550, "5.1.1 no such user", 1);
@@ -141,7 +128,7 @@ async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_and_the_sa
         "{}",
         run.stderr()
     );
-    assert_eq!(row(&run.stdout(), "email"), [3, 2, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(table_row(&run.stdout(), "email"), [3, 2, 0, 1, 0, 0, 0, 0]);
     let file = std::fs::read_to_string(env.path().join("failed.jsonl")).expect("dead letters");
     let letters: Vec<serde_json::Value> = file
         .lines()
@@ -173,14 +160,17 @@ async fn a_permanent_refusal_in_process_lands_in_the_dead_letter_file_and_the_sa
     let again = run_with(&env, &campaign_args("send", &campaign, &[]), &[])
         .await
         .expect_code(0);
-    assert_eq!(row(&again.stdout(), "email"), [3, 1, 2, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        table_row(&again.stdout(), "email"),
+        [3, 1, 2, 0, 0, 0, 0, 0]
+    );
     assert_everyone_told_once(&smtp, &push, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enqueue_worker_and_dlq_without_rabbitmq_exit_2_naming_broker_url() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = env_with(&smtp, &push, "url = \"\"", UNLIMITED);
+    let env = env_with(&smtp, &push, "url = \"\"", UNLIMITED_RATES);
     env.write("audience.csv", &audience_csv(2, |_| "example.com".into()));
     let campaign = unique("refused");
     let enqueue = campaign_args("enqueue", &campaign, &[]);
@@ -197,7 +187,7 @@ async fn enqueue_worker_and_dlq_without_rabbitmq_exit_2_naming_broker_url() {
     }
 
     // Unset and nothing answering: the work of `enqueue` and `dlq` would not outlive them.
-    let unset = env_with(&smtp, &push, "", UNLIMITED);
+    let unset = env_with(&smtp, &push, "", UNLIMITED_RATES);
     unset.write("audience.csv", &audience_csv(2, |_| "example.com".into()));
     let fallback = silent_url();
     for args in [enqueue.as_slice(), &["dlq", "list"]] {
@@ -217,7 +207,7 @@ async fn enqueue_worker_and_dlq_without_rabbitmq_exit_2_naming_broker_url() {
 async fn send_with_a_broker_url_set_but_unreachable_gives_up_as_before_and_never_runs_in_process() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
     let broker = format!("url = \"{}\"\ngive_up_after_ms = 300", silent_url());
-    let env = env_with(&smtp, &push, &broker, UNLIMITED);
+    let env = env_with(&smtp, &push, &broker, UNLIMITED_RATES);
     env.write("audience.csv", &audience_csv(2, |_| "example.com".into()));
     let run = run_with(&env, &campaign_args("send", &unique("set"), &[]), &[]).await;
     assert_ne!(run.code(), 0, "{}", run.stderr());
@@ -225,16 +215,6 @@ async fn send_with_a_broker_url_set_but_unreachable_gives_up_as_before_and_never
     assert!(stderr.contains("connection refused"), "{stderr}");
     assert!(!stderr.contains("in-process"), "{stderr}");
     assert_eq!(smtp.count(), 0);
-}
-
-/// Waits for `child` to exit, at most `limit`; its whole output.
-async fn output_within(child: Child, limit: Duration) -> Output {
-    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
-    tokio::time::timeout(limit, waiting)
-        .await
-        .expect("exited in time")
-        .expect("join")
-        .expect("wait")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,7 +248,7 @@ async fn ctrl_c_in_process_exits_130_with_the_resume_command_and_the_resume_fini
     assert!(stderr.contains(&resume), "{stderr}");
 
     let resumed = run_with(&env, &args, &[]).await.expect_code(0).stdout();
-    let email = row(&resumed, "email");
+    let email = table_row(&resumed, "email");
     assert_eq!((email[0], email[1] + email[2]), (200, 200), "{resumed}");
     assert_everyone_told_once(&smtp, &push, 200);
 }

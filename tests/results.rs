@@ -4,42 +4,17 @@
 
 mod common;
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::push_sink::PushSink;
 use common::smtp_sink::SmtpSink;
 use common::{
-    TestEnv, assert_everyone_told_once, audience_csv, campaign_args, sinks_config, unique,
-    until_emails,
+    TestEnv, UNLIMITED_RATES, assert_everyone_told_once, audience_csv, campaign_args,
+    output_within, sinks_config, table_row, unique, until_emails,
 };
 
-const UNLIMITED: &str =
-    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
 const NO_LEDGER: &str = "[ledger]\nurl = \"\"\n";
-
-/// The numbers of `channel`'s row in `send`'s table: total, now, earlier, dead, unknown,
-/// cancelled, suppressed, pending.
-fn row(stdout: &str, channel: &str) -> Vec<u64> {
-    let line = stdout
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(channel))
-        .unwrap_or_else(|| panic!("no {channel} row in:\n{stdout}"));
-    line.split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().expect("a count"))
-        .collect()
-}
-
-/// Waits for `child` to exit, at most `limit`; its whole output.
-async fn output_within(child: Child, limit: Duration) -> Output {
-    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
-    tokio::time::timeout(limit, waiting)
-        .await
-        .expect("exited in time")
-        .expect("join")
-        .expect("wait")
-}
 
 fn spawn(env: &TestEnv, args: &[&str]) -> Child {
     env.command(args, &[])
@@ -57,7 +32,7 @@ async fn every_email_refused_exits_3_counting_recipients_not_attempts() {
         &smtp,
         &push,
         &format!(
-            "{UNLIMITED}{NO_LEDGER}[worker]\nmax_attempts = 3\nretry_delays_ms = [100, 200]\n"
+            "{UNLIMITED_RATES}{NO_LEDGER}[worker]\nmax_attempts = 3\nretry_delays_ms = [100, 200]\n"
         ),
     ));
     env.write("audience.csv", &audience_csv(5, |_| "example.com".into()));
@@ -69,8 +44,8 @@ async fn every_email_refused_exits_3_counting_recipients_not_attempts() {
         .await
         .expect_code(3);
     let out = run.stdout();
-    assert_eq!(row(&out, "email"), [5, 0, 0, 5, 0, 0, 0, 0], "{out}");
-    assert_eq!(row(&out, "push"), [5, 5, 0, 0, 0, 0, 0, 0], "{out}");
+    assert_eq!(table_row(&out, "email"), [5, 0, 0, 5, 0, 0, 0, 0], "{out}");
+    assert_eq!(table_row(&out, "push"), [5, 5, 0, 0, 0, 0, 0, 0], "{out}");
     assert!(
         run.stderr()
             .contains("5 recipient × channel pairs not reached (email 5)"),
@@ -82,7 +57,7 @@ async fn every_email_refused_exits_3_counting_recipients_not_attempts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_refusal_with_the_ledger_exits_3_and_the_ledger_counts_it() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED_RATES));
     env.write("audience.csv", &audience_csv(4, |_| "example.com".into()));
     for i in 1..=4 {
         smtp.reject(&format!("u{i}@example.com"), 550);
@@ -92,22 +67,34 @@ async fn a_permanent_refusal_with_the_ledger_exits_3_and_the_ledger_counts_it() 
         .await
         .expect_code(3);
     let out = run.stdout();
-    assert_eq!(row(&out, "email"), [4, 0, 0, 4, 0, 0, 0, 0], "{out}");
-    assert_eq!(row(&out, "push"), [4, 4, 0, 0, 0, 0, 0, 0], "{out}");
+    assert_eq!(table_row(&out, "email"), [4, 0, 0, 4, 0, 0, 0, 0], "{out}");
+    assert_eq!(table_row(&out, "push"), [4, 4, 0, 0, 0, 0, 0, 0], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rerun_of_a_finished_campaign_sends_nothing_and_counts_everyone_as_earlier() {
     let (smtp, push) = (SmtpSink::start(), PushSink::start().await);
-    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED));
+    let env = TestEnv::with_broker(&sinks_config(&smtp, &push, UNLIMITED_RATES));
     env.write("audience.csv", &audience_csv(6, |_| "example.com".into()));
     let campaign = unique("rerun");
     let args = campaign_args("send", &campaign, &[]);
     let first = env.sunset_async(&args).await.expect_code(0).stdout();
-    assert_eq!(row(&first, "email"), [6, 6, 0, 0, 0, 0, 0, 0], "{first}");
+    assert_eq!(
+        table_row(&first, "email"),
+        [6, 6, 0, 0, 0, 0, 0, 0],
+        "{first}"
+    );
     let again = env.sunset_async(&args).await.expect_code(0).stdout();
-    assert_eq!(row(&again, "email"), [6, 0, 6, 0, 0, 0, 0, 0], "{again}");
-    assert_eq!(row(&again, "push"), [6, 0, 6, 0, 0, 0, 0, 0], "{again}");
+    assert_eq!(
+        table_row(&again, "email"),
+        [6, 0, 6, 0, 0, 0, 0, 0],
+        "{again}"
+    );
+    assert_eq!(
+        table_row(&again, "push"),
+        [6, 0, 6, 0, 0, 0, 0, 0],
+        "{again}"
+    );
     assert!(again.contains("every recipient reached"), "{again}");
     assert_everyone_told_once(&smtp, &push, 6);
 }
@@ -146,7 +133,10 @@ async fn ctrl_c_during_send_exits_130_saying_what_is_left_and_the_resume_finishe
     let args = campaign_args("send", &campaign, &["--batch-size", "10"]);
     let (code, stdout, stderr) = interrupted_send(&env, &smtp, &args).await;
     assert_eq!(code, Some(130), "{stdout}\n{stderr}");
-    assert!(row(&stdout, "email")[7] > 0, "something is left: {stdout}");
+    assert!(
+        table_row(&stdout, "email")[7] > 0,
+        "something is left: {stdout}"
+    );
     assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
     assert!(stderr.contains("pairs not reached"), "{stderr}");
     let resume = format!(
@@ -157,7 +147,7 @@ async fn ctrl_c_during_send_exits_130_saying_what_is_left_and_the_resume_finishe
     assert!(stderr.contains(&resume), "{stderr}");
 
     let resumed = env.sunset_async(&args).await.expect_code(0).stdout();
-    let email = row(&resumed, "email");
+    let email = table_row(&resumed, "email");
     assert_eq!((email[0], email[1] + email[2]), (200, 200), "{resumed}");
     assert!(
         email[2] >= 20,
@@ -191,7 +181,7 @@ async fn status_watch_prints_a_line_per_look_until_the_campaign_drains() {
     let push = PushSink::start().await;
     push.pace(40);
     let env = TestEnv::with_broker(&format!(
-        "{UNLIMITED}[push]\ntransport = \"http\"\nurl = \"{}\"\n",
+        "{UNLIMITED_RATES}[push]\ntransport = \"http\"\nurl = \"{}\"\n",
         push.url()
     ));
     env.write("audience.csv", &audience_csv(40, |_| "example.com".into()));

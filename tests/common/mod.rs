@@ -518,3 +518,33 @@ pub fn compose_with_tokens(
         },
     )
 }
+
+/// A `[rate]` table with every limit off, for tests that count sends rather than pace them.
+pub const UNLIMITED_RATES: &str =
+    "[rate]\nemail_per_sec = 0\npush_per_sec = 0\n[rate.per_domain_per_sec]\ndefault = 0\n";
+
+/// The numbers of `channel`'s row in `send`'s table: total, now, earlier, dead, unknown,
+/// cancelled, suppressed, pending.
+pub fn table_row(stdout: &str, channel: &str) -> Vec<u64> {
+    let line = stdout
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(channel))
+        .unwrap_or_else(|| panic!("no {channel} row in:\n{stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("a count"))
+        .collect()
+}
+
+/// Waits for `child` to exit, at most `limit`; its whole output.
+pub async fn output_within(
+    child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    tokio::time::timeout(limit, waiting)
+        .await
+        .expect("exited in time")
+        .expect("join")
+        .expect("wait")
+}
